@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own VAEREG_HOME and no user config, so nothing touches the real one."""
+    home = tmp_path_factory.mktemp("vaereg-home")
+    monkeypatch.setenv("VAEREG_HOME", str(home))
+    monkeypatch.delenv("VAEREG_CONFIG", raising=False)
+    monkeypatch.delenv("VAEREG_DISABLE_PLUGINS", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    from vaereg.plugins import Plugins
+
+    return Plugins()

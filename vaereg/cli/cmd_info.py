@@ -1,0 +1,49 @@
+"""``vaereg info``: version, configuration and where vaereg keeps its state."""
+
+from __future__ import annotations
+
+import argparse
+
+from vaereg import __version__
+from vaereg.cli.common import Context, emit_json
+from vaereg.status import ExitStatus
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show version, config file, state directory, registries and index")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run)
+
+
+def collect(ctx: Context) -> dict:
+    cfg = ctx.config
+    from vaereg.registry import Registry
+
+    registry = Registry.load(cfg)
+    return {
+        "version": __version__,
+        "config": str(cfg.config_file) if cfg.config_file else None,
+        "home": str(cfg.home),
+        "registries": [{"path": str(layer.path), "writable": layer.writable} for layer in registry.layers],
+        "index": str(cfg.index),
+        "plugins": [p.to_json() for p in ctx.plugins.describe()],
+        "warnings": [*registry.warnings, *ctx.plugins.load_errors],
+    }
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    info = collect(ctx)
+    if args.json:
+        emit_json(info)
+        return ExitStatus.OK
+    print(f"vaereg {info['version']}")
+    print(f"config      {info['config'] or '(none: defaults)'}")
+    print(f"home        {info['home']}")
+    print(f"index       {info['index']}")
+    for reg in info["registries"]:
+        print(f"registry    {reg['path']}{'  (writable)' if reg['writable'] else ''}")
+    for plugin in info["plugins"]:
+        print(f"plugin      {plugin['name']}")
+    for warning in info["warnings"]:
+        print(f"warning     {warning}")
+    return ExitStatus.OK

@@ -1,0 +1,68 @@
+"""What every subcommand shares: the lazily built context and output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cached_property
+from typing import Any, Iterable
+
+from vaereg.config import Config, ConfigError
+from vaereg.status import ExitStatus
+
+
+class Context:
+    """Configuration and services, each built on first use so a command pays only for what it touches."""
+
+    user_errors: tuple[type[Exception], ...] = (ConfigError,)
+
+    @cached_property
+    def config(self) -> Config:
+        return Config.load()
+
+    @cached_property
+    def plugins(self):  # -> vaereg.plugins.Plugins
+        from vaereg.plugins import Plugins
+
+        plugins = Plugins()
+        for message in plugins.load_errors:
+            warn(message)
+        return plugins
+
+
+def warn(message: str) -> None:
+    print(f"vaereg: warning: {message}", file=sys.stderr)
+
+
+def fail(message: str, status: ExitStatus = ExitStatus.FAILED) -> int:
+    print(f"vaereg: {message}", file=sys.stderr)
+    return status
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def emit_json_lines(objs: Iterable[Any]) -> None:
+    for obj in objs:
+        emit_json(obj)
+        sys.stdout.flush()
+
+
+def short(value: str | None, n: int = 12) -> str:
+    return value[:n] if value else "-"
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)

@@ -1,0 +1,183 @@
+"""Canonical VAE identities from tensors (docs/identity-spec.md).
+
+Each canonical tensor gets two xxh3-128 digests: over its values rounded to fp16 (floats) and over its
+stored values. The ids are digests of sorted manifests of those per-tensor digests, so `encoder_id`,
+`decoder_id` and later tensor-level comparisons cost nothing beyond one pass over the VAE's tensors.
+Tensors are hashed in a small thread pool: numpy's casts and xxhash release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import xxhash
+
+from vaereg.canonical import CanonicalVae, group_of
+from vaereg.records import TensorDigest, VaeIdentity
+from vaereg.types import FLOAT_DTYPES, TensorInfo
+
+SPEC_VERSION = 1
+#: Values sampled per tensor for the linear sketch.
+SKETCH_PER_TENSOR = 32
+
+_NUMPY = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
+_ML_DTYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu"}
+
+
+def _float32(dtype: str, raw: bytes | memoryview) -> np.ndarray | None:
+    """Stored float values widened exactly to float32 (None for packed sub-byte dtypes)."""
+    if dtype == "BF16":
+        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    if dtype in _ML_DTYPES:
+        import ml_dtypes
+
+        return np.frombuffer(raw, dtype=getattr(ml_dtypes, _ML_DTYPES[dtype])).astype(np.float32)
+    if dtype in ("F32", "F16", "F64"):
+        return np.frombuffer(raw, dtype=_NUMPY[dtype])
+    return None
+
+
+def _fp16_bytes(dtype: str, raw: bytes | memoryview) -> bytes | memoryview:
+    """The tensor's values rounded to nearest-even fp16, as little-endian bytes."""
+    if dtype == "F16" or dtype not in FLOAT_DTYPES:
+        return raw
+    wide = _float32(dtype, raw)
+    if wide is None:  # packed F4/F6: no fp16 view defined; hashed as stored
+        return raw
+    return wide.astype("<f2").data
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Health facts about one tensor's stored values."""
+
+    nonfinite: int
+    all_zero: bool
+
+
+def _positions(name: str, numel: int) -> np.ndarray:
+    """Seeded sample positions: a function of the canonical name and size only, so they line up across VAEs."""
+    count = min(numel, SKETCH_PER_TENSOR)
+    return np.array([xxhash.xxh64_intdigest(f"{name}#{i}".encode()) % numel for i in range(count)], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Digested:
+    name: str
+    digest: str
+    exact_digest: str
+    sketch: np.ndarray
+    stats: TensorStats | None
+
+
+def _digest_tensor(info: TensorInfo, raw: bytes | memoryview, with_stats: bool) -> _Digested:
+    exact = xxhash.xxh3_128_hexdigest(raw)
+    rounded = _fp16_bytes(info.dtype, raw)
+    digest = exact if rounded is raw else xxhash.xxh3_128_hexdigest(rounded)
+    wide = _float32(info.dtype, raw) if info.dtype in FLOAT_DTYPES else None
+    if wide is None and info.dtype in _NUMPY:
+        wide = np.frombuffer(raw, dtype=_NUMPY[info.dtype])
+    if wide is not None and wide.size:
+        sketch = wide[_positions(info.name, wide.size)].astype(np.float32)
+    else:
+        sketch = np.zeros(0, dtype=np.float32)
+    stats = None
+    if with_stats:
+        if wide is None:
+            stats = TensorStats(nonfinite=0, all_zero=not any(bytes(raw)))
+        else:
+            finite = np.isfinite(wide) if wide.dtype.kind == "f" else np.ones(wide.shape, bool)
+            stats = TensorStats(nonfinite=int(wide.size - np.count_nonzero(finite)), all_zero=not wide.any())
+    return _Digested(info.name, digest, exact, sketch, stats)
+
+
+def _manifest_id(domain: str, lines: Iterable[tuple[str, str, tuple[int, ...], str]]) -> str:
+    h = xxhash.xxh3_128()
+    h.update(f"vaereg-{domain}-v{SPEC_VERSION}\n".encode())
+    for name, dtype, shape, digest in lines:
+        h.update(f"{name} {dtype} {','.join(map(str, shape))} {digest}\n".encode())
+    return h.hexdigest()
+
+
+def _id_dtype(dtype: str) -> str:
+    return "F16" if dtype in FLOAT_DTYPES and dtype not in ("F4", "F6_E2M3", "F6_E3M2") else dtype
+
+
+def _storage_dtype(infos: Iterable[TensorInfo]) -> str:
+    floats = {i.dtype for i in infos if i.dtype in FLOAT_DTYPES}
+    return floats.pop() if len(floats) == 1 else ("mixed" if floats else "none")
+
+
+def ids_from_digests(vae: Mapping[str, TensorDigest]) -> dict[str, str]:
+    """`id`, `exact_id`, `encoder_id` and `decoder_id` from per-tensor digests (canonical names)."""
+    names = sorted(vae)
+    rounded = [(n, _id_dtype(vae[n].dtype), vae[n].shape, vae[n].digest) for n in names]
+    exact = [(n, vae[n].dtype, vae[n].shape, vae[n].exact_digest) for n in names]
+    return {
+        "id": _manifest_id("id", rounded),
+        "exact_id": _manifest_id("exact", exact),
+        "encoder_id": _manifest_id("encoder", [r for r in rounded if group_of(r[0]) == "encoder"]),
+        "decoder_id": _manifest_id("decoder", [r for r in rounded if group_of(r[0]) == "decoder"]),
+    }
+
+
+def compute_identity(
+    vae: CanonicalVae,
+    read: Callable[[str], bytes | memoryview],
+    *,
+    with_stats: bool = False,
+    workers: int | None = None,
+) -> tuple[VaeIdentity, dict[str, TensorStats]]:
+    """Hash every canonical tensor of `vae` (reading it by its stored key) into a :class:`VaeIdentity`.
+
+    Memory stays bounded by the largest tensors in flight (one per worker), whatever the file size.
+    """
+    infos = vae.tensors
+
+    def work(name: str) -> _Digested:
+        info = infos[name]
+        raw = read(vae.stored_key[name])
+        if len(raw) != info.nbytes:
+            raise ValueError(f"tensor {vae.stored_key[name]!r}: read {len(raw)} bytes, expected {info.nbytes}")
+        return _digest_tensor(info, raw, with_stats)
+
+    names = sorted(infos)
+    pool_size = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="vaereg-hash") as pool:
+        done = list(pool.map(work, names))
+    digests = {
+        d.name: TensorDigest(infos[d.name].dtype, infos[d.name].shape, d.digest, d.exact_digest) for d in done
+    }
+    ids = ids_from_digests(digests)
+    sketch = np.concatenate([d.sketch for d in done]) if done else np.zeros(0, np.float32)
+    identity = VaeIdentity(
+        **ids,
+        family=vae.family,
+        latent_channels=vae.latent_channels,
+        dtype=_storage_dtype(infos.values()),
+        layout=vae.layout,
+        prefix=vae.prefix,
+        tensors=len(infos),
+        params=sum(i.numel for i in infos.values()),
+        tensor_digests=digests,
+        sketch=sketch.astype("<f4").tobytes(),
+    )
+    stats = {d.name: d.stats for d in done if d.stats is not None}
+    return identity, stats
