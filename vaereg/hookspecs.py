@@ -8,13 +8,24 @@ it re-exports.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pluggy
 
-from vaereg.types import LayoutMapping, ModelFormatError, TensorInfo, TensorSource
+from vaereg.types import LauncherFolders, LayoutMapping, ModelFormatError, TensorInfo, TensorSource
 
-__all__ = ["hookspec", "hookimpl", "LayoutMapping", "ModelFormatError", "TensorInfo", "TensorSource"]
+if TYPE_CHECKING:
+    from vaereg.records import HashReport
+
+__all__ = [
+    "hookspec",
+    "hookimpl",
+    "LauncherFolders",
+    "LayoutMapping",
+    "ModelFormatError",
+    "TensorInfo",
+    "TensorSource",
+]
 
 hookspec = pluggy.HookspecMarker("vaereg")
 hookimpl = pluggy.HookimplMarker("vaereg")
@@ -38,4 +49,43 @@ def vaereg_map_layout(keys: Sequence[str]) -> LayoutMapping | None:
     Called once per identified VAE with its keys, the common prefix (``first_stage_model.``, ``vae.``...)
     already removed. Return a :class:`LayoutMapping` when the keys are in a layout this plugin knows, else
     ``None``. With no answer the keys are kept as they are and the VAE's family is "unknown".
+    """
+
+
+@hookspec(firstresult=True)
+def vaereg_locate_launcher(root: Path) -> LauncherFolders | None:
+    """Say where the launcher installed at `root` keeps its VAEs and checkpoints.
+
+    Called for each launcher root the user configured (``daemon.launchers``, ``--launcher``). Return the
+    folders (existing ones only) when `root` is an installation of a launcher this plugin knows, else
+    ``None``.
+    """
+
+
+@hookspec
+def vaereg_file_identified(report: HashReport) -> None:
+    """A model file was identified and recorded in the index.
+
+    Called by the daemon (and ``vaereg scan``) once per new or changed file, after the index commit, with the
+    same record ``vaereg hash --json`` prints. ``report.file`` may lack the whole-file hashes: they follow
+    later, in a second call with them filled in. Return value ignored; exceptions are logged and swallowed.
+    """
+
+
+@hookspec
+def vaereg_file_removed(path: str) -> None:
+    """An indexed model file disappeared (deleted, or moved out of every watched folder)."""
+
+
+@hookspec
+def vaereg_file_moved(src: str, dest: str) -> None:
+    """An indexed model file was renamed or moved within the watched folders; its identity is unchanged."""
+
+
+@hookspec
+def vaereg_registry_changed(slug: str, entry: dict | None) -> None:
+    """A registry entry was written by vaereg (named, aliased, ids learnt) or removed (`entry` is None).
+
+    `entry` is the merged entry as ``vaereg lookup --json`` shows registry data. Called in the writing process
+    only; other processes learn of it by re-reading the registry.
     """

@@ -6,16 +6,22 @@ import is reported and skipped; the others load. ``VAEREG_DISABLE_PLUGINS=a,b`` 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import pluggy
 
 from vaereg import hookspecs
-from vaereg.types import LayoutMapping, TensorSource
+from vaereg.types import LauncherFolders, LayoutMapping, TensorSource
+
+if TYPE_CHECKING:
+    from vaereg.records import HashReport
+
+log = logging.getLogger("vaereg.plugins")
 
 GROUP = "vaereg"
 
@@ -76,6 +82,31 @@ class Plugins:
 
     def map_layout(self, keys: Sequence[str]) -> LayoutMapping | None:
         return self.pm.hook.vaereg_map_layout(keys=list(keys))
+
+    def locate_launcher(self, root: Path) -> LauncherFolders | None:
+        return self.pm.hook.vaereg_locate_launcher(root=root)
+
+    # Events: a listener's failure is logged, never passed on to the daemon or command that fired it.
+
+    def file_identified(self, report: HashReport) -> None:
+        self._notify("vaereg_file_identified", report=report)
+
+    def file_removed(self, path: str) -> None:
+        self._notify("vaereg_file_removed", path=path)
+
+    def file_moved(self, src: str, dest: str) -> None:
+        self._notify("vaereg_file_moved", src=src, dest=dest)
+
+    def registry_changed(self, slug: str, entry: dict | None) -> None:
+        self._notify("vaereg_registry_changed", slug=slug, entry=entry)
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        caller = getattr(self.pm.hook, hook)
+        for impl in caller.get_hookimpls():
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook)
 
     def describe(self) -> list[PluginInfo]:
         versions = self.pm.versions

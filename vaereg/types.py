@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
 
 #: Bits per element of every dtype vaereg understands, by its safetensors name.
@@ -98,3 +99,17 @@ class LayoutMapping:
 
     layout: str
     keys: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LauncherFolders:
+    """Where one launcher installation keeps its models: what a launcher plugin reports for a root folder."""
+
+    launcher: str
+    root: Path
+    vae: tuple[Path, ...] = ()
+    checkpoints: tuple[Path, ...] = ()
+
+    @property
+    def all(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys((*self.vae, *self.checkpoints)))

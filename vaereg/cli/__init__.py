@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
 from vaereg import __version__
 from vaereg.status import ExitStatus
 
-#: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("hash", "info", "plugins")
+#: The order `--help` lists subcommands in; every ``cmd_<name>`` module of this package is one.
+ORDER = ("hash", "lookup", "ls", "scan", "check", "diff", "dedupe", "extract", "name", "alias", "unname",
+         "daemon", "status", "plugins", "info")
+
+
+def _commands() -> list[str]:
+    found = [m.name[4:] for m in pkgutil.iter_modules(__path__) if m.name.startswith("cmd_")]
+    return sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vaereg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in _commands():
         module = importlib.import_module(f"vaereg.cli.cmd_{name}")
         module.add_parser(sub)
     return parser
