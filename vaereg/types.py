@@ -20,6 +20,8 @@ DTYPE_BITS: Mapping[str, int] = {
     "F8_E5M2": 8,
     "F8_E4M3": 8,
     "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
     "I16": 16,
     "U16": 16,
     "F16": 16,
@@ -37,7 +39,7 @@ DTYPE_BITS: Mapping[str, int] = {
 }
 
 #: Floating-point dtypes: these are rounded to fp16 for the precision-independent `id`.
-FLOAT_DTYPES = frozenset({"F8_E5M2", "F8_E4M3", "F8_E8M0", "F16", "BF16", "F32", "F64", "F4", "F6_E2M3", "F6_E3M2"})
+FLOAT_DTYPES = frozenset({"F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F16", "BF16", "F32", "F64", "F4", "F6_E2M3", "F6_E3M2"})
 
 
 class ModelFormatError(Exception):
