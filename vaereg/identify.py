@@ -31,8 +31,6 @@ class NotAModel(ModelFormatError):
 def _describe_unclaimed(path: Path, head: bytes, is_dir: bool) -> str:
     if is_dir:
         return "not a model folder (no config.json with diffusion_pytorch_model weights, nor a vae/ subfolder)"
-    if not head:
-        return "not a model file: the file is empty"
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "not a model file: it holds text"
     return f"not a model file: no installed plugin reads it (starts with {head[:8].hex()})"
@@ -64,6 +62,11 @@ def open_model(path: Path, plugins: Plugins) -> Iterator[OpenedModel]:
     if not is_dir:
         with open(path, "rb") as f:
             head = f.read(HEAD_SIZE)
+    if not is_dir and not head:
+        raise NotAModel("not a model file: the file is empty")
+    if head.startswith(b"version https://git-lfs"):
+        # A clone made without git-lfs leaves these 130-byte pointers where the weights should be.
+        raise NotAModel("not a model file: a Git LFS pointer, not the weights (fetch them with `git lfs pull`)")
     source = plugins.open_model(path, head)
     if source is None:
         raise NotAModel(_describe_unclaimed(path, head, is_dir))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, console, emit_json, human_size, short
+from vaereg.cli.common import Context, emit_json, human_size, print_table, short
 from vaereg.status import ExitStatus
 
 
@@ -40,30 +41,23 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _print_table(reports) -> None:
-    from rich.table import Table
-
-    out = console()
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("path", "format", "vae", "id", "encoder", "decoder", "autov2", "size"):
-        table.add_column(column, no_wrap=column != "path", overflow="fold")
-    errors = []
+    rows, errors = [], []
     for r in reports:
         if not r.ok:
             errors.append(r)
             continue
         v = r.vae
-        what = f"{v.family} {v.dtype}" if v else "no VAE"
-        table.add_row(
+        rows.append((
             r.path,
             r.format or "-",
-            what,
+            f"{v.family} {v.dtype}" if v else "no VAE",
             short(v.id if v else None),
             short(v.encoder_id if v else None),
             short(v.decoder_id if v else None),
             r.file.autov2 if r.file and r.file.autov2 else "-",
             human_size(r.file.size) if r.file else "-",
-        )
-    if table.row_count:
-        out.print(table)
+        ))
+    if rows:
+        print_table(("path", "format", "vae", "id", "encoder", "decoder", "autov2", "size"), rows)
     for r in errors:
-        out.print(f"[red]error[/red] {r.path}: {r.error}")
+        print(f"error  {r.path}: {r.error}", file=sys.stderr)

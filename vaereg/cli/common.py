@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence, TextIO
 
 from vaereg.config import Config, ConfigError
 from vaereg.status import ExitStatus
@@ -66,3 +66,12 @@ def console():
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=False)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | None = None) -> None:
+    """Columns padded to their widest cell; nothing is cut, so a pipe or a narrow terminal loses nothing."""
+    out = out or sys.stdout
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    for line in (list(headers), *rows):
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() + "\n")

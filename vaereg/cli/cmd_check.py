@@ -1,0 +1,86 @@
+"""``vaereg check MODEL``: does the model's own VAE do, or should the launcher load an external one?"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vaereg.cli.common import Context, emit_json, short, warn
+from vaereg.status import ExitStatus
+
+if TYPE_CHECKING:
+    from vaereg.check import CheckReport
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="is a checkpoint's own VAE healthy and known, or does it need an external one?")
+    p.add_argument("model", type=Path, metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/check.md)")
+    p.add_argument(
+        "--vae-folder",
+        dest="vae_folders",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the configured launchers')",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from vaereg.check import check_model
+    from vaereg.cli.cmd_dedupe import _open_index
+    from vaereg.registry import Registry
+
+    registry = Registry.load(ctx.config)
+    for message in registry.warnings:
+        warn(message)
+    launchers = [found for root in ctx.config.launchers if (found := ctx.plugins.locate_launcher(root))]
+    index = _open_index(ctx)
+    try:
+        report = check_model(
+            args.model,
+            plugins=ctx.plugins,
+            index=index,
+            registry=registry,
+            launchers=launchers,
+            vae_folders=args.vae_folders,
+        )
+    finally:
+        if index is not None:
+            index.close()
+    for message in report.warnings:
+        warn(message)
+    if args.json:
+        emit_json(report.to_json())
+    else:
+        _print(report)
+    return ExitStatus.OK if report.ok else ExitStatus.FAILED
+
+
+def _print(report: CheckReport) -> None:
+    from vaereg.check import describe
+
+    print(report.path)
+    if report.error:
+        print(f"  error: {report.error}")
+        return
+    verdict = "needs an external VAE" if report.needs_external_vae else "its own VAE is fine"
+    print(f"  verdict:     {verdict}: {report.reason}")
+    if report.recommended:
+        rec = report.recommended
+        print(f"  recommended: {rec.label} (id {short(rec.id)})")
+        for path in rec.paths:
+            print(f"               {path}")
+    if report.automatic_vae:
+        auto = report.automatic_vae
+        known = f" ({auto.name or short(auto.id)})" if auto.id else ""
+        print(f"  Automatic:   A1111/Forge load {auto.path}{known} instead of the embedded VAE")
+    embedded = report.embedded
+    if embedded:
+        vae = embedded.vae
+        print(f"  embedded:    {describe(embedded)}; {vae.family} {vae.dtype}, id {short(vae.id)}")
+        print(f"  relation:    {embedded.relation}")
+        print(f"  health:      {embedded.health}")

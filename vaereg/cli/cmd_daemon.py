@@ -1,0 +1,75 @@
+"""``vaereg daemon [DIR...]``: watch model folders in the foreground and keep the index up to date.
+
+Watches the DIRs, the config's ``daemon.watch`` folders and the model folders of the launchers in
+``daemon.launchers`` and ``--launcher``. One daemon per VAEREG_HOME: a second start names the pid that runs
+and exits 1. SIGTERM or Ctrl-C stops it (exit 0). Running it as a service: docs/daemon.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+from vaereg.cli.common import Context, fail
+from vaereg.status import ExitStatus
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("daemon", help="watch model folders and identify every model file that lands in them")
+    p.add_argument("roots", nargs="*", type=Path, metavar="DIR", help="folders to watch (recursively)")
+    p.add_argument(
+        "--launcher",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="a launcher installation (A1111/Forge, ComfyUI, ...) whose model folders to watch; repeatable",
+    )
+    p.add_argument("--log-file", type=Path, metavar="FILE", help="log here (rotated at 5 MB) instead of stderr")
+    p.add_argument("--poll", action="store_true", help="poll instead of OS events (network shares, WSL mounts)")
+    p.set_defaults(run=run)
+
+
+def _setup_logging(log_file: Path | None, home: Path) -> None:
+    # pythonw (Windows, no console) has no stderr: the log goes beside the index then.
+    if log_file is None and sys.stderr is None:
+        log_file = home / "daemon.log"
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=5_000_000, backupCount=2, encoding="utf-8"
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("vaereg").setLevel(logging.INFO)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from vaereg.daemon import Daemon, serve
+    from vaereg.daemon_status import AlreadyRunning
+    from vaereg.index import IndexVersionError
+
+    config = ctx.config
+    for root in args.roots:
+        if not os.path.isdir(root):
+            return fail(f"{root}: no such folder", ExitStatus.USAGE)
+    if not (args.roots or args.launcher or config.watch or config.launchers):
+        return fail("nothing to watch: name folders, --launcher, or daemon.watch/launchers in the config", ExitStatus.USAGE)
+    _setup_logging(args.log_file, config.home)
+    daemon = Daemon(config, ctx.plugins, args.roots, launchers=args.launcher, force_polling=args.poll)
+    try:
+        return serve(daemon)
+    except AlreadyRunning as exc:
+        return fail(str(exc), ExitStatus.FAILED)
+    except IndexVersionError as exc:
+        return fail(str(exc), ExitStatus.USAGE)

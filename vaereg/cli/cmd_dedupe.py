@@ -1,0 +1,119 @@
+"""``vaereg dedupe [DIR...] [--link | --reflink]``: byte-identical model files, and linking them.
+
+Without --link or --reflink this only reports: the plan is printed and nothing is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vaereg.cli.common import Context, console, emit_json, fail, human_size, short, warn
+from vaereg.status import ExitStatus
+
+if TYPE_CHECKING:
+    from vaereg.dedupe import DedupePlan, DedupeResult
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dedupe", help="find byte-identical model files; --link replaces copies by hard links")
+    p.add_argument(
+        "dirs", nargs="*", type=Path, metavar="DIR", help="folders to look in (default: the daemon's watch folders)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/dedupe-extract.md)")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--link", dest="mode", action="store_const", const="link", help="replace copies by hard links")
+    act.add_argument(
+        "--reflink", dest="mode", action="store_const", const="reflink", help="replace copies by copy-on-write clones"
+    )
+    p.set_defaults(run=run, mode=None)
+
+
+def _open_index(ctx: Context):  # -> vaereg.index.Index | None
+    """The local index when one exists: its fresh SHA-256s and ids save reading files. Never created here."""
+    path = ctx.config.index
+    if not path.is_file():
+        return None
+    from vaereg.index import Index
+
+    try:
+        return Index(path)
+    except Exception as exc:  # a broken or newer index only costs speed here
+        warn(f"not using the index {path}: {exc}")
+        return None
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from vaereg.dedupe import plan_dedupe
+
+    dirs = list(args.dirs) or list(ctx.config.watch)
+    if not dirs:
+        return fail("no DIR given and no folders configured to watch (daemon.watch in vaereg.toml)", ExitStatus.USAGE)
+    index = _open_index(ctx)
+    try:
+        plan = plan_dedupe(dirs, index=index, plugins=ctx.plugins)
+    finally:
+        if index is not None:
+            index.close()
+    result = plan.execute(args.mode) if args.mode else None
+    if args.json:
+        out = plan.to_json()
+        if result is not None:
+            out.update(result.to_json())
+        emit_json(out)
+    else:
+        if not args.dirs:
+            warn(f"looking in the watched folders: {', '.join(map(str, dirs))}")
+        _print_plan(plan, acting=result is not None)
+        if result is not None:
+            _print_result(result)
+    failed = bool(plan.errors) or (result is not None and bool(result.skipped))
+    return ExitStatus.FAILED if failed else ExitStatus.OK
+
+
+def _print_plan(plan: DedupePlan, acting: bool) -> None:
+    from rich.markup import escape  # paths may hold [brackets]
+
+    out = console()
+    for g in plan.groups:
+        names = 1 + len(g.copies) + len(g.already_linked) + len(g.other_device)
+        out.print(f"[bold]{human_size(g.size)} x {names}[/bold]  sha256 {short(g.sha256)}")
+        out.print(f"  keep           {escape(g.keep.path)}", soft_wrap=True)
+        for label, files in (("copy", g.copies), ("already linked", g.already_linked), ("other drive", g.other_device)):
+            for f in files:
+                out.print(f"  {label:<14} {escape(f.path)}", soft_wrap=True)
+    copies = sum(len(g.copies) for g in plan.groups)
+    summary = f"reclaimable: {human_size(plan.reclaimable_bytes)} in {_count(copies, 'copy', 'copies')}"
+    if not plan.groups:
+        out.print(f"no byte-identical copies among {_count(plan.files, 'model file', 'model files')}")
+    elif acting:
+        out.print(summary)
+    else:
+        out.print(
+            f"{summary}; nothing was changed"
+            " (--link replaces the copies by hard links, --reflink by copy-on-write clones)"
+        )
+    for advice in plan.same_vae_different_bytes:
+        out.print(f"[bold]same VAE, different bytes[/bold]  id {short(advice.id)}")
+        for f in advice.files:
+            extra = f", +{f.identical_copies} identical" if f.identical_copies else ""
+            what = f"{f.format or '-'} {f.dtype or '-'}, {human_size(f.size)}{extra}"
+            out.print(f"  {escape(f.path)}  ({what})", soft_wrap=True)
+        out.print(f"  {escape(advice.advice)}; vaereg leaves these alone", soft_wrap=True)
+    for line in plan.errors:
+        out.print(f"[red]error[/red] {escape(line)}", soft_wrap=True)
+
+
+def _print_result(result: DedupeResult) -> None:
+    from rich.markup import escape
+
+    out = console()
+    verb = "linked" if result.mode == "link" else "cloned"
+    out.print(f"{verb} {_count(len(result.linked), 'copy', 'copies')}, reclaimed {human_size(result.reclaimed_bytes)}")
+    for note in result.skipped:
+        out.print(f"[yellow]skipped[/yellow] {escape(note.path)}: {escape(note.reason)}", soft_wrap=True)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

@@ -1,0 +1,47 @@
+"""``vaereg extract MODEL -o OUT.safetensors``: the embedded VAE as a standalone file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vaereg.cli.common import Context, console, emit_json, fail, human_size, short, warn
+from vaereg.status import ExitStatus
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="write the VAE inside a model as a standalone .safetensors")
+    p.add_argument("model", type=Path, metavar="MODEL")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="the .safetensors to write")
+    p.add_argument(
+        "--dtype",
+        choices=("fp16", "fp32", "keep"),
+        default="fp16",
+        help="fp16 (default, half the size, same id), fp32, or keep the stored dtype (same exact_id)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/dedupe-extract.md)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from vaereg.extract import ExtractError, plan_extract
+
+    try:
+        plan = plan_extract(args.model, args.output, args.dtype, plugins=ctx.plugins, force=args.force)
+        for message in plan.warnings:
+            warn(message)
+        result = plan.execute()
+    except ExtractError as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"{exc.filename or args.model}: {exc.strerror or exc}")
+    if args.json:
+        emit_json(result.to_json())
+        return ExitStatus.OK
+    v = result.identity
+    console().print(
+        f"wrote {result.output}: {v.family} VAE, {v.tensors} tensors, {v.dtype}, {human_size(result.size)}"
+        f"  id {short(v.id)}  exact_id {short(v.exact_id)}"
+    )
+    return ExitStatus.OK
