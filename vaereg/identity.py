@@ -47,7 +47,7 @@ _ML_DTYPES = {
 }
 
 
-def _float32(dtype: str, raw: bytes | memoryview) -> np.ndarray | None:
+def widen_float32(dtype: str, raw: bytes | memoryview) -> np.ndarray | None:
     """Stored float values widened exactly to float32 (None for packed sub-byte dtypes)."""
     if dtype == "BF16":
         return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
@@ -64,10 +64,11 @@ def _fp16_bytes(dtype: str, raw: bytes | memoryview) -> bytes | memoryview:
     """The tensor's values rounded to nearest-even fp16, as little-endian bytes."""
     if dtype == "F16" or dtype not in FLOAT_DTYPES:
         return raw
-    wide = _float32(dtype, raw)
+    wide = widen_float32(dtype, raw)
     if wide is None:  # packed F4/F6: no fp16 view defined; hashed as stored
         return raw
-    return wide.astype("<f2").data
+    with np.errstate(over="ignore"):  # beyond fp16's range is infinity, by definition (identity-spec 4)
+        return wide.astype("<f2").data
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _digest_tensor(info: TensorInfo, raw: bytes | memoryview, with_stats: bool) 
     exact = xxhash.xxh3_128_hexdigest(raw)
     rounded = _fp16_bytes(info.dtype, raw)
     digest = exact if rounded is raw else xxhash.xxh3_128_hexdigest(rounded)
-    wide = _float32(info.dtype, raw) if info.dtype in FLOAT_DTYPES else None
+    wide = widen_float32(info.dtype, raw) if info.dtype in FLOAT_DTYPES else None
     if wide is None and info.dtype in _NUMPY:
         wide = np.frombuffer(raw, dtype=_NUMPY[info.dtype])
     if wide is not None and wide.size:
