@@ -54,3 +54,5 @@ def main(argv: list[str] | None = None) -> int:
         return ExitStatus.OK
     except ctx.user_errors as exc:
         return fail(str(exc), ExitStatus.USAGE)
+    finally:
+        ctx.close()

@@ -11,10 +11,20 @@ from vaereg.config import Config, ConfigError
 from vaereg.status import ExitStatus
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix (config, a broken or locked registry, a newer index): one line, no trace."""
+    from vaereg.index import IndexVersionError
+    from vaereg.registry import RegistryError
+
+    return (ConfigError, RegistryError, IndexVersionError)
+
+
 class Context:
     """Configuration and services, each built on first use so a command pays only for what it touches."""
 
-    user_errors: tuple[type[Exception], ...] = (ConfigError,)
+    @property
+    def user_errors(self) -> tuple[type[Exception], ...]:
+        return _user_errors()
 
     @cached_property
     def config(self) -> Config:
@@ -28,6 +38,25 @@ class Context:
         for message in plugins.load_errors:
             warn(message)
         return plugins
+
+    @cached_property
+    def registry(self):  # -> vaereg.registry.Registry
+        from vaereg.registry import Registry
+
+        registry = Registry.load(self.config)
+        for message in registry.warnings:
+            warn(message)
+        return registry
+
+    @cached_property
+    def index(self):  # -> vaereg.index.Index
+        from vaereg.index import Index
+
+        return Index(self.config.index)
+
+    def close(self) -> None:
+        if "index" in self.__dict__:
+            self.index.close()
 
 
 def warn(message: str) -> None:
