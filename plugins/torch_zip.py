@@ -30,7 +30,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, BinaryIO, ClassVar, NamedTuple
 
-import numpy as np
 
 from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
 from vaereg.types import DTYPE_BITS
@@ -390,6 +389,8 @@ def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
 
 def _gather(span: bytes, ref: _TensorRef, itemsize: int) -> bytes:
     """The elements of a strided view, in C order; `span` runs from its first element to its last."""
+    import numpy as np  # only for strided views: plain loads never pay its import
+
     base = np.frombuffer(span, dtype=np.dtype((np.void, itemsize)))
     strides = tuple(step * itemsize for step in ref.stride)
     view = np.lib.stride_tricks.as_strided(base, shape=ref.shape, strides=strides, writeable=False)
@@ -511,6 +512,8 @@ class TorchZipSource:
         if self._big_endian:
             unit = _SWAP_UNIT.get(ref.dtype, itemsize)
             if unit > 1:
+                import numpy as np
+
                 data = np.frombuffer(data, dtype=f">u{unit}").astype(f"<u{unit}").tobytes()
         return data
 
