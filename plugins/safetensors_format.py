@@ -12,14 +12,13 @@ byte content.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import stat
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
 
+from vaereg_plugins._filebytes import FileBytes
 from vaereg.hookspecs import ModelFormatError, TensorInfo, hookimpl
 from vaereg.types import DTYPE_BITS
 
@@ -291,15 +290,6 @@ def _short_json(value: Any) -> str:
     return text if len(text) <= _NAME_LIMIT else text[:_NAME_LIMIT] + "..."
 
 
-def _map_file(file: BinaryIO) -> mmap.mmap | None:
-    """A read-only map of the whole file, or None where mapping is refused (some network and FUSE
-    filesystems, 32-bit address space) and plain reads must do."""
-    try:
-        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError, OverflowError):
-        return None
-
-
 class SafetensorsSource:
     """An open safetensors file: its header up front, each tensor's bytes read on request.
 
@@ -319,12 +309,7 @@ class SafetensorsSource:
         self.metadata: Mapping[str, str] = header.metadata
         self._tensors = header.tensors
         self._spans = header.spans
-        self._file = file
-        # Mapping reserves address space and reads nothing, so it is done up front: `read` may then be
-        # called from several threads without racing to create it.
-        self._map = _map_file(file)
-        # Only the fallback needs it: seek + read share the file position between threads.
-        self._lock = threading.Lock()
+        self._bytes = FileBytes(file)
 
     @classmethod
     def open(cls, path: Path) -> SafetensorsSource:
@@ -356,33 +341,18 @@ class SafetensorsSource:
     def read(self, name: str) -> bytes:
         """The bytes of tensor `name`, and no other part of the file; KeyError for an unknown name."""
         begin, end = self._spans[name]
-        if self._file.closed:
+        if self._bytes.closed:
             raise ValueError("read from a closed SafetensorsSource")
         if begin == end:
             return b""
-        start, stop = self.data_offset + begin, self.data_offset + end
         try:
-            # Reading a mapped page past a shrunken file's end kills the process, so check first.
-            if os.fstat(self._file.fileno()).st_size != self.size:
-                raise ModelFormatError("file changed size since it was opened")
-            if self._map is not None:
-                # Slicing copies into `bytes`, so no exported buffer keeps the map from closing.
-                return self._map[start:stop]
-            with self._lock:
-                self._file.seek(start)
-                data = self._file.read(stop - start)
-        except OSError as e:
-            raise ModelFormatError(f"cannot read tensor {_quote(name)}: {e.strerror or e}") from None
-        if len(data) != stop - start:
-            raise ModelFormatError(f"cannot read tensor {_quote(name)}: file ended early")
-        return data
+            return self._bytes.fetch(self.data_offset + begin, self.data_offset + end)
+        except ModelFormatError as e:
+            raise ModelFormatError(f"tensor {_quote(name)}: {e}") from None
 
     def close(self) -> None:
         """Release the mapping and the file; safe to call twice."""
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        self._file.close()
+        self._bytes.close()
 
     def __enter__(self) -> SafetensorsSource:
         return self

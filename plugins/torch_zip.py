@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import io
 import math
-import mmap
 import os
 import pickle
 import re
 import struct
-import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +29,7 @@ from types import MappingProxyType
 from typing import IO, Any, BinaryIO, ClassVar, NamedTuple
 
 
+from vaereg_plugins._filebytes import FileBytes
 from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
 from vaereg.types import DTYPE_BITS
 
@@ -397,15 +396,6 @@ def _gather(span: bytes, ref: _TensorRef, itemsize: int) -> bytes:
     return np.ascontiguousarray(view).tobytes()
 
 
-def _map_file(file: BinaryIO) -> mmap.mmap | None:
-    """A read-only map of the whole file, or None where mapping is refused (some network and FUSE
-    filesystems, a 32-bit address space) and plain reads must do."""
-    try:
-        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError, OverflowError):
-        return None
-
-
 class TorchZipSource:
     """An opened torch.save zip archive; see :class:`vaereg.types.TensorSource`.
 
@@ -431,33 +421,15 @@ class TorchZipSource:
         self._storages = storages
         self._big_endian = big_endian
         self._spans: dict[str, tuple[int, int]] = {}
-        self._file = file
-        self._size = os.fstat(file.fileno()).st_size
-        # Mapping reserves address space and reads nothing; done here so that concurrent reads do not
-        # race to create it. Without a map, seek + read share the file position: hence the lock.
-        self._map = _map_file(file)
-        self._lock = threading.Lock()
+        self._bytes = FileBytes(file)
+        self._size = self._bytes.size
 
     @property
     def tensors(self) -> Mapping[str, TensorInfo]:
         return self._tensors
 
     def _fetch(self, start: int, stop: int) -> bytes:
-        """Bytes [start, stop) of the file, copied out so that no buffer keeps the map from closing."""
-        try:
-            # Touching a mapped page past the end of a file that shrank kills the process: check first.
-            if os.fstat(self._file.fileno()).st_size != self._size:
-                raise ModelFormatError("file changed size since it was opened")
-            if self._map is not None:
-                return self._map[start:stop]
-            with self._lock:
-                self._file.seek(start)
-                data = self._file.read(stop - start)
-        except OSError as exc:
-            raise ModelFormatError(f"cannot read: {exc.strerror or exc}") from None
-        if len(data) != stop - start:
-            raise ModelFormatError("file ended early")
-        return data
+        return self._bytes.fetch(start, stop)
 
     def _span(self, key: str) -> tuple[int, int]:
         """Where storage `key`'s bytes lie in the file, from its local header (torch pads the extra field)."""
@@ -490,7 +462,7 @@ class TorchZipSource:
     def read(self, name: str) -> bytes:
         """The bytes of tensor `name` in C order, little-endian; KeyError for an unknown name."""
         ref = self._refs[name]
-        if self._file.closed:
+        if self._bytes.closed:
             raise ValueError("read from a closed TorchZipSource")
         start, end = self._span(ref.key)
         if math.prod(ref.shape) == 0:
@@ -519,10 +491,7 @@ class TorchZipSource:
 
     def close(self) -> None:
         """Release the map and the file; safe to call twice."""
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        self._file.close()
+        self._bytes.close()
 
     def __enter__(self) -> TorchZipSource:
         return self

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file as save_numpy
 
 from vaereg import hookspecs
 from vaereg.types import ModelFormatError, TensorSource
-from vaereg_plugins import safetensors_format
+from vaereg_plugins import _filebytes, safetensors_format
 from vaereg_plugins.safetensors_format import MAX_HEADER_SIZE, SafetensorsSource, vaereg_open_model
 
 
@@ -185,7 +185,7 @@ def test_falls_back_to_plain_reads_when_mapping_fails(tmp_path: Path, monkeypatc
         raise OSError(19, "No such device")
 
     path = raw_file(tmp_path / "m.safetensors", {"a": entry("U8", [3], 0, 3)}, b"xyz")
-    monkeypatch.setattr(safetensors_format.mmap, "mmap", refuse)
+    monkeypatch.setattr(_filebytes.mmap, "mmap", refuse)
     with open_model(path) as source:
         assert source.read("a") == b"xyz"
 
@@ -198,7 +198,7 @@ def test_concurrent_reads_return_each_tensors_own_bytes(
     path = tmp_path / "many.safetensors"
     save_numpy(arrays, str(path))
     if not mapped:
-        monkeypatch.setattr(safetensors_format, "_map_file", lambda file: None)
+        monkeypatch.setattr(_filebytes, "_map_file", lambda file: None)
     with open_model(path) as source, ThreadPoolExecutor(max_workers=8) as pool:
         names = list(arrays) * 60
         for name, data in zip(names, pool.map(source.read, names)):

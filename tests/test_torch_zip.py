@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from vaereg_plugins import torch_zip
+from vaereg_plugins import _filebytes, torch_zip
 from vaereg_plugins.torch_zip import TorchZipSource, vaereg_open_model
 
 from vaereg.hookspecs import ModelFormatError, TensorSource
@@ -325,7 +325,7 @@ def test_zero_stride_giant_is_refused(tmp_path: Path) -> None:
 
 def test_reads_without_a_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Some network and FUSE filesystems refuse mmap; plain reads must give the same bytes.
-    monkeypatch.setattr(torch_zip, "_map_file", lambda file: None)
+    monkeypatch.setattr(_filebytes, "_map_file", lambda file: None)
     base = torch.arange(48, dtype=torch.float32).reshape(6, 8)
     tensors = {"base": base, "window": base[1:4, 2:7], "half": torch.ones(3, dtype=torch.float16)}
     path = tmp_path / "nomap.pt"
