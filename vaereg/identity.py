@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -23,6 +24,8 @@ from vaereg.types import FLOAT_DTYPES, TensorInfo
 SPEC_VERSION = 1
 #: Values sampled per tensor for the linear sketch.
 SKETCH_PER_TENSOR = 32
+#: Below this many bytes of tensors, hashing in one thread is faster than starting a pool.
+PARALLEL_MIN_BYTES = 16 << 20
 
 _NUMPY = {
     "F64": "<f8",
@@ -79,6 +82,7 @@ class TensorStats:
     all_zero: bool
 
 
+@lru_cache(maxsize=8192)  # the same names and sizes recur in every VAE of a family
 def _positions(name: str, numel: int) -> np.ndarray:
     """Seeded sample positions: a function of the canonical name and size only, so they line up across VAEs."""
     count = min(numel, SKETCH_PER_TENSOR)
@@ -167,8 +171,11 @@ def compute_identity(
 
     names = sorted(infos)
     pool_size = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="vaereg-hash") as pool:
-        done = list(pool.map(work, names))
+    if pool_size == 1 or sum(i.nbytes for i in infos.values()) < PARALLEL_MIN_BYTES:
+        done = [work(name) for name in names]  # a pool costs more than it saves on a small VAE
+    else:
+        with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="vaereg-hash") as pool:
+            done = list(pool.map(work, names))
     digests = {
         d.name: TensorDigest(infos[d.name].dtype, infos[d.name].shape, d.digest, d.exact_digest) for d in done
     }
