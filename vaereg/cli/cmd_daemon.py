@@ -64,7 +64,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if not os.path.isdir(root):
             return fail(f"{root}: no such folder", ExitStatus.USAGE)
     if not (args.roots or args.launcher or config.watch or config.launchers):
-        return fail("nothing to watch: name folders, --launcher, or daemon.watch/launchers in the config", ExitStatus.USAGE)
+        return fail(
+            "nothing to watch: name folders, --launcher, or daemon.watch/launchers in the config", ExitStatus.USAGE
+        )
     _setup_logging(args.log_file, config.home)
     daemon = Daemon(config, ctx.plugins, args.roots, launchers=args.launcher, force_polling=args.poll)
     try:

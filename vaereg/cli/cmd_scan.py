@@ -54,10 +54,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     with index:
         if show_progress:
             with console().status("looking at the folders..."):
-                plan = plan_scan(args.roots, index, exclude=[config.home])
+                plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
             report = _execute_with_bar(plan, index, ctx, registry, with_file_hashes)
         else:
-            plan = plan_scan(args.roots, index, exclude=[config.home])
+            plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
             report = plan.execute(index, ctx.plugins, registry=registry, with_file_hashes=with_file_hashes)
     if args.json:
         emit_json(report.to_json())
