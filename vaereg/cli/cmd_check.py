@@ -31,26 +31,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.check import check_model
-    from vaereg.cli.cmd_dedupe import _open_index
-    from vaereg.registry import Registry
 
-    registry = Registry.load(ctx.config)
-    for message in registry.warnings:
-        warn(message)
     launchers = [found for root in ctx.config.launchers if (found := ctx.plugins.locate_launcher(root))]
-    index = _open_index(ctx)
-    try:
-        report = check_model(
-            args.model,
-            plugins=ctx.plugins,
-            index=index,
-            registry=registry,
-            launchers=launchers,
-            vae_folders=args.vae_folders,
-        )
-    finally:
-        if index is not None:
-            index.close()
+    report = check_model(
+        args.model,
+        plugins=ctx.plugins,
+        # check only reads: without an index yet, the registry's ids are all there is to compare with
+        index=ctx.index if ctx.config.index.is_file() else None,
+        registry=ctx.registry,
+        launchers=launchers,
+        vae_folders=args.vae_folders,
+    )
     for message in report.warnings:
         warn(message)
     if args.json:

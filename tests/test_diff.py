@@ -1,0 +1,246 @@
+"""`vaereg diff` and the relations under it: real files in tmp_path, and the precision rule on its own."""
+
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import factory
+from memsource import MemorySource
+from vaereg.canonical import canonicalize, find_vae
+from vaereg.cli import main
+from vaereg.compare import diff_models, relation, sketch_agreement, values_agree
+from vaereg.identity import compute_identity
+
+
+def save_torch(sd, path, dtype):
+    """Convert with torch itself, the way people make their bf16/fp16 copies."""
+    if path.suffix == ".safetensors":
+        save_file(factory.to_torch(sd, dtype), str(path))
+    else:
+        factory.save_ckpt(sd, path, dtype=dtype)
+    return path
+
+
+def identify(arrays, plugins, dtypes=None):
+    src = MemorySource(arrays, dtypes)
+    vae = canonicalize(find_vae(list(src.tensors)), src.tensors, plugins.map_layout)
+    return compute_identity(vae, src.read)[0]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return factory.make_vae(seed=1)
+
+
+def test_fp32_and_fp16_copies_are_the_same(tmp_path, plugins, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = save_torch(base, tmp_path / "b.ckpt", torch.float16)
+    report = diff_models(a, b, plugins)
+    assert report.relation == "same"
+    assert report.vae_a.dtype == "F32" and report.vae_b.dtype == "F16"
+    # Only fp16 rounding apart: every tensor differs a little, nothing by more than half an fp16 step.
+    groups = {g.group: g for g in report.groups}
+    assert set(groups) == {"encoder", "decoder"}
+    assert 0 < groups["decoder"].rel_l2 < 1e-3 and groups["decoder"].max_abs < 2e-4
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_bf16_copy_is_a_precision_variant(tmp_path, plugins, base, suffix):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = save_torch(base, tmp_path / f"b{suffix}", torch.bfloat16)
+    report = diff_models(a, b, plugins)
+    assert report.vae_b.dtype == "BF16" and report.vae_a.id != report.vae_b.id
+    assert report.relation == "precision-variant"
+    assert all(t.agrees for t in report.tensors)
+
+
+def test_fp16_and_bf16_copies_of_one_vae_are_precision_variants(tmp_path, plugins, base):
+    """Neither dtype holds the other's values: both are roundings of the same fp32 weights."""
+    a = save_torch(base, tmp_path / "a.safetensors", torch.float16)
+    b = save_torch(base, tmp_path / "b.safetensors", torch.bfloat16)
+    # Rounding the fp16 copy to bf16 is not the same as rounding fp32 to bf16: no copy is the other rounded.
+    bf16 = ml_dtypes.bfloat16
+    assert any((v.astype(np.float16).astype(bf16) != v.astype(bf16)).any() for v in base.values())
+    assert diff_models(a, b, plugins).relation == "precision-variant"
+
+
+def test_bf16_copy_of_a_finetune_is_not_a_precision_variant(tmp_path, plugins, base):
+    rng = np.random.default_rng(3)
+    tuned = {k: (v * (1 + 0.01 * rng.standard_normal(v.shape))).astype(np.float32) if k.startswith("decoder") else v
+             for k, v in base.items()}
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = save_torch(tuned, tmp_path / "b.safetensors", torch.bfloat16)
+    assert diff_models(a, b, plugins).relation == "same-encoder"
+
+
+def test_decoder_finetune_shares_the_encoder(tmp_path, plugins, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = factory.save_safetensors(factory.make_vae(seed=1, decoder_seed=5), tmp_path / "b.safetensors")
+    report = diff_models(a, b, plugins)
+    assert report.relation == "same-encoder"
+    groups = {g.group: g for g in report.groups}
+    assert groups["encoder"].differing == 0 and groups["encoder"].rel_l2 == 0
+    assert groups["decoder"].differing == groups["decoder"].tensors and groups["decoder"].rel_l2 > 0.5
+    assert all(t.name.startswith(("decoder.", "post_quant_conv.")) for t in report.top)
+
+
+def test_one_changed_value_is_found_and_not_called_a_precision_variant(tmp_path, plugins, base):
+    changed = dict(base)
+    changed["decoder.conv_out.weight"] = base["decoder.conv_out.weight"].copy()
+    changed["decoder.conv_out.weight"][1, 2, 0, 0] += 0.25
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = factory.save_safetensors(changed, tmp_path / "b.safetensors")
+    report = diff_models(a, b, plugins)
+    assert report.relation == "same-encoder"
+    assert [t.name for t in report.top] == ["decoder.conv_out.weight"]
+    assert report.top[0].max_abs == pytest.approx(0.25, rel=1e-6)
+    assert {g.group: g.differing for g in report.groups} == {"encoder": 0, "decoder": 1}
+
+
+def test_unrelated_vaes_are_different(tmp_path, plugins, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = factory.save_safetensors(factory.make_vae(seed=2), tmp_path / "b.safetensors")
+    report = diff_models(a, b, plugins)
+    assert report.relation == "different"
+    assert all(g.differing == g.tensors for g in report.groups)
+
+
+def test_four_and_sixteen_channels_are_incompatible(tmp_path, plugins, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = factory.save_safetensors(factory.make_vae(z=16, quant=False), tmp_path / "b.safetensors")
+    report = diff_models(a, b, plugins)
+    assert report.relation == "incompatible"
+    assert "kl-f8-4ch vs kl-f8-16ch" in report.reason
+    assert report.groups == ()
+
+
+def test_embedded_vae_compares_with_standalone(tmp_path, plugins, base):
+    a = factory.save_safetensors(factory.make_checkpoint(base), tmp_path / "model.safetensors")
+    b = save_torch(base, tmp_path / "vae.pt", torch.bfloat16)
+    assert diff_models(a, b, plugins).relation == "precision-variant"
+
+
+def test_nan_shows_in_the_group_and_tops_the_list(tmp_path, plugins, base):
+    broken = dict(base)
+    broken["decoder.conv_out.weight"] = base["decoder.conv_out.weight"].copy()
+    broken["decoder.conv_out.weight"][0, 0, 0, 0] = np.nan
+    broken["decoder.conv_in.bias"] = base["decoder.conv_in.bias"] * 2
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = factory.save_safetensors(broken, tmp_path / "b.safetensors")
+    report = diff_models(a, b, plugins)
+    decoder = {g.group: g for g in report.groups}["decoder"]
+    assert decoder.differing == 2 and np.isnan(decoder.max_abs)
+    assert [t.name for t in report.top] == ["decoder.conv_out.weight", "decoder.conv_in.bias"]
+    assert report.to_json()["groups"]["decoder"]["max_abs"] is None
+
+
+def test_a_file_without_vae_is_an_error(tmp_path, plugins, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    unet_only = {"model.diffusion_model.out.weight": np.ones((4, 4), np.float32)}
+    b = factory.save_safetensors(unet_only, tmp_path / "b.safetensors")
+    report = diff_models(a, b, plugins)
+    assert report.relation is None and report.error == f"{b}: holds no VAE"
+
+
+def test_cli_json(tmp_path, capsys, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = factory.save_safetensors(factory.make_vae(seed=1, decoder_seed=5), tmp_path / "b.safetensors")
+    assert main(["diff", str(a), str(b), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["relation"] == "same-encoder" and out["error"] is None
+    assert out["groups"]["encoder"] == {"tensors": 108, "differing": 0, "rel_l2": 0.0, "max_abs": 0.0}
+    assert out["groups"]["decoder"]["differing"] == out["groups"]["decoder"]["tensors"] == 140
+    assert len(out["top"]) == 5 and set(out["top"][0]) == {"name", "rel_l2", "max_abs"}
+
+
+def test_cli_human_output_leads_with_the_relation(tmp_path, capsys, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = save_torch(base, tmp_path / "b.safetensors", torch.bfloat16)
+    assert main(["diff", str(a), str(b)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("precision-variant: the same weights stored at another precision")
+
+
+def test_cli_error_exit_status(tmp_path, capsys, base):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    (tmp_path / "b.safetensors").write_text("not weights")
+    assert main(["diff", str(a), str(tmp_path / "b.safetensors")]) == 1
+    assert capsys.readouterr().out.startswith(f"error: {tmp_path / 'b.safetensors'}: ")
+
+
+# --- relations from identities and sketches alone -------------------------------------------------------
+
+
+def test_sketches_tell_a_bf16_copy_from_a_changed_value(plugins, base):
+    a = identify(base, plugins)
+    bf16 = identify({k: v.astype(ml_dtypes.bfloat16).view(np.uint16) for k, v in base.items()}, plugins,
+                    dtypes={k: "BF16" for k in base})
+    assert relation(a, bf16) == "precision-variant"
+    # A value changed outside the sampled positions: same dtype, so the digest alone says "other weights".
+    changed = dict(base)
+    changed["decoder.conv_out.weight"] = base["decoder.conv_out.weight"].copy()
+    changed["decoder.conv_out.weight"].flat[:] += 1e-3
+    other = identify(changed, plugins)
+    agreement = sketch_agreement(a, other)
+    assert agreement is not None and agreement["decoder.conv_out.weight"] is False
+    assert relation(a, other) == "same-encoder"
+
+
+def test_sketch_agreement_needs_a_common_layout(plugins, base):
+    a = identify(base, plugins)
+    b = identify(factory.make_vae(z=16, quant=False), plugins)
+    assert sketch_agreement(a, b) is None and relation(a, b) == "incompatible"
+
+
+# --- the precision rule ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(100_000) * 0.05).astype(np.float32)
+    x[:6] = [0.0, -0.0, 1e-8, -3e-7, 3.0, 200.0]
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F8_E4M3", "F8_E5M2"])
+def test_a_rounded_copy_agrees_everywhere(weights, dtype):
+    narrow = {"F16": np.float16, "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
+              "F8_E5M2": ml_dtypes.float8_e5m2}[dtype]
+    rounded = weights.astype(narrow).astype(np.float64)
+    assert values_agree(weights, "F32", rounded, dtype).all()
+    assert values_agree(rounded, dtype, weights, "F32").all()  # either order
+
+
+def test_fp8_made_from_an_fp16_copy_agrees_with_the_fp32_original(weights):
+    via_fp16 = weights.astype(np.float16).astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    direct = weights.astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    assert (via_fp16 != direct).any()  # double rounding really happens
+    assert values_agree(weights, "F32", via_fp16, "F8_E4M3").all()
+
+
+def test_one_ulp_off_disagrees(weights):
+    bits = weights.astype(ml_dtypes.bfloat16).view(np.uint16).copy()
+    bits[100] += 1
+    off = bits.view(ml_dtypes.bfloat16).astype(np.float64)
+    agree = values_agree(weights, "F32", off, "BF16")
+    assert not agree[100] and agree.sum() == len(weights) - 1
+
+
+def test_a_small_change_shows_through_bf16(weights):
+    rng = np.random.default_rng(1)
+    tuned = weights * (1 + 1e-3 * rng.standard_normal(weights.shape))
+    agree = values_agree(weights, "F32", tuned.astype(ml_dtypes.bfloat16).astype(np.float64), "BF16")
+    assert agree.mean() < 0.95
+
+
+def test_nan_and_overflow():
+    x = np.array([np.nan, 1.0, 70000.0, np.nan])
+    y = np.array([np.nan, np.nan, np.inf, 1.0])
+    assert values_agree(x, "F32", y, "F16").tolist() == [True, False, True, False]
