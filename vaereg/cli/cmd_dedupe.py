@@ -50,24 +50,24 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     dirs = list(args.dirs) or list(ctx.config.watch)
     if not dirs:
         return fail("no DIR given and no folders configured to watch (daemon.watch in vaereg.toml)", ExitStatus.USAGE)
+    if not args.dirs and not args.json:
+        warn(f"looking in the watched folders: {', '.join(map(str, dirs))}")
     index = _open_index(ctx)
     try:
         plan = plan_dedupe(dirs, index=index, plugins=ctx.plugins)
     finally:
         if index is not None:
             index.close()
+    if not args.json:
+        _print_plan(plan, acting=args.mode is not None)  # shown before anything is touched
     result = plan.execute(args.mode) if args.mode else None
     if args.json:
         out = plan.to_json()
         if result is not None:
             out.update(result.to_json())
         emit_json(out)
-    else:
-        if not args.dirs:
-            warn(f"looking in the watched folders: {', '.join(map(str, dirs))}")
-        _print_plan(plan, acting=result is not None)
-        if result is not None:
-            _print_result(result)
+    elif result is not None:
+        _print_result(result)
     failed = bool(plan.errors) or (result is not None and bool(result.skipped))
     return ExitStatus.FAILED if failed else ExitStatus.OK
 
