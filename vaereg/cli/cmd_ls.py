@@ -1,0 +1,45 @@
+"""``vaereg ls``: one row per distinct VAE on this machine - its name, family, copies and reclaimable bytes.
+
+A VAE is a canonical id: its fp32 and fp16 files and the checkpoints embedding it are copies of one VAE.
+"Reclaimable" counts the bytes that byte-identical standalone copies waste (``vaereg dedupe`` links them).
+``--json`` prints JSON Lines, one object per VAE (docs/json.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vaereg.cli.common import Context, emit_json_lines, human_size, print_table, short
+from vaereg.status import ExitStatus
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ls", help="list the distinct VAEs on this machine with their copies")
+    p.add_argument("--json", action="store_true", help="JSON Lines, one object per VAE (docs/json.md)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from vaereg.catalog import Catalog
+
+    vaes = Catalog(ctx.index, ctx.registry).distinct_vaes()
+    if args.json:
+        emit_json_lines(vae.to_json() for vae in vaes)
+        return ExitStatus.OK
+    if not vaes:
+        print("no VAEs indexed yet: vaereg scan DIR indexes a folder", file=sys.stderr)
+        return ExitStatus.OK
+    rows = [
+        (vae.label, vae.family, short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
+         human_size(vae.reclaimable_bytes) if vae.reclaimable_bytes else "-")
+        for vae in vaes
+    ]
+    print_table(("name", "family", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
+    reclaimable = sum(vae.reclaimable_bytes for vae in vaes)
+    copies = sum(len(vae.copies) for vae in vaes)
+    summary = f"{len(vaes)} VAEs in {copies} files"
+    if reclaimable:
+        summary += f"; {human_size(reclaimable)} held by identical copies (vaereg dedupe)"
+    print(summary, file=sys.stderr)
+    return ExitStatus.OK

@@ -1,0 +1,71 @@
+"""``vaereg name HASH NAME``: name a VAE in the local registry - every copy of it, in any precision or file.
+
+Names attach to the canonical id, so naming one copy names its fp16 twin and the checkpoints that embed
+it too. ``--dry-run`` shows the planned change; ``--json`` prints what was written (docs/json.md).
+The `apply` helper here serves ``alias`` and ``unname`` as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from vaereg.cli.common import Context, emit_json, fail
+from vaereg.status import ExitStatus
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("name", help="name a VAE (all its copies) in the local registry")
+    p.add_argument("query", metavar="HASH", help="any id or file hash of the VAE, or >= 6 leading hex digits")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--note", metavar="TEXT", help="add a line to the entry's notes")
+    p.add_argument("--flag", dest="flags", action="append", default=[], metavar="FLAG",
+                   help="add a flag such as fp16-nan-prone (repeatable)")
+    add_common_options(p)
+    p.set_defaults(run=run)
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    return apply(args, ctx, lambda catalog: catalog.plan_name(args.query, args.name, note=args.note, flags=args.flags))
+
+
+def apply(args: argparse.Namespace, ctx: Context, plan_with: Callable) -> int:
+    """Plan with the catalog, then show the plan (--dry-run) or execute it and say what was written."""
+    from vaereg.catalog import Catalog, CatalogLookupError
+
+    catalog = Catalog(ctx.index, ctx.registry, ctx.plugins)
+    try:
+        plan = plan_with(catalog)
+    except ValueError as exc:
+        return fail(str(exc), ExitStatus.USAGE)
+    except CatalogLookupError as exc:
+        return fail(str(exc))
+    if args.dry_run:
+        if args.json:
+            emit_json(plan.to_json())
+        else:
+            print("\n".join(plan.changes) if plan.changes else "nothing to change")
+        return ExitStatus.OK
+    result = plan.execute()
+    if args.json:
+        emit_json(result.to_json())
+        return ExitStatus.OK
+    where = ctx.config.registry
+    target = result.id or f"vae.{result.slug}"
+    if not result.changed:
+        print(f"{target}: nothing to change in {where}")
+    elif result.entry is None:
+        print(f"{target}: removed vae.{result.slug} from {where}")
+    else:
+        entry = result.entry
+        aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+        print(f"{target}: {entry.name or 'unnamed'}{aliases}  [vae.{entry.slug} in {where}]")
+        copies = len(plan.target.copies)
+        if copies:
+            print(f"applies to {copies} cop{'y' if copies == 1 else 'ies'} on this machine")
+    return ExitStatus.OK
