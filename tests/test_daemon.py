@@ -298,14 +298,14 @@ def test_a_file_renamed_before_its_hashes_gets_them_under_its_new_name(tmp_path,
     import vaereg.ingest
 
     gate = threading.Event()
-    real = vaereg.ingest.whole_file_hashes
+    real = vaereg.ingest.model_file_hashes
 
     def held(path, plugins):
-        if path.endswith("a.safetensors"):
+        if path.name == "a.safetensors":
             gate.wait(DEADLINE)
         return real(path, plugins)
 
-    monkeypatch.setattr(vaereg.ingest, "whole_file_hashes", held)
+    monkeypatch.setattr(vaereg.ingest, "model_file_hashes", held)
     a, b = lib / "a.safetensors", lib / "b.safetensors"
     with running(config, plugins_with, [lib]) as daemon:
         a.write_bytes(vae_bytes(tmp_path))

@@ -251,7 +251,6 @@ class KnownVaes:
         return known
 
     def _from_index(self, vae: VaeIdentity, own_path: Path, index: Index) -> None:
-        from vaereg.ingest import report_of
 
         for vae_id, exact_id, sketch in index.sketches(vae.family):
             if vae_id not in self.copies:
@@ -260,7 +259,7 @@ class KnownVaes:
             if not held:
                 continue  # only the checked model holds it: not a VAE known from elsewhere
             # The row's identity as the index keeps it; per-tensor digests follow when needed (`_detailed`).
-            identity = report_of(held[0]).vae
+            identity = held[0].report().vae
             assert identity is not None
             self.variants.setdefault(vae_id, []).append(replace(identity, sketch=sketch))
 

@@ -31,7 +31,7 @@ from vaereg.completion import Completion
 from vaereg.config import Config
 from vaereg.daemon_status import DaemonStatus, InstanceLock, remove_status, timestamp, write_status
 from vaereg.index import Index
-from vaereg.ingest import Ingest, report_of, slim
+from vaereg.ingest import Ingest, slim
 from vaereg.plugins import Plugins
 from vaereg.records import HashReport
 from vaereg.router import EventRouter
@@ -282,7 +282,7 @@ class Daemon:
             return
         for row in self.index.pending_file_hashes(HASH_BACKLOG):
             if os.path.exists(row.path):
-                self.hash_queue.put(row.path, row.size, (report_of(row), row.mtime_ns))
+                self.hash_queue.put(row.path, row.size, (row.report(), row.mtime_ns))
 
     # -- the workers
 
@@ -307,7 +307,7 @@ class Daemon:
         if verdict == "unchanged":
             assert row is not None
             if row.hashed_at is None and row.error is None and self.config.file_hashes:
-                self.hash_queue.put(path, row.size, (report_of(row), row.mtime_ns))
+                self.hash_queue.put(path, row.size, (row.report(), row.mtime_ns))
             return
         outcome = self.ingest.identify(path, with_file_hashes=False)
         if outcome.status == "unsettled":

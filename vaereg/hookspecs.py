@@ -86,6 +86,6 @@ def vaereg_file_moved(src: str, dest: str) -> None:
 def vaereg_registry_changed(slug: str, entry: dict | None) -> None:
     """A registry entry was written by vaereg (named, aliased, ids learnt) or removed (`entry` is None).
 
-    `entry` is the merged entry as ``vaereg lookup --json`` shows registry data. Called in the writing process
-    only; other processes learn of it by re-reading the registry.
+    `entry` is the merged entry's ``Entry.to_json()`` (docs/registry.md). Called in the writing process only;
+    other processes learn of it by re-reading the registry.
     """

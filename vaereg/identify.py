@@ -81,9 +81,18 @@ def _os_error(exc: OSError) -> str:
     return exc.strerror.lower() if exc.strerror else str(exc)
 
 
-def _weights_file(path: Path, source: TensorSource) -> Path:
-    """The file whose bytes the whole-file hashes cover (a folder's weights file, else the path)."""
-    return Path(getattr(source, "weights_path", path))
+def _hash_target(path: Path, source: TensorSource) -> tuple[Path, int | None]:
+    """The file the whole-file hashes cover (a folder's weights file, else the path) and, for safetensors,
+    where the data after the header starts (AutoV3)."""
+    return Path(getattr(source, "weights_path", path)), getattr(source, "data_offset", None)
+
+
+def model_file_hashes(path: Path, plugins: Plugins) -> FileHashes:
+    """The whole-file hashes of a model, as `identify` computes them, without identifying it again
+    (only the header is read before the full read)."""
+    with open_model(path, plugins) as model:
+        target, data_offset = _hash_target(path, model.source)
+    return file_hashes(target, data_offset=data_offset)
 
 
 def analyze(
@@ -102,8 +111,7 @@ def analyze(
             vae, stats = None, {}
             if model.vae is not None:
                 vae, stats = compute_identity(model.vae, model.source.read, with_stats=with_stats)
-            hashed = _weights_file(path, model.source)
-            data_offset = getattr(model.source, "data_offset", None)
+            hashed, data_offset = _hash_target(path, model.source)
         hashes = (
             file_hashes(hashed, data_offset=data_offset)
             if with_file_hashes

@@ -177,6 +177,25 @@ class IndexedFile:
             return None
         return FileHashes(size=self.size, **{name: getattr(self, name) for name in FILE_HASH_NAMES})
 
+    def report(self) -> HashReport:
+        """The report this row stands for (without per-tensor digests), for events about indexed files."""
+        vae = None
+        if self.exact_id is not None:
+            vae = VaeIdentity(
+                id=self.id or "",
+                exact_id=self.exact_id,
+                encoder_id=self.encoder_id or "",
+                decoder_id=self.decoder_id or "",
+                family=self.family or "unknown",
+                latent_channels=self.latent_channels,
+                dtype=self.dtype or "",
+                layout=self.layout or "",
+                prefix=self.prefix or "",
+                tensors=self.tensors or 0,
+                params=self.params or 0,
+            )
+        return HashReport(path=self.path, format=self.format, error=self.error, vae=vae, file=self.hashes or FileHashes(self.size))
+
     def matches(self, st: os.stat_result) -> bool:
         """Whether `st` describes the file as it was indexed (same file, same size, same mtime)."""
         return (

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, TypeVar
 
-from vaereg.filehash import file_hashes
-from vaereg.identify import analyze, open_model
-from vaereg.records import FileHashes, HashReport, VaeIdentity
+from vaereg.identify import analyze, model_file_hashes
+from vaereg.records import HashReport
 
 if TYPE_CHECKING:
-    from vaereg.index import Index, IndexedFile
+    from vaereg.index import Index
     from vaereg.plugins import Plugins
     from vaereg.registry import Entry, Registry
 
@@ -74,36 +73,6 @@ def slim(report: HashReport) -> HashReport:
     return dataclasses.replace(report, vae=dataclasses.replace(report.vae, tensor_digests={}, sketch=b""))
 
 
-def report_of(row: IndexedFile) -> HashReport:
-    """The report an index row stands for (without per-tensor digests), for events about indexed files."""
-    vae = None
-    if row.exact_id is not None:
-        vae = VaeIdentity(
-            id=row.id or "",
-            exact_id=row.exact_id,
-            encoder_id=row.encoder_id or "",
-            decoder_id=row.decoder_id or "",
-            family=row.family or "unknown",
-            latent_channels=row.latent_channels,
-            dtype=row.dtype or "",
-            layout=row.layout or "",
-            prefix=row.prefix or "",
-            tensors=row.tensors or 0,
-            params=row.params or 0,
-        )
-    hashes = row.hashes or FileHashes(row.size)
-    return HashReport(path=row.path, format=row.format, error=row.error, vae=vae, file=hashes)
-
-
-def whole_file_hashes(path: str, plugins: Plugins) -> FileHashes:
-    """The whole-file hashes of a model file, as `identify` computes them (AutoV3 needs the format's data
-    offset, so the file is opened through its plugin first: a header read)."""
-    with open_model(Path(path), plugins) as model:
-        hashed = Path(getattr(model.source, "weights_path", path))
-        data_offset = getattr(model.source, "data_offset", None)
-    return file_hashes(hashed, data_offset=data_offset)
-
-
 class Ingest:
     """Records what reading files gave, and tells the registry and the plugins."""
 
@@ -140,7 +109,7 @@ class Ingest:
     def add_file_hashes(self, path: str, report: HashReport, expect_mtime_ns: int) -> Outcome:
         """Compute the whole-file hashes of a file recorded without them, store them, fire
         `file_identified` again with them. Nothing is stored if the file changed since it was recorded."""
-        problem, hashes, st = self._read(path, lambda: whole_file_hashes(path, self.plugins), expect_mtime_ns)
+        problem, hashes, st = self._read(path, lambda: model_file_hashes(Path(path), self.plugins), expect_mtime_ns)
         if problem is not None or hashes is None or st is None:
             return Outcome(problem or "vanished", report, st)
         full = dataclasses.replace(report, file=hashes)
