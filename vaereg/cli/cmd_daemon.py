@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -42,6 +41,8 @@ def _setup_logging(log_file: Path | None, home: Path) -> None:
         log_file = home / "daemon.log"
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        import logging.handlers  # only for --log-file; every other command skips its import
+
         handler: logging.Handler = logging.handlers.RotatingFileHandler(
             log_file, maxBytes=5_000_000, backupCount=2, encoding="utf-8"
         )
