@@ -23,3 +23,20 @@ def plugins():
     from vaereg.plugins import Plugins
 
     return Plugins()
+
+
+@pytest.fixture
+def config(_isolated_home):
+    """The configuration every command would load in this test's isolated home."""
+    from vaereg.config import Config
+
+    return Config.load()
+
+
+@pytest.fixture
+def index(config):
+    """The index of this test's home, closed afterwards."""
+    from vaereg.index import Index
+
+    with Index(config.index) as index:
+        yield index

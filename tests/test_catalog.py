@@ -93,17 +93,6 @@ def library(tmp_path_factory, plugins) -> Library:
 
 
 @pytest.fixture
-def config(_isolated_home) -> Config:
-    return Config.load()
-
-
-@pytest.fixture
-def index(config):
-    with Index(config.index) as index:
-        yield index
-
-
-@pytest.fixture
 def registry(config) -> Registry:
     return Registry.load(config)
 

@@ -58,17 +58,6 @@ def plugins_with(events):
 
 
 @pytest.fixture
-def config(_isolated_home):
-    return Config.load()
-
-
-@pytest.fixture
-def index(config):
-    with Index(config.index) as index:
-        yield index
-
-
-@pytest.fixture
 def reads(monkeypatch):
     """Counts the files `analyze` reads during a scan."""
     import vaereg.ingest
