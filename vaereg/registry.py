@@ -8,36 +8,29 @@ the file format and the merge rules):
 3. the local registry (``Config.registry``), the only file vaereg writes. It may not exist yet.
 
 Reading never fails: a layer that is not valid TOML, or breaks the schema, is left out and reported in
-`Registry.warnings` as ``<file>:<line>:<col>: <problem>``. Writes are planned first (`WritePlan`: a dry run
-for free), then executed under a lock beside the local file: re-read it, edit the tomlkit document so a
-person's comments and layout survive, write a temporary file, check what it reads back as, replace.
+`Registry.warnings` as ``<file>:<line>:<col>: <problem>``. This module reads, with the stdlib's tomllib;
+`Registry`'s write methods delegate to `vaereg.registry_write`, which alone imports tomlkit and filelock,
+so reading stays light. Writes are planned first (`WritePlan`: a dry run for free), then executed under
+a lock beside the local file.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import sys
-import tempfile
-import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
-
-import tomlkit
-from filelock import FileLock, Timeout
-from tomlkit.container import Container
-from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import AoT, Comment, InlineTable, Table, Whitespace
-
-from vaereg.config import Config
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from vaereg.config import Config
+    from vaereg.registry_write import WritePlan
 
 #: The registry format this vaereg reads and writes.
 SCHEMA = 1
@@ -51,25 +44,27 @@ LIST_FIELDS = ("aliases", "flags")
 ID_FIELDS = ("id", "encoder_id", "decoder_id")
 #: Fields a layer may list in ``replace`` to take its own value instead of the union.
 REPLACEABLE_FIELDS = ("aliases", "flags", "files")
-#: The order vaereg gives the fields of entries it creates; a person's own order is never changed.
-FIELD_ORDER = ("name", "aliases", "family", "id", "encoder_id", "decoder_id", "notes", "source", "flags", "files")
-#: A local entry left with only these fields after its name is removed carries nothing a person added.
-_IDENTITY_FIELDS = frozenset({"id", "encoder_id", "decoder_id", "family"})
 
 _SLUG = re.compile(r"[a-z0-9._-]+")
 _ID = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]+")
 
-_LOCAL_HEADER = (
-    "vaereg local registry: the names, aliases, notes and flags you add, and ids learnt from scans.",
-    "Edit it freely: vaereg keeps comments and order when it writes. Format: docs/registry.md",
-)
-
 #: A key path inside a registry file, e.g. ("vae", "sdxl-vae", "files", 0, "sha256").
 Where = tuple[Union[str, int], ...]
 #: One entry as one layer declares it: normalised field values, plus ``replace`` (a frozenset).
 Declared = dict[str, Any]
+
+#: Names of the write side that are still importable from here; only using one loads tomlkit and filelock.
+_WRITE_NAMES = frozenset({"EntryEdit", "WritePlan", "slug_from_name", "FIELD_ORDER"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WRITE_NAMES:
+        from vaereg import registry_write
+
+        return getattr(registry_write, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class RegistryError(Exception):
@@ -215,8 +210,9 @@ def _check_layer(data: Mapping[str, Any], notices: list[tuple[Where, str]]) -> d
 
 def _check_entry(slug: str, body: Any, notices: list[tuple[Where, str]]) -> Declared:
     where: Where = ("vae", slug)
-    if not _SLUG.fullmatch(slug):
-        raise _SchemaError(where, f"slug {slug!r} may hold only lowercase letters, digits, '.', '_' and '-'")
+    problem = _slug_problem(slug)
+    if problem:
+        raise _SchemaError(where, problem)
     if not isinstance(body, dict):
         raise _SchemaError(where, f"vae.{slug} must be a table")
     declared: Declared = {}
@@ -238,6 +234,13 @@ def _check_entry(slug: str, body: Any, notices: list[tuple[Where, str]]) -> Decl
         else:
             notices.append((at, f"unknown field {label} (ignored)"))
     return declared
+
+
+def _slug_problem(slug: str) -> str | None:
+    """Why `slug` cannot name an entry, or None if it can (reading and writing share the rule)."""
+    if _SLUG.fullmatch(slug):
+        return None
+    return f"slug {slug!r} may hold only lowercase letters, digits, '.', '_' and '-'"
 
 
 def _check_scalar(key: str, value: Any, at: Where, label: str) -> str:
@@ -442,140 +445,6 @@ def _shared_paths(configured: Iterable[Path], warnings: list[str]) -> list[Path]
     return paths
 
 
-# --- planning writes ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EntryEdit:
-    """One planned change to one entry of the local registry, applied to the file as it is when written.
-
-    `set` maps scalar fields to values (None removes the local key, so lower layers show through);
-    `add` maps list fields to items to union in; `files` are merged by sha256; `note` is appended to the
-    notes as a line of its own (onto `note_base`, the notes below the local layer, if the local layer has
-    none). `for_id` marks a new entry for that id: should its slug be taken by another id by then, the
-    next free ``<slug>-<n>`` is used, skipping `avoid`. `drop_if_bare` removes the local table when only
-    identity fields are left in it.
-    """
-
-    slug: str
-    set: tuple[tuple[str, str | None], ...] = ()
-    add: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    files: tuple[KnownFile, ...] = ()
-    note: str | None = None
-    note_base: str | None = None
-    for_id: str | None = None
-    avoid: frozenset[str] = frozenset()
-    drop_if_bare: bool = False
-
-    def describe(self) -> list[str]:
-        where = f"vae.{self.slug}"
-        lines = [f"{where}: create for id {self.for_id}"] if self.for_id else []
-        for key, value in self.set:
-            lines.append(f"{where}: remove the local {key}" if value is None else f"{where}: {key} = {value!r}")
-        for key, items in self.add:
-            lines.append(f"{where}: add {key} {', '.join(map(repr, items))}")
-        for known in self.files:
-            lines.append(f"{where}: add file {known.sha256} ({', '.join(known.names) or 'no names'})")
-        if self.note:
-            lines.append(f"{where}: add note {self.note!r}")
-        if self.drop_if_bare:
-            lines.append(f"{where}: drop the local entry if only identity fields are left")
-        return lines
-
-
-@dataclass(frozen=True)
-class WritePlan:
-    """Edits to the local registry; nothing touches the disk until `execute`."""
-
-    path: Path
-    edits: tuple[EntryEdit, ...] = ()
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-
-    @property
-    def empty(self) -> bool:
-        return not self.edits
-
-    def describe(self) -> list[str]:
-        return [line for edit in self.edits for line in edit.describe()]
-
-    def execute(self) -> tuple[str, ...]:
-        """Apply the edits under the file's lock; return the slug each edit landed on."""
-        if not self.edits:
-            return ()
-        with _WriteLock(self.path, self.lock_timeout):
-            return _edit_file(self.path, self.edits)
-
-
-def slug_from_name(name: str) -> str:
-    """A slug for a new entry: the name in lowercase ASCII, other characters as '-'."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9._-]+", "-", ascii_name.lower())
-    return re.sub(r"-{2,}", "-", slug).strip("-._") or "vae"
-
-
-def _unique_slug(base: str, taken: Iterable[str]) -> str:
-    taken = set(taken)
-    slug, n = base, 1
-    while slug in taken:
-        n += 1
-        slug = f"{base}-{n}"
-    return slug
-
-
-def _check_slug(slug: str) -> str:
-    if not _SLUG.fullmatch(slug):
-        raise RegistryError(f"slug {slug!r} may hold only lowercase letters, digits, '.', '_' and '-'")
-    return slug
-
-
-def _clean_id(value: str, key: str = "id") -> str:
-    cleaned = value.strip().lower()
-    if not _ID.fullmatch(cleaned):
-        raise RegistryError(f"{key} must be 32 hex digits, not {value!r}")
-    return cleaned
-
-
-def _clean_scalar(key: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RegistryError(f"{key} must be text, not {type(value).__name__}")
-    value = value.strip()
-    return _clean_id(value, key) if key in ID_FIELDS and value else value
-
-
-def _clean_strings(key: str, value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(item, str) for item in items):
-        raise RegistryError(f"{key} must be text")
-    return _union(item.strip() for item in items if item.strip())
-
-
-def _clean_files(value: Iterable[KnownFile | Mapping[str, Any]]) -> tuple[KnownFile, ...]:
-    files = []
-    for item in value:
-        known = item if isinstance(item, KnownFile) else KnownFile(
-            str(item.get("sha256", "")), tuple(item.get("names", ())), item.get("source")
-        )
-        sha256 = known.sha256.strip().lower()
-        if not _SHA256.fullmatch(sha256):
-            raise RegistryError(f"sha256 must be 64 hex digits, not {known.sha256!r}")
-        names = _clean_strings("names", known.names)
-        files.append(KnownFile(sha256, names, _clean_scalar("source", known.source) or None))
-    return tuple(files)
-
-
-def _adds_to(current: Entry | None, known: KnownFile) -> bool:
-    have = {f.sha256: f for f in current.files} if current else {}
-    old = have.get(known.sha256)
-    if old is None:
-        return True
-    return bool(set(known.names) - set(old.names)) or bool(known.source and not old.source)
-
-
-def _field_rank(item: tuple[str, Any]) -> int:
-    return FIELD_ORDER.index(item[0]) if item[0] in FIELD_ORDER else len(FIELD_ORDER)
-
 
 # --- the registry ------------------------------------------------------------------------------------
 
@@ -585,7 +454,8 @@ class Registry:
 
     `layers` lists every file read, `entries` maps slug to merged `Entry`, `warnings` holds what was left
     out or ignored, as ``<file>:<line>:<col>: <problem>``. Write methods execute a plan, re-read the
-    layers and return the entry as it now stands; the ``plan_*`` methods only plan.
+    layers and return the entry as it now stands; the ``plan_*`` methods only plan. Both delegate to
+    `vaereg.registry_write`, imported when first used.
     """
 
     def __init__(
@@ -673,8 +543,9 @@ class Registry:
         takes `KnownFile`s or ``{"sha256", "names", "source"}`` mappings to merge in. What the merged
         registry already says is left out of the plan, so a plan can be empty.
         """
-        edit = self._edit(_check_slug(slug), changes)
-        return self._plan([edit] if edit else [])
+        from vaereg import registry_write
+
+        return registry_write.plan_update(self, slug, changes)
 
     def plan_set_name(
         self,
@@ -686,40 +557,16 @@ class Registry:
         decoder_id: str | None = None,
     ) -> WritePlan:
         """Plan naming the VAE with this id: the existing entry's name, else a new entry with a new slug."""
-        vae_id, name = _clean_id(vae_id), (name or "").strip()
-        if not name:
-            raise RegistryError("a name cannot be empty")
+        from vaereg import registry_write
+
         identity = {"family": family, "encoder_id": encoder_id, "decoder_id": decoder_id}
-        known = self.find_by_id(vae_id)
-        if known:
-            entry = self._preferred(known)
-            # Identity fields only fill gaps here: learn_ids is the place that checks them against scans.
-            fill = {key: value for key, value in identity.items() if value and getattr(entry, key) is None}
-            edit = self._edit(entry.slug, {"name": name, **fill})
-        else:
-            taken = set(self.entries) | set(self._local)
-            slug = _unique_slug(slug_from_name(name), taken)
-            given = {key: value for key, value in identity.items() if value}
-            edit = self._edit(slug, {"name": name, "id": vae_id, **given}, for_id=vae_id, avoid=frozenset(taken))
-        return self._plan([edit] if edit else [])
+        return registry_write.plan_set_name(self, vae_id, name, identity)
 
     def plan_remove_name(self, vae_id: str) -> WritePlan:
         """Plan removing the local name of the VAE with this id (an entry only the local layer has goes)."""
-        vae_id = _clean_id(vae_id)
-        known = self.find_by_id(vae_id)
-        if not known:
-            raise RegistryError(f"no registry entry has the id {vae_id}")
-        edits = [
-            EntryEdit(entry.slug, set=(("name", None),), drop_if_bare=not self._declared_below(entry.slug))
-            for entry in known
-            if "name" in self._local.get(entry.slug, {})
-        ]
-        if not edits:
-            raise RegistryError(
-                f"the name of {vae_id} does not come from the local registry {self.local_path}, "
-                "the only one vaereg writes"
-            )
-        return self._plan(edits)
+        from vaereg import registry_write
+
+        return registry_write.plan_remove_name(self, vae_id)
 
     # writing
 
@@ -743,8 +590,7 @@ class Registry:
 
     def remove_name(self, vae_id: str) -> Entry | None:
         """Remove the local name; return the entry as it now stands, or None when it is gone."""
-        slugs = self.plan_remove_name(vae_id).execute()
-        self.reload()
+        slugs = self._execute(self.plan_remove_name(vae_id))
         return self.entries.get(slugs[0])
 
     def add_aliases(self, slug_or_id: str, aliases: Iterable[str]) -> Entry:
@@ -755,16 +601,11 @@ class Registry:
 
     def add_note(self, slug_or_id: str, note: str) -> Entry:
         """Append `note` to the entry's notes as a line of its own (once)."""
+        from vaereg import registry_write
+
         slug = self.resolve_slug(slug_or_id)
-        note = note.strip()
-        if not note:
-            raise RegistryError("a note cannot be empty")
-        current = self.entries[slug].notes or ""
-        if note in current.split("\n"):
-            return self.entries[slug]
-        below = merge_layers([source.entries for source in self._sources[:-1]]).get(slug)
-        edit = EntryEdit(slug, note=note, note_base=below.notes if below else None)
-        return self._commit(self._plan([edit]), slug)
+        plan = registry_write.plan_note(self, slug, note)
+        return self._commit(plan, slug) if plan.edits else self.entries[slug]
 
     def learn_ids(
         self,
@@ -779,22 +620,16 @@ class Registry:
         Fields the registry already has are left alone when they agree; when they differ the registry is
         wrong about this entry or its files, and a `RegistryError` says so rather than guessing.
         """
+        from vaereg import registry_write
+
         current = self.entries.get(slug)
         if current is None:
             raise RegistryError(f"no registry entry has the slug {slug!r}")
         learnt = {"id": vae_id, "encoder_id": encoder_id, "decoder_id": decoder_id, "family": family}
-        changes = {}
-        for key, value in learnt.items():
-            value = _clean_scalar(key, value)
-            have = getattr(current, key)
-            if not value or value == have:
-                continue
-            if have is not None:
-                raise RegistryError(f"vae.{slug} has {key} {have}, but a file it lists has {key} {value}")
-            changes[key] = value
+        changes = registry_write.learnt_changes(current, learnt)
         return self.update(slug, changes) if changes else current
 
-    # helpers
+    # helpers (the layer-aware ones are vaereg.registry_write's too)
 
     @property
     def _local(self) -> Mapping[str, Declared]:
@@ -803,287 +638,24 @@ class Registry:
     def _declared_below(self, slug: str) -> bool:
         return any(slug in source.entries for source in self._sources[:-1])
 
+    def _merged_below(self, slug: str) -> Entry | None:
+        """The entry as the layers below the local one merge it, or None if only the local layer has it."""
+        return merge_layers([source.entries for source in self._sources[:-1]]).get(slug)
+
     def _preferred(self, entries: Sequence[Entry]) -> Entry:
         # Of several entries with one id, the one the local layer already speaks about.
         return next((entry for entry in entries if entry.slug in self._local), entries[0])
 
-    def _plan(self, edits: Iterable[EntryEdit]) -> WritePlan:
-        return WritePlan(self.local_path, tuple(edits), self.lock_timeout)
+    def _execute(self, plan: WritePlan) -> tuple[str, ...]:
+        """Execute `plan` and re-read the layers; return the slug each edit landed on."""
+        slugs = plan.execute()
+        self.reload()
+        return slugs
 
     def _commit(self, plan: WritePlan, slug: str) -> Entry:
         """Execute `plan`, re-read the layers, return the entry it wrote (or `slug` if nothing was to write)."""
-        slugs = plan.execute()
-        self.reload()
+        slugs = self._execute(plan)
         entry = self.entries.get(slugs[0] if slugs else slug)
         if entry is None:
             raise RegistryError(f"no registry entry has the slug {slug!r}; " + "; ".join(self.warnings))
         return entry
-
-    def _edit(
-        self, slug: str, changes: Mapping[str, Any], *, for_id: str | None = None, avoid: frozenset[str] = frozenset()
-    ) -> EntryEdit | None:
-        current = None if for_id else self.entries.get(slug)
-        local = self._local.get(slug, {})
-        sets: list[tuple[str, str | None]] = []
-        adds: list[tuple[str, tuple[str, ...]]] = []
-        files: tuple[KnownFile, ...] = ()
-        for key, value in sorted(changes.items(), key=_field_rank):
-            if key in SCALAR_FIELDS:
-                cleaned = _clean_scalar(key, value)
-                if cleaned is None:
-                    if key in local:
-                        sets.append((key, None))
-                elif (cleaned or None) != getattr(current, key, None):
-                    sets.append((key, cleaned))
-            elif key in LIST_FIELDS:
-                new = tuple(item for item in _clean_strings(key, value) if item not in getattr(current, key, ()))
-                if new:
-                    adds.append((key, new))
-            elif key == "files":
-                files = tuple(known for known in _clean_files(value) if _adds_to(current, known))
-            else:
-                raise ValueError(f"unknown registry field {key!r}")
-        if not (sets or adds or files):
-            return None
-        return EntryEdit(slug, tuple(sets), tuple(adds), files, for_id=for_id, avoid=avoid)
-
-
-# --- executing writes --------------------------------------------------------------------------------
-
-
-class _WriteLock:
-    """The write lock beside the file. fcntl/Windows locks die with their holder: no stale-lock cleanup."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.lock = FileLock(f"{path}.lock", timeout=timeout)
-
-    def __enter__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.lock.acquire()
-        except Timeout:
-            raise RegistryError(
-                f"{self.path} is locked by another process for more than {self.timeout:g}s"
-            ) from None
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
-
-
-def _edit_file(path: Path, edits: Sequence[EntryEdit]) -> tuple[str, ...]:
-    old_text = _read_text(path) if path.exists() else None
-    if old_text is None:
-        doc = _new_document()
-    else:
-        parse_layer(path, old_text)  # a broken file is refused with the message `load` warns with
-        try:
-            doc = tomlkit.parse(old_text)
-        except TOMLKitError as exc:
-            line, col = getattr(exc, "line", 1), getattr(exc, "col", 1)
-            raise RegistryError(f"{path}:{line}:{col}: cannot edit: {exc}") from None
-    try:
-        slugs = tuple(_apply(doc, edit) for edit in edits)
-    except (TOMLKitError, TypeError, ValueError) as exc:
-        raise RegistryError(f"{path}: cannot edit this file's layout automatically: {exc}") from None
-    new_text = doc.as_string()
-    if new_text == old_text:
-        return slugs
-    try:
-        parse_layer(path, new_text)
-    except RegistryError as exc:
-        raise RegistryError(f"refusing to write {path}: the result would be invalid: {exc}") from None
-    intended = doc.unwrap()
-    _replace_atomically(path, new_text, lambda written: _verify(path, written, intended, edits, slugs))
-    return slugs
-
-
-def _new_document() -> tomlkit.TOMLDocument:
-    doc = tomlkit.document()
-    for line in _LOCAL_HEADER:
-        doc.add(tomlkit.comment(line))
-    doc.add("schema", SCHEMA)
-    return doc
-
-
-def _replace_atomically(path: Path, text: str, verify: Callable[[str], None]) -> None:
-    """Write a temporary file beside `path`, fsync, check it, rename it over `path`, fsync the folder."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(temp, stat.S_IMODE(path.stat().st_mode))
-        # Checked before the rename, so a write that reads back wrong never replaces the file.
-        verify(_read_text(temp))
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    if os.name != "nt":  # Windows cannot open a directory to fsync it
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-
-
-def _verify(
-    path: Path, written: str, intended: Mapping[str, Any], edits: Sequence[EntryEdit], slugs: Sequence[str]
-) -> None:
-    """Check what a write put on disk: it parses, equals the edited document, and shows every edit."""
-    try:
-        data = tomllib.loads(written)
-    except tomllib.TOMLDecodeError as exc:
-        raise RegistryError(f"refusing to write {path}: the new text does not parse: {exc}") from None
-    if data != intended:
-        raise RegistryError(f"refusing to write {path}: the new text reads back differently from the edit")
-    for edit, slug in zip(edits, slugs):
-        table = data.get("vae", {}).get(slug)
-        if not _applied(table, edit):
-            raise RegistryError(f"refusing to write {path}: vae.{slug} does not show the change asked for")
-
-
-def _applied(table: Mapping[str, Any] | None, edit: EntryEdit) -> bool:
-    if table is None:
-        return edit.drop_if_bare
-    for key, value in edit.set:
-        if (key in table) if value is None else (table.get(key) != value):
-            return False
-    for key, items in edit.add:
-        if not set(items) <= set(table.get(key, ())):
-            return False
-    files = {str(f["sha256"]).lower(): f for f in table.get("files", ())}
-    for known in edit.files:
-        if known.sha256 not in files or not set(known.names) <= set(files[known.sha256].get("names", ())):
-            return False
-    return edit.note is None or edit.note in str(table.get("notes", "")).split("\n")
-
-
-# --- editing the tomlkit document (keeping a person's comments and layout) ---------------------------
-
-
-def _apply(doc: tomlkit.TOMLDocument, edit: EntryEdit) -> str:
-    entries = doc.get("vae")
-    if entries is None:
-        entries = tomlkit.table(is_super_table=True)
-        doc.append("vae", entries)
-    slug = _landing_slug(entries, edit)
-    table = entries.get(slug)
-    if table is None:
-        table = tomlkit.table()
-        entries.append(slug, table)
-    sets, adds = dict(edit.set), dict(edit.add)
-    for key in FIELD_ORDER:
-        if key in sets:
-            if sets[key] is None:
-                table.pop(key, None)
-            else:
-                _put(table, key, _text(sets[key]))
-        if key in adds:
-            _extend(table, key, adds[key])
-    if edit.files:
-        _merge_file_tables(table, edit.files)
-    if edit.note:
-        base = str(table["notes"]) if "notes" in table else (edit.note_base or "")
-        lines = base.split("\n") if base else []
-        if edit.note not in lines:
-            _put(table, "notes", _text("\n".join([*lines, edit.note])))
-    if edit.drop_if_bare and set(table.keys()) <= _IDENTITY_FIELDS:
-        del entries[slug]
-    return slug
-
-
-def _landing_slug(entries: Any, edit: EntryEdit) -> str:
-    if edit.for_id is None:
-        return edit.slug
-    slug, n = edit.slug, 1
-    while True:
-        existing = entries.get(slug)
-        if existing is None and slug not in edit.avoid:
-            return slug
-        if existing is not None and str(existing.get("id", "")).lower() == edit.for_id:
-            return slug  # another process named this id meanwhile: edit its entry
-        n += 1
-        slug = f"{edit.slug}-{n}"
-
-
-def _text(value: str) -> Any:
-    # Multi-line notes read better as a """ string than as one line full of \n.
-    return tomlkit.string(value, multiline=True) if "\n" in value else value
-
-
-def _put(table: Any, key: str, value: Any) -> None:
-    """Set `key`; a new key goes after the table's last value, before the comments about what follows."""
-    if key in table or not isinstance(table, Table):
-        table[key] = value  # replacing in place keeps the key's position and trailing comment
-        return
-    trailing = _pop_trailing_trivia(table.value)
-    table[key] = value
-    for item in trailing:
-        table.value.append(None, item)
-
-
-def _pop_trailing_trivia(container: Container) -> list[Any]:
-    # Comments and blank lines at the end of a table's body are, to a reader, about the next table.
-    trailing = []
-    while container.body and container.body[-1][0] is None and isinstance(container.body[-1][1], (Comment, Whitespace)):
-        trailing.append(container.body.pop()[1])
-    return trailing[::-1]
-
-
-def _extend(table: Any, key: str, items: Sequence[str]) -> None:
-    existing = table.get(key)
-    if existing is None:
-        _put(table, key, list(items))
-        return
-    for item in items:
-        if item not in existing:
-            existing.append(item)
-
-
-def _merge_file_tables(table: Any, files: Sequence[KnownFile]) -> None:
-    existing = table.get("files")
-    if existing is None:
-        tables = tomlkit.aot()
-        for known in files:
-            tables.append(_file_table(known, tomlkit.table()))
-        _put(table, "files", tables)
-        return
-    by_sha256 = {str(item["sha256"]).lower(): item for item in existing}
-    for known in files:
-        item = by_sha256.get(known.sha256)
-        if item is None:
-            item = _file_table(known, tomlkit.table() if isinstance(existing, AoT) else tomlkit.inline_table())
-            _append_table(existing, item)
-            by_sha256[known.sha256] = item
-            continue
-        _extend(item, "names", known.names)
-        if known.source and not item.get("source"):
-            _put(item, "source", known.source)
-
-
-def _file_table(known: KnownFile, item: Table | InlineTable) -> Table | InlineTable:
-    item["sha256"] = known.sha256
-    if known.names:
-        item["names"] = list(known.names)
-    if known.source:
-        item["source"] = known.source
-    return item
-
-
-def _append_table(tables: Any, item: Any) -> None:
-    if not isinstance(tables, AoT) or not tables.body:
-        tables.append(item)
-        return
-    # The last table's trailing comments move below the new one, and a blank line separates the two.
-    last = tables.body[-1]
-    trailing = _pop_trailing_trivia(last.value)
-    last.value.append(None, tomlkit.ws("\n"))
-    tables.append(item)
-    for trivia in trailing:
-        item.value.append(None, trivia)

@@ -41,9 +41,10 @@ def _setup_logging(log_file: Path | None, home: Path) -> None:
         log_file = home / "daemon.log"
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        import logging.handlers  # only for --log-file; every other command skips its import
+        # Imported here: only --log-file needs it. The alias keeps `logging` a module-level name.
+        import logging.handlers as log_handlers
 
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+        handler: logging.Handler = log_handlers.RotatingFileHandler(
             log_file, maxBytes=5_000_000, backupCount=2, encoding="utf-8"
         )
     else:
