@@ -408,10 +408,11 @@ def _write_rows(index_path: str, stat_of: str, tag: str, count: int, start) -> N
             index.record(path, st, report(path, identity(f"shared-{i % 20}"), hashes(f"{tag}-{i}", 7)))
 
 
-def _write_forever(index_path: str, stat_of: str, first: int, go) -> None:
+def _write_forever(index_path: str, stat_of: str, first: int, ready, go) -> None:
     """A writer to be killed: each step records a file with a new VAE and removes an older file."""
     st = os.stat(stat_of)
-    go.wait(60)
+    ready.set()
+    go.wait(120)
     with Index(Path(index_path)) as index:
         i = first
         while True:
@@ -460,18 +461,21 @@ def test_kill_9_mid_write_leaves_a_consistent_index(tmp_path):
     # where a kill lands is chance: three kills make a torn write near certain if transactions were not whole.
     # The writers start together (each spawn costs an interpreter start) and write one after the other.
     gos = [ctx.Event() for _ in range(3)]
+    readies = [ctx.Event() for _ in range(3)]
     writers = [
-        ctx.Process(target=_write_forever, args=(str(index_path), stat_of, n * 100_000, go))
-        for n, go in enumerate(gos)
+        ctx.Process(target=_write_forever, args=(str(index_path), stat_of, n * 100_000, ready, go))
+        for n, (ready, go) in enumerate(zip(readies, gos))
     ]
     with Index(index_path) as index:
         try:
             for w in writers:
                 w.start()
-            for writer, go in zip(writers, gos):
+            for writer, ready, go in zip(writers, readies, gos):
+                # a loaded machine may take long to start an interpreter: the clock starts once it runs
+                assert ready.wait(120), "the writer process did not start"
                 target = index.stats().files + 30
                 go.set()
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + 60
                 while index.stats().files < target and time.monotonic() < deadline:
                     time.sleep(0.005)
                 assert index.stats().files >= target, "the writer did not get going"
