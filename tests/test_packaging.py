@@ -36,3 +36,18 @@ def test_entry_points_name_importable_plugin_modules():
         assert name.startswith("vaereg.")
         module = target.removeprefix("vaereg_plugins.")
         assert (ROOT / "plugins" / f"{module}.py").is_file(), target
+
+
+def test_shipped_registry_found_from_a_source_checkout(monkeypatch, config):
+    """`python -m vaereg` inside the repository imports the source tree, where registry/ is not a package."""
+    from vaereg import registry
+
+    def missing(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(registry.resources, "files", missing)
+    loaded = registry.Registry.load(config)
+    assert loaded.layers[0].path == ROOT / "registry" / "vaes.toml"
+    assert loaded.layers[0].error is None and loaded.find_by_sha256(
+        "735e4c3a447a3255760d7f86845f09f937809baa529c17370d83e4c3758f3c75"
+    )

@@ -429,7 +429,12 @@ def _read_source(path: Path, writable: bool, warnings: list[str], text: str | No
 def _shipped_source(shipped: Path | None, warnings: list[str]) -> _Source:
     if shipped is not None:
         return _read_source(shipped, False, warnings)
-    data = resources.files("vaereg.registry_data").joinpath("vaes.toml")
+    try:
+        data = resources.files("vaereg.registry_data").joinpath("vaes.toml")
+    except ModuleNotFoundError:
+        # Run from a source checkout without installing (`python -m vaereg` in the repository): the data
+        # lives in the top-level registry/ folder that installs as vaereg.registry_data.
+        return _read_source(Path(__file__).resolve().parent.parent / "registry" / "vaes.toml", False, warnings)
     return _read_source(Path(str(data)), False, warnings, text=data.read_text(encoding="utf-8"))
 
 
