@@ -38,16 +38,19 @@ def test_entry_points_name_importable_plugin_modules():
         assert (ROOT / "plugins" / f"{module}.py").is_file(), target
 
 
-def test_shipped_registry_found_from_a_source_checkout(monkeypatch, config):
+def test_shipped_registry_found_from_a_source_checkout(config):
     """`python -m vaereg` inside the repository imports the source tree, where registry/ is not a package."""
-    from vaereg import registry
+    import json
+    import subprocess
 
-    def missing(package):
-        raise ModuleNotFoundError(f"No module named {package!r}")
-
-    monkeypatch.setattr(registry.resources, "files", missing)
-    loaded = registry.Registry.load(config)
-    assert loaded.layers[0].path == ROOT / "registry" / "vaes.toml"
-    assert loaded.layers[0].error is None and loaded.find_by_sha256(
-        "735e4c3a447a3255760d7f86845f09f937809baa529c17370d83e4c3758f3c75"
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]);"
+        "from vaereg.config import Config; from vaereg.registry import Registry;"
+        "import vaereg; r = Registry.load(Config.load());"
+        "print(json.dumps([vaereg.__file__, r.layers[0].error, sorted(r.entries)]))"
     )
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    source, error, slugs = json.loads(out.stdout)
+    assert Path(source).resolve() == ROOT / "vaereg" / "__init__.py"
+    assert error is None and "vae-ft-mse-840000" in slugs
