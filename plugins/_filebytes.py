@@ -14,6 +14,8 @@ from typing import BinaryIO
 
 from vaereg.hookspecs import ModelFormatError
 
+_preadv = getattr(os, "preadv", None)
+
 
 def _map_file(file: BinaryIO) -> mmap.mmap | None:
     """A read-only map of the whole file, or None where mapping is refused (some network and FUSE
@@ -56,6 +58,29 @@ class FileBytes:
         if len(data) != stop - start:
             raise ModelFormatError("file ended early")
         return data
+
+    def fetch_into(self, start: int, stop: int, out: memoryview) -> memoryview:
+        """Bytes [start, stop) read into `out` (at least that long); returns the filled part.
+
+        A caller reusing one buffer saves allocating (and faulting in) fresh memory for every tensor, which
+        costs more than the copy itself for a multi-hundred-megabyte VAE.
+        """
+        n = stop - start
+        view = out[:n]
+        try:
+            if os.fstat(self._file.fileno()).st_size != self.size:
+                raise ModelFormatError("file changed size since it was opened")
+            if _preadv is not None:
+                got = _preadv(self._file.fileno(), [view], start)
+            else:  # Windows has no positional read: the file position is shared, hence the lock
+                with self._lock:
+                    self._file.seek(start)
+                    got = self._file.readinto(view)
+        except OSError as exc:
+            raise ModelFormatError(f"cannot read: {exc.strerror or exc}") from None
+        if got != n:
+            raise ModelFormatError("file ended early")
+        return view
 
     def close(self) -> None:
         """Release the map and the file; safe to call twice."""

@@ -17,12 +17,10 @@ import logging
 import os
 import re
 import shlex
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-import yaml
 
 from vaereg.hookspecs import LauncherFolders, hookimpl
 
@@ -68,10 +66,18 @@ def _folders(launcher: str, root: Path, vae: Iterable[Path], checkpoints: Iterab
     return LauncherFolders(launcher=launcher, root=root, vae=_existing(vae), checkpoints=_existing(checkpoints))
 
 
+def _yaml_load(text: str) -> object:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def _read_mapping(path: Path, parse: Callable[[str], object], launcher: str) -> dict[str, object]:
     """A config file's top-level mapping; ``{}`` (and a warning) when it is missing a mapping or unreadable."""
     if not path.is_file():
         return {}
+    import yaml  # here, not at the top: loading plugins must stay cheap for every command
+
     try:
         data = parse(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError covers bad JSON and bad UTF-8
@@ -293,7 +299,7 @@ def _is_comfyui(folder: Path) -> bool:
 
 def _comfyui_extra_paths(config_file: Path) -> Iterator[tuple[str, Path, bool]]:
     """(kind, folder, is_default) for each folder of a kind vaereg watches in ``extra_model_paths.yaml``."""
-    config = _read_mapping(config_file, yaml.safe_load, "ComfyUI")
+    config = _read_mapping(config_file, _yaml_load, "ComfyUI")
     for name, section in config.items():
         if section is None:
             continue
@@ -351,7 +357,7 @@ def _locate_invokeai(root: Path) -> LauncherFolders | None:
 
 def _invokeai_settings(config_file: Path) -> dict[str, object]:
     """The settings of ``invokeai.yaml``: flat since 4.0, grouped by category under ``InvokeAI:`` in 3.x."""
-    config = _read_mapping(config_file, yaml.safe_load, "InvokeAI")
+    config = _read_mapping(config_file, _yaml_load, "InvokeAI")
     grouped = config.get("InvokeAI")
     if not isinstance(grouped, dict):
         return config
@@ -366,6 +372,8 @@ def _invokeai_models(database: Path) -> Iterator[tuple[str, str]]:
     """(type, path) of each VAE and main model recorded in InvokeAI's model database."""
     if not database.is_file():
         return
+    import sqlite3
+
     try:
         # Read-only: InvokeAI may be running and owns this file.
         with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:

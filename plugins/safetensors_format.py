@@ -350,6 +350,16 @@ class SafetensorsSource:
         except ModelFormatError as e:
             raise ModelFormatError(f"tensor {_quote(name)}: {e}") from None
 
+    def read_into(self, name: str, out: memoryview) -> memoryview:
+        """Like :meth:`read`, into `out` (a writable buffer at least the tensor's size); the filled part."""
+        begin, end = self._spans[name]
+        if self._bytes.closed:
+            raise ValueError("read from a closed SafetensorsSource")
+        try:
+            return self._bytes.fetch_into(self.data_offset + begin, self.data_offset + end, out)
+        except ModelFormatError as e:
+            raise ModelFormatError(f"tensor {_quote(name)}: {e}") from None
+
     def close(self) -> None:
         """Release the mapping and the file; safe to call twice."""
         self._bytes.close()

@@ -459,14 +459,12 @@ class TorchZipSource:
         self._spans[key] = (start, end)
         return start, end
 
-    def read(self, name: str) -> bytes:
-        """The bytes of tensor `name` in C order, little-endian; KeyError for an unknown name."""
+    def _extent(self, name: str) -> tuple[_TensorRef, int, int, int]:
+        """The tensor's reference, item size and the file bytes [first, stop) its view spans."""
         ref = self._refs[name]
         if self._bytes.closed:
             raise ValueError("read from a closed TorchZipSource")
         start, end = self._span(ref.key)
-        if math.prod(ref.shape) == 0:
-            return b""
         itemsize = DTYPE_BITS[ref.dtype] // 8
         last = ref.offset + sum((size - 1) * step for size, step in zip(ref.shape, ref.stride, strict=True))
         first_byte, stop = start + ref.offset * itemsize, start + (last + 1) * itemsize
@@ -474,6 +472,25 @@ class TorchZipSource:
             raise ModelFormatError(
                 f"tensor {_shown(name)!r} reaches past the end of its storage data/{_shown(ref.key)}"
             )
+        return ref, itemsize, first_byte, stop
+
+    def read_into(self, name: str, out: memoryview) -> memoryview | bytes:
+        """Like :meth:`read`, into `out` where the stored bytes are already the answer (a contiguous
+        little-endian view); other tensors come back as :meth:`read` gives them."""
+        ref = self._refs[name]
+        if math.prod(ref.shape) == 0 or self._big_endian or not _is_c_contiguous(ref.shape, ref.stride):
+            return self.read(name)
+        _, _, first_byte, stop = self._extent(name)
+        return self._bytes.fetch_into(first_byte, stop, out)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of tensor `name` in C order, little-endian; KeyError for an unknown name."""
+        ref = self._refs[name]
+        if self._bytes.closed:
+            raise ValueError("read from a closed TorchZipSource")
+        if math.prod(ref.shape) == 0:
+            return b""
+        ref, itemsize, first_byte, stop = self._extent(name)
         data = self._fetch(first_byte, stop)
         if not _is_c_contiguous(ref.shape, ref.stride):
             try:

@@ -110,7 +110,12 @@ def analyze(
             fmt = model.format
             vae, stats = None, {}
             if model.vae is not None:
-                vae, stats = compute_identity(model.vae, model.source.read, with_stats=with_stats)
+                vae, stats = compute_identity(
+                    model.vae,
+                    model.source.read,
+                    read_into=getattr(model.source, "read_into", None),
+                    with_stats=with_stats,
+                )
             hashed, data_offset = _hash_target(path, model.source)
         hashes = (
             file_hashes(hashed, data_offset=data_offset)

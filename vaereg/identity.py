@@ -9,6 +9,7 @@ Tensors are hashed in a small thread pool: numpy's casts and xxhash release the 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -63,15 +64,41 @@ def widen_float32(dtype: str, raw: bytes | memoryview) -> np.ndarray | None:
     return None
 
 
-def _fp16_bytes(dtype: str, raw: bytes | memoryview) -> bytes | memoryview:
-    """The tensor's values rounded to nearest-even fp16, as little-endian bytes."""
+def _fp16_bytes(dtype: str, raw: bytes | memoryview, scratch: "_Scratch | None" = None) -> bytes | memoryview:
+    """The tensor's values rounded to nearest-even fp16, as little-endian bytes (in `scratch` when given)."""
     if dtype == "F16" or dtype not in FLOAT_DTYPES:
         return raw
     wide = widen_float32(dtype, raw)
     if wide is None:  # packed F4/F6: no fp16 view defined; hashed as stored
         return raw
     with np.errstate(over="ignore"):  # beyond fp16's range is infinity, by definition (identity-spec 4)
-        return wide.astype("<f2").data
+        if scratch is None:
+            return wide.astype("<f2").data
+        out = scratch.halves(wide.size)
+        np.copyto(out, wide, casting="same_kind")
+        return out.data
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers reused from tensor to tensor.
+
+    Fresh memory for every tensor means faulting in hundreds of megabytes of new pages per VAE, which costs
+    more than reading and converting the values.
+    """
+
+    def __init__(self) -> None:
+        self._raw = bytearray()
+        self._halves = np.empty(0, dtype="<f2")
+
+    def raw(self, nbytes: int) -> memoryview:
+        if len(self._raw) < nbytes:
+            self._raw = bytearray(nbytes)
+        return memoryview(self._raw)
+
+    def halves(self, count: int) -> np.ndarray:
+        if self._halves.size < count:
+            self._halves = np.empty(count, dtype="<f2")
+        return self._halves[:count]
 
 
 @dataclass(frozen=True)
@@ -98,9 +125,11 @@ class _Digested:
     stats: TensorStats | None
 
 
-def _digest_tensor(info: TensorInfo, raw: bytes | memoryview, with_stats: bool) -> _Digested:
+def _digest_tensor(
+    info: TensorInfo, raw: bytes | memoryview, with_stats: bool, scratch: _Scratch | None = None
+) -> _Digested:
     exact = xxhash.xxh3_128_hexdigest(raw)
-    rounded = _fp16_bytes(info.dtype, raw)
+    rounded = _fp16_bytes(info.dtype, raw, scratch)
     digest = exact if rounded is raw else xxhash.xxh3_128_hexdigest(rounded)
     wide = widen_float32(info.dtype, raw) if info.dtype in FLOAT_DTYPES else None
     if wide is None and info.dtype in _NUMPY:
@@ -153,21 +182,25 @@ def compute_identity(
     vae: CanonicalVae,
     read: Callable[[str], bytes | memoryview],
     *,
+    read_into: Callable[[str, memoryview], bytes | memoryview] | None = None,
     with_stats: bool = False,
     workers: int | None = None,
 ) -> tuple[VaeIdentity, dict[str, TensorStats]]:
     """Hash every canonical tensor of `vae` (reading it by its stored key) into a :class:`VaeIdentity`.
 
-    Memory stays bounded by the largest tensors in flight (one per worker), whatever the file size.
+    `read_into` (a source's optional ``read_into``) lets each worker reuse one buffer. Memory stays bounded
+    by the largest tensors in flight (one per worker), whatever the file size.
     """
     infos = vae.tensors
+    scratch = _Scratch()
 
     def work(name: str) -> _Digested:
         info = infos[name]
-        raw = read(vae.stored_key[name])
+        key = vae.stored_key[name]
+        raw = read_into(key, scratch.raw(info.nbytes)) if read_into is not None else read(key)
         if len(raw) != info.nbytes:
-            raise ValueError(f"tensor {vae.stored_key[name]!r}: read {len(raw)} bytes, expected {info.nbytes}")
-        return _digest_tensor(info, raw, with_stats)
+            raise ValueError(f"tensor {key!r}: read {len(raw)} bytes, expected {info.nbytes}")
+        return _digest_tensor(info, raw, with_stats, scratch)
 
     names = sorted(infos)
     pool_size = workers or min(4, os.cpu_count() or 1)

@@ -94,7 +94,8 @@ def human_size(n: int) -> str:
 def console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    # soft_wrap: long lines (paths, ids) are left for the terminal to wrap, never broken inside an id
+    return Console(highlight=False, soft_wrap=True)
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | None = None) -> None:
