@@ -307,3 +307,19 @@ def test_layout_hook_of_a_third_party_wins(tmp_path):
     odd = identify(path, Plugins(pm), with_file_hashes=False)
     plain = identify(factory.save_safetensors(factory.make_vae(), tmp_path / "plain.safetensors"), Plugins(), with_file_hashes=False)
     assert odd.vae.layout == "renamed" and odd.vae.exact_id == plain.vae.exact_id
+
+
+def test_read_into_gives_what_read_gives(vae, tmp_path, plugins):
+    """The identity pass reads into reused buffers; every source must give the same bytes either way."""
+    from vaereg.identify import open_model
+
+    sd = factory.to_torch(vae)
+    sd["view"] = torch.arange(64, dtype=torch.float32).reshape(8, 8)[:, ::2]  # not contiguous
+    sd["empty"] = torch.zeros(0)
+    torch.save({"state_dict": sd}, tmp_path / "a.ckpt")
+    st = factory.save_safetensors({**vae, "empty": np.zeros(0, np.float32)}, tmp_path / "a.safetensors")
+    for path in (tmp_path / "a.ckpt", st):
+        with open_model(path, plugins) as model:
+            buffer = memoryview(bytearray(max(i.nbytes for i in model.source.tensors.values())))
+            for name in model.source.tensors:
+                assert bytes(model.source.read_into(name, buffer)) == bytes(model.source.read(name)), (path, name)
