@@ -19,6 +19,7 @@ import numpy as np
 import xxhash
 
 from vaereg.canonical import CanonicalVae, group_of
+from vaereg.fp16 import round_to_fp16
 from vaereg.records import TensorDigest, VaeIdentity
 from vaereg.types import FLOAT_DTYPES, TensorInfo
 
@@ -71,12 +72,12 @@ def _fp16_bytes(dtype: str, raw: bytes | memoryview, scratch: "_Scratch | None" 
     wide = widen_float32(dtype, raw)
     if wide is None:  # packed F4/F6: no fp16 view defined; hashed as stored
         return raw
+    out = scratch.halves(wide.size) if scratch is not None else np.empty(wide.size, dtype="<f2")
+    if wide.dtype == np.float32:
+        return round_to_fp16(wide, out).data
     with np.errstate(over="ignore"):  # beyond fp16's range is infinity, by definition (identity-spec 4)
-        if scratch is None:
-            return wide.astype("<f2").data
-        out = scratch.halves(wide.size)
         np.copyto(out, wide, casting="same_kind")
-        return out.data
+    return out.data
 
 
 class _Scratch(threading.local):
