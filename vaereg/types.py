@@ -72,8 +72,9 @@ class TensorSource(Protocol):
 
     `tensors` maps every tensor key (after unwrapping containers such as ``{"state_dict": ...}``) to its
     descriptor. `read(name)` returns that tensor's elements as C-contiguous little-endian bytes in its own
-    dtype, reading no more of the file than that tensor. Sources are context managers; `close` releases the
-    file.
+    dtype, reading no more of the file than that tensor; it may be called from several threads at once.
+    Sources are context managers; `close` releases the file. Optionally, ``read_into(name, out)`` reads the
+    same bytes into a caller's writable buffer and returns the filled part (docs/plugins.md).
     """
 
     format: str
