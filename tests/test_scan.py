@@ -400,3 +400,23 @@ def test_scan_text_lists_errors_at_the_end(tmp_path, capsys):
 def test_scan_of_a_missing_folder_is_a_usage_error(tmp_path, capsys):
     assert main(["scan", str(tmp_path / "nope")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_virtualenvs_and_vcs_folders_below_a_root_are_passed_over(tmp_path, config, index, plugins):
+    """A launcher's root holds its venv (site-packages full of .pt fixtures and .pth files) and .git."""
+    root = tmp_path / "stable-diffusion-webui"
+    (root / "models" / "VAE").mkdir(parents=True)
+    save_safetensors(make_vae(), root / "models" / "VAE" / "vae.safetensors")
+    venv = root / "venv"
+    (venv / "lib" / "python3.10" / "site-packages" / "torch").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib" / "python3.10" / "site-packages" / "distutils-precedence.pth").write_text("import os\n")
+    (venv / "lib" / "python3.10" / "site-packages" / "torch" / "fixture.pt").write_bytes(b"PK\x03\x04junk")
+    (root / ".git").mkdir()
+    (root / ".git" / "model.ckpt").write_bytes(b"junk")
+    found = [f.path for f in walk_models([root]).files]
+    assert found == [str(root / "models" / "VAE" / "vae.safetensors")]
+    # a root is walked even when it is such a folder itself
+    assert [f.path for f in walk_models([root / ".git"]).files] == [str(root / ".git" / "model.ckpt")]
+    report = plan_scan([root], index).execute(index, plugins, with_file_hashes=False)
+    assert report.errors == () and report.new == 1

@@ -102,12 +102,23 @@ def _stat_entry(entry: os.DirEntry) -> os.stat_result:
     return os.stat(entry.path) if os.name == "nt" else entry.stat()
 
 
+#: Folders below a root that hold software, not models: a launcher's root has a venv and a .git of its own,
+#: whose site-packages are full of `.pt` test fixtures and `.pth` path files.
+SKIPPED_FOLDERS = frozenset({".git", ".hg", ".svn", "__pycache__", "node_modules", "site-packages", ".tox"})
+
+
+def not_model_folder(path: str, name: str) -> bool:
+    """Whether a folder met while walking is software to pass over (a virtualenv, a VCS folder...)."""
+    return name in SKIPPED_FOLDERS or os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
 def walk_models(roots: Iterable[str | Path], *, exclude: Iterable[str | Path] = ()) -> Walk:
     """Every complete model file below `roots` (recursive; a root may also name a file), stat only.
 
     Folder symlinks are followed, but every folder is entered once, by (device, inode): loops end and a
     folder reachable twice is listed once. Real paths win over links: folders met through a link are
-    entered only after every real folder below every root. Folders in `exclude` are skipped.
+    entered only after every real folder below every root. Folders in `exclude` are skipped, and so are
+    virtualenvs and VCS folders below a root (`not_model_folder`); a root itself is always walked.
     """
     files: list[FoundFile] = []
     folders: list[str] = []
@@ -154,6 +165,8 @@ def walk_models(roots: Iterable[str | Path], *, exclude: Iterable[str | Path] = 
             try:
                 is_dir = entry.is_dir()
                 if is_dir:
+                    if not_model_folder(entry.path, entry.name):
+                        continue
                     key = _folder_key(os.stat(entry.path))
                     if entry.is_symlink():
                         through_links.append((entry.path, key))
