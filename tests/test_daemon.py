@@ -835,3 +835,23 @@ def test_the_queue_holds_back_a_path_in_hand():
     assert queue.get(0) == ("a", 2)
     queue.close()
     assert queue.get() is None
+
+
+def test_files_inside_a_virtualenv_below_a_root_are_not_identified(
+    tmp_path, lib, config, plugins_with, recorder,
+):
+    """A watched launcher root holds its venv: torch's .pt fixtures there are software, not models."""
+    venv = lib / "venv"
+    site = venv / "lib" / "python3.10" / "site-packages" / "torch"
+    site.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (lib / ".git").mkdir()
+    with running(config, plugins_with, [lib]) as daemon:
+        (site / "fixture.safetensors").write_bytes(vae_bytes(tmp_path, seed=1))
+        (lib / ".git" / "object.ckpt").write_bytes(b"PK\x03\x04junk")
+        final = lib / "vae.safetensors"
+        final.write_bytes(vae_bytes(tmp_path))
+        wait_row(daemon, final)
+        wait_idle(daemon)
+        assert recorder.paths() == {str(final)}
+        assert daemon.status().recent_errors == ()

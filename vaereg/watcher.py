@@ -38,7 +38,7 @@ from watchdog.events import (
 
 from vaereg.completion import EventKind
 from vaereg.daemon_status import WatchedRoot
-from vaereg.scan import is_model_name, is_partial_name
+from vaereg.scan import is_model_name, is_partial_name, not_model_folder
 
 log = logging.getLogger("vaereg.daemon")
 
@@ -110,7 +110,19 @@ class _Handler(FileSystemEventHandler):
         path = os.fsdecode(raw)
         if not path or any(_inside(path, folder) for folder in self.ignore):
             return None
-        return self.target.path + path[len(self.target.real) :] if _inside(path, self.target.real) else None
+        if not _inside(path, self.target.real):
+            return None
+        shown = self.target.path + path[len(self.target.real) :]
+        return None if self._in_software(shown) else shown
+
+    def _in_software(self, shown: str) -> bool:
+        """Whether a folder between the target and `shown` is one scans pass over (a venv, .git...)."""
+        folder = self.target.path
+        for part in shown[len(folder) :].strip(os.sep).split(os.sep)[:-1]:
+            folder = os.path.join(folder, part)
+            if not_model_folder(folder, part):
+                return True
+        return False
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
