@@ -194,16 +194,17 @@ class IndexedFile:
                 tensors=self.tensors or 0,
                 params=self.params or 0,
             )
-        return HashReport(path=self.path, format=self.format, error=self.error, vae=vae, file=self.hashes or FileHashes(self.size))
+        hashes = self.hashes or FileHashes(self.size)
+        return HashReport(path=self.path, format=self.format, error=self.error, vae=vae, file=hashes)
+
+    def unchanged(self, size: int, mtime_ns: int, inode: int) -> bool:
+        """Whether a file of this inode, size and mtime is the one indexed here, unchanged (the inode folded
+        as the index stores it; the device may differ between mounts of one disk, so it is not asked)."""
+        return self.mtime_ns == mtime_ns and self.size == size and self.inode == _fold64(inode)
 
     def matches(self, st: os.stat_result) -> bool:
         """Whether `st` describes the file as it was indexed (same file, same size, same mtime)."""
-        return (
-            self.mtime_ns == st.st_mtime_ns
-            and self.size == st.st_size
-            and self.inode == _fold64(st.st_ino)
-            and self.dev == _fold64(st.st_dev)
-        )
+        return self.unchanged(st.st_size, st.st_mtime_ns, st.st_ino) and self.dev == _fold64(st.st_dev)
 
     def to_json(self) -> dict[str, Any]:
         """A copy as lookup and ls show it: the documented path/format/size/embedded, then ids and hashes."""

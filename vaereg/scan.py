@@ -212,9 +212,8 @@ def walk_models(roots: Iterable[str | Path], *, exclude: Iterable[str | Path] = 
 
 
 def same_file(row: IndexedFile, found: FoundFile) -> bool:
-    """Whether the index row still describes the file: same inode, size and mtime (the device may differ
-    between mounts of one disk, so it is not asked here)."""
-    return row.size == found.size and row.mtime_ns == found.mtime_ns and row.inode == found.inode
+    """Whether the index row still describes the file: same inode, size and mtime."""
+    return row.unchanged(found.size, found.mtime_ns, found.inode)
 
 
 def moved_from(index: Index, found: FoundFile, *, taken: Collection[str] = ()) -> str | None:
