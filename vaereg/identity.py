@@ -65,11 +65,15 @@ def widen_float32(dtype: str, raw: bytes | memoryview) -> np.ndarray | None:
     return None
 
 
-def _fp16_bytes(dtype: str, raw: bytes | memoryview, scratch: "_Scratch | None" = None) -> bytes | memoryview:
-    """The tensor's values rounded to nearest-even fp16, as little-endian bytes (in `scratch` when given)."""
+def _fp16_bytes(
+    dtype: str, raw: bytes | memoryview, wide: np.ndarray | None, scratch: "_Scratch | None" = None
+) -> bytes | memoryview:
+    """The tensor's values rounded to nearest-even fp16, as little-endian bytes (in `scratch` when given).
+
+    `wide` is the stored values widened (`widen_float32`), computed once by the caller for the sketch too.
+    """
     if dtype == "F16" or dtype not in FLOAT_DTYPES:
         return raw
-    wide = widen_float32(dtype, raw)
     if wide is None:  # packed F4/F6: no fp16 view defined; hashed as stored
         return raw
     out = scratch.halves(wide.size) if scratch is not None else np.empty(wide.size, dtype="<f2")
@@ -130,9 +134,9 @@ def _digest_tensor(
     info: TensorInfo, raw: bytes | memoryview, with_stats: bool, scratch: _Scratch | None = None
 ) -> _Digested:
     exact = xxhash.xxh3_128_hexdigest(raw)
-    rounded = _fp16_bytes(info.dtype, raw, scratch)
-    digest = exact if rounded is raw else xxhash.xxh3_128_hexdigest(rounded)
     wide = widen_float32(info.dtype, raw) if info.dtype in FLOAT_DTYPES else None
+    rounded = _fp16_bytes(info.dtype, raw, wide, scratch)
+    digest = exact if rounded is raw else xxhash.xxh3_128_hexdigest(rounded)
     if wide is None and info.dtype in _NUMPY:
         wide = np.frombuffer(raw, dtype=_NUMPY[info.dtype])
     if wide is not None and wide.size:
