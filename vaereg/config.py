@@ -46,6 +46,8 @@ class Config:
     settle_seconds: float = 2.0
     workers: int = 2
     file_hashes: bool = True
+    #: AutoV3 (a second SHA-256 over the file) only for files up to this many bytes; None: every file
+    autov3_max_bytes: int | None = 1 << 30
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -103,4 +105,12 @@ class Config:
                     raise ConfigError(f"{source}: daemon.{key} must be a number") from None
         if "file_hashes" in hashing:
             kwargs["file_hashes"] = bool(hashing["file_hashes"])
+        if "autov3_max_mb" in hashing:
+            value = hashing["autov3_max_mb"]
+            if value == "all":
+                kwargs["autov3_max_bytes"] = None
+            elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                kwargs["autov3_max_bytes"] = value << 20
+            else:
+                raise ConfigError(f'{source}: hash.autov3_max_mb must be a number of MB (0: never) or "all"')
         return cls(**kwargs)

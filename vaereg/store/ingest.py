@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Literal, TypeVar
 
 from vaereg._fs import stat_key_of
 from vaereg.identity.analyze import analyze, model_file_hashes
+from vaereg.identity.filehash import AUTOV3_MAX_BYTES
 from vaereg.identity.report import HashReport
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class Ingest:
         self._closed = False
         #: bytes of the files opened so far (read whole when whole-file hashes were computed)
         self.bytes_read = 0
+        #: AutoV3 only for files up to this size (None: every file); `[hash] autov3_max_mb`
+        self.autov3_max_bytes: int | None = AUTOV3_MAX_BYTES
 
     def close(self) -> None:
         """Stop writing; waits for a write in progress. The caller closes the index afterwards."""
@@ -92,7 +95,10 @@ class Ingest:
     def identify(self, path: str, *, with_file_hashes: bool) -> Outcome:
         """Read `path`, record what it holds and fire `file_identified`."""
         problem, report, st = self._read(
-            path, lambda: analyze(Path(path), self.plugins, with_file_hashes=with_file_hashes)[0]
+            path,
+            lambda: analyze(
+                Path(path), self.plugins, with_file_hashes=with_file_hashes, autov3_max_bytes=self.autov3_max_bytes
+            )[0],
         )
         if problem is not None or report is None or st is None:
             return Outcome(problem or "vanished", report, st)
@@ -106,7 +112,11 @@ class Ingest:
     def add_file_hashes(self, path: str, report: HashReport, expect_mtime_ns: int) -> Outcome:
         """Compute the whole-file hashes of a file recorded without them, store them, fire
         `file_identified` again with them. Nothing is stored if the file changed since it was recorded."""
-        problem, hashes, st = self._read(path, lambda: model_file_hashes(Path(path), self.plugins), expect_mtime_ns)
+        problem, hashes, st = self._read(
+            path,
+            lambda: model_file_hashes(Path(path), self.plugins, autov3_max_bytes=self.autov3_max_bytes),
+            expect_mtime_ns,
+        )
         if problem is not None or hashes is None or st is None:
             return Outcome(problem or "vanished", report, st)
         full = dataclasses.replace(report, file=hashes)
