@@ -171,14 +171,17 @@ def test_scan_indexes_new_files_with_the_identity_of_identify(tmp_path, index, p
 
     assert (report.new, report.changed, report.moved, report.removed, report.unchanged) == (2, 0, 0, 0, 0)
     assert report.errors == () and report.ok
-    assert report.bytes_read == a.stat().st_size + b.stat().st_size
+    vae_bytes = 2 * sum(v.nbytes for v in make_vae(ch=8).values())  # the identity phase reads the VAEs
+    assert report.bytes_read == a.stat().st_size + b.stat().st_size + vae_bytes  # the hash phase, whole files
+    assert report.hashed == 2
     for path in (a, b):
         expected = identify(path, plugins)
         row = index.get(str(path))
         assert row.id == expected.vae.id and row.exact_id == expected.vae.exact_id
         assert row.sha256 == expected.file.sha256
-    assert sorted(r.path for r in events.identified) == [str(a), str(b)]
-    assert all(r.file.sha256 for r in events.identified)
+    # first with the identity (the whole-file hashes follow in a second phase), then with the hashes too
+    assert [r.path for r in events.identified] == [str(a), str(b), str(a), str(b)]
+    assert [bool(r.file.sha256) for r in events.identified] == [False, False, True, True]
 
 
 def test_rescan_of_an_unchanged_library_reads_nothing(tmp_path, index, plugins_with, reads):
@@ -357,9 +360,14 @@ def test_progress_is_reported_in_bytes(tmp_path, index, plugins):
     plan_scan([str(tmp_path / "lib")], index).execute(Ingest(index, plugins), on_progress=seen.append)
 
     total = a.stat().st_size + b.stat().st_size
-    assert [(p.files_done, p.bytes_done) for p in seen] == [(0, 0), (1, a.stat().st_size), (2, total)]
+    steps = [(0, 0), (1, a.stat().st_size), (2, total)]
+    # identities of both files first, then their whole-file hashes
+    assert [(p.phase, p.files_done, p.bytes_done) for p in seen] == [
+        *(("identify", *step) for step in steps),
+        *(("hash", *step) for step in steps),
+    ]
     assert all(p.bytes_total == total and p.files_total == 2 for p in seen)
-    assert seen[-1].path is None
+    assert seen[2].path is None and seen[-1].path is None
 
 
 # -- the command
@@ -375,7 +383,8 @@ def test_scan_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert status == 1
     assert list(out) == [
-        *("roots", "new", "changed", "moved", "removed", "unchanged", "errors", "warnings", "bytes_read", "seconds")
+        *("roots", "new", "changed", "moved", "removed", "unchanged", "hashed", "errors", "warnings"),
+        *("bytes_read", "seconds"),
     ]
     assert (out["roots"], out["new"], out["unchanged"]) == ([str(lib)], 2, 0)
     assert out["errors"] == [f"{lib / 'bad.ckpt'}: " + out["errors"][0].split(": ", 1)[1]]

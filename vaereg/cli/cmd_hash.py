@@ -1,4 +1,8 @@
-"""``vaereg hash PATH...``: the VAE identities and file hashes of files, folders and checkpoints."""
+"""``vaereg hash PATH...``: the VAE identities and file hashes of files, folders and checkpoints.
+
+A file the index holds unchanged (same device, inode, size and mtime) is answered from the index without
+being read; ``--rehash`` reads it anyway.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +24,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip sha256/AutoV1-3/BLAKE3/CRC32 (they read the whole file)",
     )
+    p.add_argument("--rehash", action="store_true", help="read every file, even one the index holds unchanged")
+    p.add_argument(
+        "--autov3",
+        action="store_true",
+        help="compute AutoV3 whatever the file's size (a second SHA-256 pass; see [hash] autov3_max_mb)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.identity.analyze import identify
+    from vaereg.store.answer import indexed_report
 
     failed = False
     reports = []
+    from_index = not args.rehash and not (args.autov3 and args.file_hashes)
     for path in args.paths:
-        report = identify(path, ctx.plugins, with_file_hashes=args.file_hashes)
+        report = indexed_report(ctx.config.index, path, with_file_hashes=args.file_hashes) if from_index else None
+        if report is None:
+            from vaereg.identity.analyze import identify
+
+            limit = None if args.autov3 else ctx.config.autov3_max_bytes
+            report = identify(path, ctx.plugins, with_file_hashes=args.file_hashes, autov3_max_bytes=limit)
         failed |= not report.ok
         if args.json:
             emit_json(report.to_json())

@@ -1,10 +1,12 @@
 """``vaereg scan DIR...``: bring the index up to date with folders of model files.
 
 Unchanged files cost a stat; renamed and moved ones are recognised without a read; deleted ones leave the
-index. With ``--json`` one object is printed (docs/daemon.md, "vaereg scan --json")::
+index. The identities of all new and changed files come first, then the whole-file hashes of every file
+below the folders that has none yet (so ``scan --no-file-hashes`` now and ``scan`` later fills them in).
+With ``--json`` one object is printed (docs/daemon.md, "vaereg scan --json")::
 
     {"roots": [str], "new": int, "changed": int, "moved": int, "removed": int, "unchanged": int,
-     "errors": ["<path>: <reason>"], "warnings": [str], "bytes_read": int, "seconds": float}
+     "hashed": int, "errors": ["<path>: <reason>"], "warnings": [str], "bytes_read": int, "seconds": float}
 
 Exit status 1 when any file could not be identified.
 """
@@ -28,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-file-hashes",
         dest="file_hashes",
         action="store_false",
-        help="skip sha256/AutoV1-3/BLAKE3/CRC32 (they read every new file whole)",
+        help="identities only: skip sha256/AutoV1-3/BLAKE3/CRC32 (they read every file whole); a later scan "
+        "without it fills them in",
     )
     p.set_defaults(run=run)
 
@@ -79,10 +82,15 @@ def _execute_with_bar(plan, ingest, with_file_hashes: bool):
     )
     with Progress(*columns, console=console(), transient=True) as bar:
         task = bar.add_task("identifying", total=plan.bytes_to_read or None)
+        phase = ["identify"]
 
         def on_progress(p: ScanProgress) -> None:
+            if p.phase != phase[0]:  # identities done: the whole-file hashes follow, with their own total
+                phase[0] = p.phase
+                bar.reset(task, total=p.bytes_total or None)
             name = os.path.basename(p.path) if p.path else "done"
-            bar.update(task, completed=p.bytes_done, description=f"{p.files_done}/{p.files_total} {name}")
+            verb = "identifying" if p.phase == "identify" else "hashing"
+            bar.update(task, completed=p.bytes_done, description=f"{verb} {p.files_done}/{p.files_total} {name}")
 
         return plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
 
@@ -101,7 +109,8 @@ def _print_summary(report) -> None:
             (report.unchanged, "unchanged"),
         )
     )
-    out.print(f"{counts} ({human_size(report.bytes_read)} read in {report.seconds:.1f} s)")
+    hashed = f", {report.hashed} hashed" if report.hashed else ""
+    out.print(f"{counts}{hashed} ({human_size(report.bytes_read)} read in {report.seconds:.1f} s)")
     for message in report.warnings:
         out.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
     for message in report.errors:

@@ -64,6 +64,22 @@ def _stat_or_none(path: str) -> os.stat_result | None:
 _NOT_YET = object()
 
 
+def _vae_bytes(result: object) -> int:
+    """The bytes of the VAE tensors an identity-only read went through."""
+    from vaereg.identity.dtypes import DTYPE_BITS
+
+    vae = result.vae if isinstance(result, HashReport) else None
+    if vae is None:
+        return 0
+    total = 0
+    for t in vae.tensor_digests.values():
+        count = 1
+        for n in t.shape:
+            count *= n
+        total += count * DTYPE_BITS.get(t.dtype, 8) // 8
+    return total
+
+
 def slim(report: HashReport) -> HashReport:
     """The report without the per-tensor digests and sketch (tens of KB) that only the index needs."""
     if report.vae is None:
@@ -99,6 +115,7 @@ class Ingest:
             lambda: analyze(
                 Path(path), self.plugins, with_file_hashes=with_file_hashes, autov3_max_bytes=self.autov3_max_bytes
             )[0],
+            whole=with_file_hashes,
         )
         if problem is not None or report is None or st is None:
             return Outcome(problem or "vanished", report, st)
@@ -123,10 +140,11 @@ class Ingest:
         return self._commit(lambda: self.index.set_file_hashes(path, hashes, expect_mtime_ns=expect_mtime_ns), full, st)
 
     def _read(
-        self, path: str, read: Callable[[], T], expect_mtime_ns: int | None = None
+        self, path: str, read: Callable[[], T], expect_mtime_ns: int | None = None, *, whole: bool = True
     ) -> tuple[Status | None, T | None, os.stat_result | None]:
         """`read()` between two stats of `path`: (None, result, stat) when the file held still, else
-        ("vanished" | "unsettled", ...). With `expect_mtime_ns`, a file of another mtime is not read."""
+        ("vanished" | "unsettled", ...). With `expect_mtime_ns`, a file of another mtime is not read.
+        `whole`: `read` reads the whole file (else only the VAE's tensors are counted as read)."""
         before = _stat_or_none(path)
         if before is None:
             return "vanished", None, None
@@ -137,7 +155,7 @@ class Ingest:
         except FileNotFoundError:
             return "vanished", None, None
         with self._lock:
-            self.bytes_read += before.st_size
+            self.bytes_read += before.st_size if whole else _vae_bytes(result)
         after = _stat_or_none(path)
         if after is None:
             return "vanished", result, None
