@@ -126,3 +126,173 @@ def write_user_metadata(filename: str, metadata: dict) -> None:
     basename, _ext = os.path.splitext(filename)
     with open(basename + ".json", "w", encoding="utf8") as file:
         json.dump(metadata, file, indent=4, ensure_ascii=False)
+
+
+# --- the modules an extension's script imports ---------------------------------------------------------
+
+
+class OptionInfo:
+    """modules/options.py OptionInfo: the constructor's arguments the extension passes, ``info``,
+    ``needs_reload_ui``."""
+
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
+                 refresh=None, **_kwargs):
+        self.default, self.label, self.component, self.component_args = default, label, component, component_args
+        self.section, self.comment_after = section, ""
+
+    def info(self, info):
+        self.comment_after += f"<span class='info'>({info})</span>"
+        return self
+
+    def needs_reload_ui(self):
+        self.comment_after += " <span class='info'>(requires Reload UI)</span>"
+        return self
+
+
+class Options:
+    """modules/options.py Options: values as attributes, ``add_option`` (data_labels, default into data)."""
+
+    def __init__(self, **values):
+        object.__setattr__(self, "data", dict(values))
+        object.__setattr__(self, "data_labels", {})
+
+    def __getattr__(self, key):
+        if key in self.data:
+            return self.data[key]
+        if key in self.data_labels:
+            return self.data_labels[key].default
+        raise AttributeError(key)
+
+    def __setattr__(self, key, value):
+        self.data[key] = value
+
+    def add_option(self, key, info):
+        self.data_labels[key] = info
+        if key not in self.data:
+            self.data[key] = info.default
+
+
+@dataclass
+class CheckpointInfo:
+    """modules/sd_models.py CheckpointInfo: the fields the extension reads."""
+
+    filename: str
+
+    @property
+    def title(self) -> str:
+        return os.path.basename(self.filename)
+
+
+class App:
+    """FastAPI's ``add_api_route(path, endpoint, methods=...)``, which on_app_started callbacks get."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, object] = {}
+
+    def add_api_route(self, path, endpoint, methods=None, **_kwargs):
+        self.routes[path] = endpoint
+
+
+def install_modules(monkeypatch, sd_vae: SdVae, checkpoints: list[str], *, script_path: str, forge=None):
+    """Put stand-ins for A1111's ``modules`` package (and Forge's ``modules_forge.main_entry`` when `forge` is
+    given) into sys.modules; returns the namespace of them."""
+    import sys
+    import types
+
+    modules = types.ModuleType("modules")
+    modules.__path__ = []
+
+    callbacks = types.ModuleType("modules.script_callbacks")  # modules/script_callbacks.py
+    callbacks.registered = {"app_started": [], "ui_settings": [], "ui_tabs": []}
+    callbacks.on_app_started = lambda cb, *, name=None: callbacks.registered["app_started"].append(cb)
+    callbacks.on_ui_settings = lambda cb, *, name=None: callbacks.registered["ui_settings"].append(cb)
+    callbacks.on_ui_tabs = lambda cb, *, name=None: callbacks.registered["ui_tabs"].append(cb)
+
+    scripts = types.ModuleType("modules.scripts")  # modules/scripts.py
+
+    class Script:
+        pass
+
+    scripts.Script, scripts.AlwaysVisible = Script, object()
+
+    shared = types.ModuleType("modules.shared")  # modules/shared.py
+    shared.opts = Options(sd_vae=sd_vae.opts.sd_vae, sd_model_checkpoint=None)
+    shared.OptionInfo = OptionInfo
+    shared.cmd_opts = types.SimpleNamespace(vae_dir=sd_vae.vae_dir, ckpt_dir=sd_vae.ckpt_dir)
+    shared.sd_model = None
+
+    vae_module = types.ModuleType("modules.sd_vae")  # modules/sd_vae.py
+    vae_module.vae_dict = sd_vae.vae_dict
+    vae_module.vae_path = sd_vae.vae_path
+    vae_module.loaded_vae_file = None
+    vae_module.reloads = []
+    vae_module.refresh_vae_list = sd_vae.refresh_vae_list
+    vae_module.reload_vae_weights = lambda sd_model=None: vae_module.reloads.append(sd_vae.resolve_vae(
+        shared.sd_model.sd_checkpoint_info.filename))
+
+    items = types.ModuleType("modules.shared_items")  # modules/shared_items.py sd_vae_items
+    items.sd_vae_items = lambda: ["Automatic", "None", *vae_module.vae_dict]
+
+    models = types.ModuleType("modules.sd_models")  # modules/sd_models.py
+    models.model_path = sd_vae.model_path
+    models.checkpoints_list = {os.path.basename(c): CheckpointInfo(c) for c in checkpoints}
+
+    def get_closet_checkpoint_match(search_string):
+        if not search_string:
+            return None
+        found = sorted((i for i in models.checkpoints_list.values() if search_string in i.title),
+                       key=lambda i: len(i.title))
+        return found[0] if found else None
+
+    models.get_closet_checkpoint_match = get_closet_checkpoint_match
+
+    paths = types.ModuleType("modules.paths")  # modules/paths.py script_path
+    paths.script_path = script_path
+
+    for name, module in (("script_callbacks", callbacks), ("scripts", scripts), ("shared", shared),
+                         ("sd_vae", vae_module), ("shared_items", items), ("sd_models", models), ("paths", paths)):
+        setattr(modules, name, module)
+        monkeypatch.setitem(sys.modules, f"modules.{name}", module)
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    if forge is not None:
+        package = types.ModuleType("modules_forge")
+        package.__path__ = []
+        package.main_entry = forge
+        monkeypatch.setitem(sys.modules, "modules_forge", package)
+        monkeypatch.setitem(sys.modules, "modules_forge.main_entry", forge)
+    else:
+        monkeypatch.setitem(sys.modules, "modules_forge", None)  # A1111: no such package
+    return types.SimpleNamespace(callbacks=callbacks, shared=shared, sd_vae=vae_module, shared_items=items,
+                                 sd_models=models)
+
+
+def forge_main_entry(model_paths: list[str], checkpoints_list: list[str]):
+    """modules_forge/main_entry.py (Forge dfdcbab, 2025-06-26): ``module_list`` (file name -> path of every
+    file in the VAE and text-encoder folders, os.walk), ``refresh_models`` returning the checkpoint list and
+    ``module_list.keys()``, ``modules_change`` storing the chosen files in ``opts.forge_additional_modules``."""
+    import types
+
+    forge = types.ModuleType("modules_forge.main_entry")
+    forge.module_list = {}
+    forge.changes = []
+
+    def refresh_models():
+        forge.module_list.clear()
+        for folder in model_paths:
+            for root, _dirs, files in os.walk(folder):
+                for file in files:
+                    if any(file.endswith(ext) for ext in ("ckpt", "pt", "bin", "safetensors", "gguf")):
+                        forge.module_list[file] = os.path.join(root, file)
+        return list(checkpoints_list), forge.module_list.keys()
+
+    def modules_change(module_values, save=True, refresh=True):
+        import sys
+
+        chosen = [forge.module_list[os.path.basename(v)] for v in module_values
+                  if os.path.basename(v) in forge.module_list]
+        sys.modules["modules.shared"].opts.forge_additional_modules = chosen
+        forge.changes.append(chosen)
+        return True
+
+    forge.refresh_models, forge.modules_change = refresh_models, modules_change
+    return forge

@@ -166,6 +166,7 @@ def api_check(checkpoint: str | None = None) -> dict[str, Any]:
     path = checkpoint or selected_checkpoint()
     if not path:
         return {"error": "no checkpoint selected"}
+    listed_vaes()  # the listed files become known VAEs check can recommend
     return service().check(path).to_json()
 
 
@@ -254,8 +255,9 @@ TAB_CSS = """
 
 def tab_html() -> str:
     checkpoint = selected_checkpoint()
+    groups = listed_vaes()  # first: the listed files become known VAEs check can recommend
     report = service().check(checkpoint) if checkpoint else None
-    return render_tab(listed_vaes(), report, checkpoint, loaded_vae_file())
+    return render_tab(groups, report, checkpoint, loaded_vae_file())
 
 
 def apply_recommendation() -> str:
@@ -264,10 +266,11 @@ def apply_recommendation() -> str:
     checkpoint = selected_checkpoint()
     if not checkpoint:
         return "no checkpoint selected"
+    groups = listed_vaes()
     report = service().check(checkpoint)
     if not report.needs_external_vae or report.recommended is None:
         return f"nothing to apply: {report.reason}"
-    group = next((g for g in listed_vaes() if g.id == report.recommended.id), None)
+    group = next((g for g in groups if g.id == report.recommended.id), None)
     if group is None:
         return f"{report.recommended.label} is not in this launcher's VAE list: put a copy in its VAE folder"
     forge = _forge_entry()
