@@ -114,8 +114,17 @@ def _fix(found: LauncherFolders, checkpoints: list[Path], args: argparse.Namespa
     return ExitStatus.FAILED if failed else ExitStatus.OK
 
 
-_LABELS = {"write": "write", "keep": "in place", "user-set": "user's", "no-candidate": "no VAE", "fine": "fine",
-           "error": "error"}
+#: How each action is shown: in the list, and in the summary.
+_LABELS = {"write": ("write", "to write"), "keep": ("set", "already set"), "user-set": ("user's", "set by the user"),
+           "no-candidate": ("no VAE", "without a listed VAE to pick"), "fine": ("fine", "fine"),
+           "error": ("error", "unreadable")}
+
+
+def _shown(path: str, root: str) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
 
 
 def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
@@ -125,21 +134,25 @@ def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
         counts[item.action] = counts.get(item.action, 0) + 1
         if item.action == "fine":
             continue
-        name = Path(item.checkpoint).name
+        if item.action == "error":  # one line on stderr, like every command's problem with one file
+            fail(f"{item.checkpoint}: {item.reason}")
+            continue
+        name = _shown(item.checkpoint, plan.root)
+        label = _LABELS[item.action][0]
         if item.action in ("write", "keep") and item.vae:
-            label = f" ({item.recommended_name})" if item.recommended_name else ""
-            print(f"  {_LABELS[item.action]:<8} {name}: vae = {item.vae.name!r}{label}")
-            print(f"           {item.reason}")
+            print(f"  {label:<7} {name}: vae = {item.vae.name!r}")
+            print(f"          {item.reason}")
         else:
-            print(f"  {_LABELS[item.action]:<8} {name}: {item.reason}")
+            print(f"  {label:<7} {name}: {item.reason}")
     for notice in plan.notices:
         warn(notice)
-    summary = ", ".join(f"{n} {_LABELS[a]}" for a, n in counts.items()) or "no checkpoints"
+    summary = ", ".join(f"{n} {_LABELS[a][1]}" for a, n in counts.items())
+    head = f"{len(plan.items)} checkpoint{'s' if len(plan.items) != 1 else ''}"
     if result is None:
         more = "; nothing was changed (--apply writes)" if plan.writes else ""
-        print(f"{len(plan.items)} checkpoints: {summary}{more}")
+        print(f"{head}: {summary or 'none listed'}{more}")
         return
-    print(f"{len(plan.items)} checkpoints: {summary}; wrote {len(result.done)} user-metadata files")
+    print(f"{head}: {summary}; wrote {len(result.done)} user-metadata file{'s' if len(result.done) != 1 else ''}")
     for line in result.errors:
         fail(line)
 
@@ -156,7 +169,8 @@ def _undo(found: LauncherFolders, checkpoints: list[Path], args: argparse.Namesp
     else:
         print(f"{found.launcher} at {found.root}")
         for item in result.done:
-            print(f"  {'removed' if item.action == 'remove' else 'unmarked':<8} {Path(item.checkpoint).name}: {item.reason}")
+            verb = "removed" if item.action == "remove" else "unmarked"
+            print(f"  {verb:<8} {_shown(item.checkpoint, str(found.root))}: {item.reason}")
         if not result.done:
             print("  vaereg wrote no preference here")
     for line in result.errors:

@@ -99,7 +99,17 @@ def loaded_vae_file() -> str | None:
         return next((path for path in modules if service().vae_id(path)), None)
     from modules import sd_vae
 
-    return sd_vae.loaded_vae_file
+    loaded = sd_vae.loaded_vae_file
+    if loaded and not os.path.isabs(loaded):  # SD.Next keeps the list name, not the path
+        loaded = sd_vae.vae_dict.get(loaded, loaded)
+    return loaded
+
+
+def is_sdnext() -> bool:
+    """SD.Next (its installer.py beside webui.py) loads no per-checkpoint preference."""
+    from modules import paths
+
+    return os.path.isfile(os.path.join(paths.script_path, "installer.py"))
 
 
 # --- the VAE list in the UI ------------------------------------------------------------------------------
@@ -280,6 +290,9 @@ def apply_recommendation() -> str:
                   if not service().vae_id(p)]
         forge.modules_change([*others, group.primary.name])
         return f"selected {group.primary.name} in VAE / Text Encoder"
+    if is_sdnext():
+        return (f"SD.Next keeps no per-checkpoint VAE: select {group.primary.name} in the VAE setting while "
+                f"{os.path.basename(checkpoint)} is loaded")
     from modules import sd_vae
 
     plan = service().plan_fix([checkpoint], _launcher_folders())
