@@ -238,3 +238,21 @@ def test_the_written_name_is_the_one_a1111_resolves_to_that_vae(webui, capsys, p
     assert "not in the launcher's VAE list" in merge["reason"]
     assert _a1111(webui).vae_dict["x.vae.safetensors"] == str(webui["vae_dir"] / "sub" / "x.vae.safetensors")
     assert identify(Path(_a1111(webui).vae_dict["x.vae.safetensors"]), plugins, with_file_hashes=False).vae.id == vae_b
+
+
+def test_a_vae_named_after_the_checkpoint_is_the_users_choice_too(webui, capsys):
+    """A1111's "Automatic" loads a VAE-list file whose name starts with the checkpoint's: fix leaves it, unless
+    it already holds the recommended VAE (then there is nothing to do) or --force."""
+    vae_a = (webui["vae_dir"] / "vae-ft-mse.safetensors").read_bytes()
+    near = webui["ckpt_dir"] / "anime" / "AnythingMix.vae.safetensors"
+    near.write_bytes((webui["vae_dir"] / "kl-f8-anime2.safetensors").read_bytes())
+    root = str(webui["root"])
+    item = _items(_fix(capsys, "--launcher", root))["AnythingMix.safetensors"]
+    assert item["action"] == "user-set" and "by its name" in item["reason"]
+    assert _a1111(webui).resolve_vae(str(webui["merge"])) == (str(near), "found near the checkpoint")
+    near.write_bytes(vae_a)
+    assert _items(_fix(capsys, "--launcher", root))["AnythingMix.safetensors"]["action"] == "keep"
+    near.write_bytes((webui["vae_dir"] / "kl-f8-anime2.safetensors").read_bytes())
+    _fix(capsys, "--launcher", root, "--apply", "--force", str(webui["merge"]))
+    assert _a1111(webui).resolve_vae(str(webui["merge"])) == (
+        str(webui["vae_dir"] / "vae-ft-mse.safetensors"), "from user metadata")

@@ -304,6 +304,14 @@ def _plan_one(
             reason=f"{report.reason}; {rec.label} is not in the launcher's VAE list{where}: put a copy in its VAE folder",
         )
     best = listed_copies[0]
+    auto = report.automatic_vae  # a file named after the checkpoint: the user's choice too, by its name
+    if current in NO_PREFERENCE and auto is not None and not force:
+        by_name = next((c for c in choices() if c.path == auto.path), None)
+        if (by_name.id if by_name else auto.id) == rec.id:
+            return replace(item, action="keep", vae=by_name, reason=f"{report.reason}; the launcher loads "
+                           f"{Path(auto.path).name} for it by its name, which holds it")
+        return replace(item, action="user-set", reason=f"{report.reason}; the launcher loads {Path(auto.path).name} "
+                       "for it by its name ('Automatic'): kept (--force writes a preference over it)")
     if current in NO_PREFERENCE:
         return replace(item, action="write", vae=best, reason=report.reason)
     holds = next((c for c in choices() if c.name == current), None)
