@@ -12,7 +12,7 @@ import torch
 import factory
 from vaereg.actions.fix import MARK, FixError, metadata_file, plan_fix
 from vaereg.cli import main
-from vaereg.identify import identify
+from vaereg.identity.analyze import identify
 from webui_standin import Opts, SdVae, get_user_metadata, write_user_metadata
 
 
@@ -168,10 +168,11 @@ def test_force_replaces_a_user_preference_and_undo_puts_it_back(webui, capsys):
 
 def test_the_write_is_refused_when_the_file_changed_since_the_plan(webui, plugins, index):
     from vaereg.actions.fix import index_vae_list, indexed_vae
-    from vaereg.check import check_model
+    from vaereg.answers.check import check_model
+    from vaereg.store.ingest import Ingest
 
     found = plugins.locate_launcher(webui["root"])
-    index_vae_list(found, index, plugins, None)
+    index_vae_list(found, index, Ingest(index, plugins))
     plan = plan_fix([webui["merge"]], found, check=lambda p: check_model(p, plugins=plugins, index=index),
                     identify_vae=indexed_vae(index))
     assert [i.action for i in plan.items] == ["write"]

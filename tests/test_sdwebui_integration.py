@@ -16,7 +16,7 @@ import torch
 
 import factory
 from vaereg.actions.fix import MARK
-from vaereg.identify import identify
+from vaereg.identity.analyze import identify
 from webui_standin import App, SdVae, forge_main_entry, get_user_metadata, install_modules
 
 SCRIPT = Path(__file__).resolve().parent.parent / "integrations" / "sd-webui" / "scripts" / "vaereg_webui.py"

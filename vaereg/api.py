@@ -17,19 +17,20 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
+from vaereg._fs import stat_key_of
 from vaereg.config import Config
 
 if TYPE_CHECKING:
     from vaereg.actions.fix import FixPlan
+    from vaereg.answers.check import CheckReport
     from vaereg.answers.listing import ListedVae
-    from vaereg.check import CheckReport
-    from vaereg.types import LauncherFolders
-    from vaereg.catalog import Catalog, LookupResult, NamingResult, VaeSummary
-    from vaereg.index import Index, IndexedFile
-    from vaereg.ingest import Ingest
-    from vaereg.plugins import Plugins
-    from vaereg.records import HashReport
-    from vaereg.registry import Registry
+    from vaereg.identity.report import HashReport
+    from vaereg.plugin.manager import Plugins
+    from vaereg.store.catalog import Catalog, LookupResult, NamingResult, VaeSummary
+    from vaereg.store.index import Index, IndexedFile
+    from vaereg.store.ingest import Ingest
+    from vaereg.store.registry.read import Registry
+    from vaereg.plugin.types import LauncherFolders
 
 __all__ = ["Vaereg"]
 
@@ -40,18 +41,14 @@ class _FreshRegistry:
     """A registry re-read when the local file changed on disk (the daemon or another process wrote it)."""
 
     def __init__(self, config: Config, shipped: Path | None) -> None:
-        from vaereg.registry import Registry
+        from vaereg.store.registry.read import Registry
 
         self._path = config.registry
         self._stamp = self._stat()
         self.registry = Registry.load(config, shipped=shipped)
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return stat_key_of(self._path)
 
     def get(self, reload: Callable[[], None] | None = None) -> Registry:
         """The registry, re-read first (by `reload`, when its owner must do it under its lock) if the
@@ -100,7 +97,7 @@ class Vaereg:
     def plugins(self) -> Plugins:
         with self._lock:
             if self._plugins is None:
-                from vaereg.plugins import Plugins
+                from vaereg.plugin.manager import Plugins
 
                 self._plugins = Plugins()
             return self._plugins
@@ -111,7 +108,7 @@ class Vaereg:
             if self._closed:
                 raise RuntimeError("this Vaereg is closed")
             if self._index is None:
-                from vaereg.index import Index
+                from vaereg.store.index import Index
 
                 self._index = Index(self.config.index)
             return self._index
@@ -129,10 +126,10 @@ class Vaereg:
         """Registry layers or fields left out, as ``<file>:<line>:<col>: <problem>``."""
         return list(self.registry.warnings)
 
-    def _catalog(self, *, events: bool = False) -> Catalog:
-        """A catalog over the current index and registry; with `events`, plugins hear of registry writes
-        (loading them costs a few imports, which reads do without)."""
-        from vaereg.catalog import Catalog
+    def catalog(self, *, events: bool = False) -> Catalog:
+        """A catalog over the current index and registry, for one operation; with `events`, plugins hear of
+        registry writes (loading them costs a few imports, which reads do without)."""
+        from vaereg.store.catalog import Catalog
 
         return Catalog(self.index, self.registry, self.plugins if events else None)
 
@@ -140,7 +137,7 @@ class Vaereg:
 
     def identify(self, path: str | os.PathLike[str], *, with_file_hashes: bool = True) -> HashReport:
         """What ``vaereg hash --json PATH`` says of a file or folder; reads it, records nothing."""
-        from vaereg.identify import identify
+        from vaereg.identity.analyze import identify
 
         return identify(Path(path), self.plugins, with_file_hashes=with_file_hashes)
 
@@ -148,10 +145,10 @@ class Vaereg:
         """Identify a file and record it in the index as a scan would: the registry learns the ids of a file
         it lists by SHA-256, and plugins hear of it. A file that changed or vanished while it was read is not
         recorded; the report then says so in `error`."""
-        from vaereg.records import HashReport
+        from vaereg.identity.report import HashReport
 
         shown = os.path.abspath(path)
-        outcome = self._ingester().identify(shown, with_file_hashes=with_file_hashes)
+        outcome = self.ingester().identify(shown, with_file_hashes=with_file_hashes)
         if outcome.status == "recorded" and outcome.report is not None:
             return outcome.report
         reasons = {
@@ -161,12 +158,13 @@ class Vaereg:
         }
         return HashReport(path=shown, format=None, error=reasons[outcome.status])
 
-    def _ingester(self) -> Ingest:
+    def ingester(self) -> Ingest:
+        """The one ingest of this container (scan, daemon and `index_file` record through it)."""
         # Ingest writes the registry while it records (learnt ids) without this instance's lock, so it gets
         # a registry object of its own; lookups see its writes through the file's change.
         with self._lock:
             if self._ingest is None:
-                from vaereg.ingest import Ingest
+                from vaereg.store.ingest import Ingest
 
                 self._ingest_registry = _FreshRegistry(self.config, self._shipped)
                 self._ingest = Ingest(self.index, self.plugins, self._ingest_registry.registry)
@@ -179,17 +177,17 @@ class Vaereg:
     def lookup(self, query: str) -> LookupResult:
         """What ``vaereg lookup --json HASH`` says. Raises ValueError for a query that is not a hash."""
         with self._lock:
-            return self._catalog().lookup(query)
+            return self.catalog().lookup(query)
 
     def resolve(self, query: str) -> str:
         """The canonical id of the one VAE a hash or prefix names (catalog.NoMatchError/AmbiguousQueryError)."""
         with self._lock:
-            return self._catalog().resolve(query)
+            return self.catalog().resolve(query)
 
     def distinct_vaes(self) -> list[VaeSummary]:
         """What ``vaereg ls --json`` says, one summary per distinct VAE on this machine."""
         with self._lock:
-            return self._catalog().distinct_vaes()
+            return self.catalog().distinct_vaes()
 
     def copies(self, vae_id: str) -> list[IndexedFile]:
         """Every indexed file holding the canonical id `vae_id`, in any precision or container."""
@@ -214,7 +212,7 @@ class Vaereg:
         if row is None or row.id is None:
             return None  # unreadable, or holds no VAE
         with self._lock:
-            catalog = self._catalog()
+            catalog = self.catalog()
             entry = catalog.entry_for(row.id)
         return entry.name if entry else None
 
@@ -223,17 +221,17 @@ class Vaereg:
     def name(self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = ()) -> NamingResult:
         """Name the VAE `query` names, and every copy of it (``vaereg name``)."""
         with self._lock:
-            return self._catalog(events=True).name(query, name, note=note, flags=flags)
+            return self.catalog(events=True).name(query, name, note=note, flags=flags)
 
     def alias(self, query: str, aliases: Iterable[str]) -> NamingResult:
         """Add aliases to the VAE's registry entry (``vaereg alias``)."""
         with self._lock:
-            return self._catalog(events=True).alias(query, aliases)
+            return self.catalog(events=True).alias(query, aliases)
 
     def unname(self, query: str) -> NamingResult:
         """Remove the local name of the VAE (``vaereg unname``)."""
         with self._lock:
-            return self._catalog(events=True).unname(query)
+            return self.catalog(events=True).unname(query)
 
     def reload(self) -> None:
         """Re-read every registry layer (shared registries changed: they are not watched)."""
@@ -279,7 +277,7 @@ class Vaereg:
 
         files = listed_files({name: os.fspath(path) for name, path in listed.items()}, held)
         with self._lock:
-            catalog = self._catalog()
+            catalog = self.catalog()
 
             def name_of(vae_id: str) -> str | None:
                 entry = catalog.entry_for(vae_id)
@@ -290,7 +288,7 @@ class Vaereg:
     def check(self, path: str | os.PathLike[str], *, launchers: Iterable[LauncherFolders] = ()) -> CheckReport:
         """What ``vaereg check --json MODEL`` says: is the model's own VAE fit, or which VAE to load instead.
         `launchers` (their folders) tell where A1111/Forge look for an "Automatic" VAE."""
-        from vaereg.check import check_model
+        from vaereg.answers.check import check_model
 
         index = self.index if self.config.index.is_file() else None
         return check_model(Path(path), plugins=self.plugins, index=index, registry=self.registry,
@@ -302,7 +300,7 @@ class Vaereg:
         writes it. The launcher's VAE list is indexed first, so that check knows its files."""
         from vaereg.actions.fix import index_vae_list, indexed_vae, plan_fix
 
-        index_vae_list(launcher, self.index, self.plugins, self.registry, with_file_hashes=False)
+        index_vae_list(launcher, self.index, self.ingester(), with_file_hashes=False)
         return plan_fix(
             [Path(c) for c in checkpoints],
             launcher,

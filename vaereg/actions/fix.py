@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
 
+from vaereg._fs import atomic_write, os_error_text
+from vaereg.errors import UserError
+
 if TYPE_CHECKING:
-    from vaereg.check import CheckReport
-    from vaereg.index import Index
-    from vaereg.plugins import Plugins
-    from vaereg.registry import Registry
-    from vaereg.types import LauncherFolders
+    from vaereg.answers.check import CheckReport
+    from vaereg.plugin.types import LauncherFolders
+    from vaereg.store.index import Index
+    from vaereg.store.ingest import Ingest
 
 #: Launchers whose checkpoint loader honours the ``"vae"`` key of ``<checkpoint>.json``.
 USER_METADATA_LAUNCHERS = ("a1111", "reforge")
@@ -62,8 +63,8 @@ Action = Literal["write", "keep", "user-set", "no-candidate", "fine", "error"]
 UndoAction = Literal["remove", "unmark", "absent"]
 
 
-class FixError(Exception):
-    """The fix cannot be planned as asked (no launcher, a launcher without preferences); one line."""
+class FixError(UserError):
+    """The fix cannot be planned as asked (a launcher without per-checkpoint preferences); one line."""
 
 
 @dataclass(frozen=True)
@@ -215,17 +216,16 @@ def launcher_notices(found: LauncherFolders) -> tuple[str, ...]:
     return tuple(notices)
 
 
-def index_vae_list(found: LauncherFolders, index: Index, plugins: Plugins, registry: Registry | None,
-                   *, with_file_hashes: bool = True) -> tuple[str, ...]:
+def index_vae_list(found: LauncherFolders, index: Index, ingest: Ingest, *, with_file_hashes: bool = True
+                   ) -> tuple[str, ...]:
     """Bring the files of the launcher's VAE list into the index (a stat each when unchanged), so that `check`
     knows them and their ids are at hand. Returns one line per file that could not be read."""
-    from vaereg.scan import plan_scan
+    from vaereg.store.scan import plan_scan
 
     files = [str(path) for path in vae_list(found).values()]
     if not files:
         return ()
-    report = plan_scan(files, index).execute(index, plugins, registry=registry, with_file_hashes=with_file_hashes)
-    return report.errors
+    return plan_scan(files, index).execute(ingest, with_file_hashes=with_file_hashes).errors
 
 
 def indexed_vae(index: Index) -> Callable[[Path], tuple[str | None, str | None]]:
@@ -367,25 +367,7 @@ def _write_preference(item: FixItem) -> None:
 
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as A1111 writes user metadata (indent 4, UTF-8), by a temporary file and a rename."""
-    text = json.dumps(data, indent=4, ensure_ascii=False)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            try:
-                os.chmod(temp, path.stat().st_mode & 0o7777)
-            except OSError:
-                pass
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, json.dumps(data, indent=4, ensure_ascii=False))
 
 
 # --- undo ---------------------------------------------------------------------------------------------
@@ -469,6 +451,6 @@ def _undo_one(item: UndoItem) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, OSError):
+        return os_error_text(exc)
     return " ".join(str(exc).split()) or type(exc).__name__

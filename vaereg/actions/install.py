@@ -16,8 +16,10 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from vaereg.errors import UserError
+
 if TYPE_CHECKING:
-    from vaereg.types import LauncherFolders
+    from vaereg.plugin.types import LauncherFolders
 
 #: launcher -> (integration folder in vaereg.integrations, the launcher's extension folder)
 TARGETS = {
@@ -34,7 +36,7 @@ FOLDER_NAME = "vaereg"
 Mode = Literal["link", "copy"]
 
 
-class InstallError(Exception):
+class InstallError(UserError):
     """The integration cannot be installed there; one line."""
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaereg.cli.common import Context, emit_json, fail, warn
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
     from vaereg.actions.fix import FixPlan, FixResult, UndoPlan
-    from vaereg.types import LauncherFolders
+    from vaereg.plugin.types import LauncherFolders
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,10 +91,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 def _fix(found: LauncherFolders, checkpoints: list[Path], args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.actions.fix import index_vae_list, indexed_vae, plan_fix
-    from vaereg.check import check_model
+    from vaereg.answers.check import check_model
 
     index, registry, plugins = ctx.index, ctx.registry, ctx.plugins
-    for line in index_vae_list(found, index, plugins, registry, with_file_hashes=ctx.config.file_hashes):
+    for line in index_vae_list(found, index, ctx.vaereg.ingester(), with_file_hashes=ctx.config.file_hashes):
         warn(line)
 
     def check(path: Path):

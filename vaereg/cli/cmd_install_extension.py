@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from vaereg.cli.common import Context, emit_json, fail
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
