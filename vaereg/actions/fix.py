@@ -192,6 +192,15 @@ def checkpoints_of(found: LauncherFolders, paths: Sequence[Path] = ()) -> list[P
     return list(out)
 
 
+def lists_checkpoint(found: LauncherFolders, path: str | Path) -> bool:
+    """Whether the launcher lists `path` as a checkpoint (in its checkpoint folders, by A1111's suffixes)."""
+    from vaereg._fs import really_inside
+
+    name = os.path.normcase(os.path.basename(path))
+    return (name.endswith((".ckpt", ".safetensors")) and not name.endswith((".vae.ckpt", ".vae.safetensors"))
+            and any(really_inside(path, folder) for folder in found.checkpoints))
+
+
 def launcher_notices(found: LauncherFolders) -> tuple[str, ...]:
     """Launcher settings under which a per-checkpoint preference is not used (said, never changed)."""
     from vaereg_plugins.launchers import webui_vae_path
