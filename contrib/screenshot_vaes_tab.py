@@ -35,7 +35,7 @@ h3 {{ margin: 14px 0 6px; }}
 </style></head><body>
 <div class="tabs"><span>txt2img</span><span>img2img</span><span>Extras</span><span>PNG Info</span>
 <span>Checkpoint Merger</span><span class="sel">VAEs</span><span>Settings</span><span>Extensions</span></div>
-<div><button>Refresh</button><button class="primary">Apply the recommendation</button></div>
+<div><button>Check the selected checkpoint</button><button class="primary">Apply the recommendation</button></div>
 {body}
 </body></html>"""
 
@@ -106,7 +106,8 @@ def main(out: Path) -> None:
             report = vr.check(merge)
             body = script.render_tab(groups, report, str(merge), None)
         html_file = base / "tab.html"
-        html_file.write_text(PAGE.format(css=script.TAB_CSS, body=body), encoding="utf-8")
+        css = (REPO / "integrations" / "sd-webui" / "style.css").read_text(encoding="utf-8")
+        html_file.write_text(PAGE.format(css=css, body=body), encoding="utf-8")
         subprocess.run(
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--no-first-run", "--hide-scrollbars", "--window-size=1100,560",

@@ -124,7 +124,7 @@ class FixPlan:
         for item in self.writes:
             try:
                 _write_preference(item)
-            except (OSError, FixConflict) as exc:
+            except (OSError, ValueError, FixConflict) as exc:  # ValueError: no longer JSON
                 errors.append(f"{item.metadata_file}: {_reason(exc)}")
             else:
                 written.append(item)

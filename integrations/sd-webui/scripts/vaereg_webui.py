@@ -255,19 +255,17 @@ def render_tab(groups, report, checkpoint: str | None, loaded: str | None) -> st
     return "".join(parts)
 
 
-TAB_CSS = """
-.vaereg table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
-.vaereg th, .vaereg td { border-bottom: 1px solid #8884; padding: 4px 8px; text-align: left; vertical-align: top; }
-.vaereg .bad b { color: #c0392b; } .vaereg .good b { color: #27ae60; }
-.vaereg code { font-size: 0.85em; }
-"""
-
-
 def tab_html() -> str:
+    """The tab with the selected checkpoint checked (reads its VAE: on the button, not on every page load)."""
     checkpoint = selected_checkpoint()
     groups = listed_vaes()  # first: the listed files become known VAEs check can recommend
     report = service().check(checkpoint) if checkpoint else None
     return render_tab(groups, report, checkpoint, loaded_vae_file())
+
+
+def list_html() -> str:
+    """The tab as a page load shows it: the distinct VAEs only (index lookups once the files are known)."""
+    return render_tab(listed_vaes(), None, None, None)
 
 
 def apply_recommendation() -> str:
@@ -332,12 +330,12 @@ def _launcher_folders():
 def on_ui_tabs():
     import gradio as gr
 
-    with gr.Blocks(analytics_enabled=False, css=TAB_CSS) as tab:
+    with gr.Blocks(analytics_enabled=False) as tab:  # styled by the extension's style.css, which A1111 loads
         with gr.Row():
-            refresh = gr.Button("Refresh", elem_id="vaereg_refresh")
+            refresh = gr.Button("Check the selected checkpoint", elem_id="vaereg_refresh")
             apply = gr.Button("Apply the recommendation", variant="primary", elem_id="vaereg_apply")
         status = gr.Markdown("")
-        view = gr.HTML("", elem_id="vaereg_view")
+        view = gr.HTML(list_html, elem_id="vaereg_view")  # a callable value: computed at each page load
         refresh.click(fn=tab_html, inputs=[], outputs=[view])
         apply.click(fn=apply_recommendation, inputs=[], outputs=[status]).then(fn=tab_html, inputs=[], outputs=[view])
     return [(tab, "VAEs", "vaereg_tab")]
