@@ -36,9 +36,9 @@ def comfyui_root() -> Path:
         return root
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail("VAEREG_COMFYUI is not set: .ci/run must export it (../shared/peers/ComfyUI)")
-    for guess in (REPO.parent / "shared" / "peers" / "ComfyUI", Path("/work/shared/peers/ComfyUI")):
-        if (guess / "folder_paths.py").is_file():
-            return guess
+    beside = REPO.parent / "shared" / "peers" / "ComfyUI"  # where .ci/run points VAEREG_COMFYUI
+    if (beside / "folder_paths.py").is_file():
+        return beside
     pytest.skip("no ComfyUI source here (set VAEREG_COMFYUI)")
 
 

@@ -48,8 +48,10 @@ def test_a1111_gets_the_extension_linked_into_extensions(tmp_path, capsys):
     target = root / "extensions" / "vaereg"
     assert out["target"] == str(target) and out["launcher"] == "a1111"
     assert (target / "scripts" / "vaereg_webui.py").is_file() and (target / "javascript" / "vaereg.js").is_file()
-    if out["mode"] == "link":
-        assert target.is_symlink() and target.resolve() == (REPO / "integrations" / "sd-webui").resolve()
+    if out["mode"] == "link":  # to the installed integration: the checkout's, or the wheel's package data
+        from vaereg.actions.install import integration_source
+
+        assert target.is_symlink() and target.resolve() == integration_source("sd-webui").resolve()
     # how vaereg gets into the launcher's Python, without touching its torch
     assert out["python"] == str(root / "venv" / "bin" / "python")
     assert out["pip"].startswith(f"{root / 'venv' / 'bin' / 'python'} -m pip install --no-deps ")
@@ -90,8 +92,12 @@ def test_the_wheel_ships_the_integrations_and_install_extension_finds_them(tmp_p
     # a copy: building in place would leave build/ and *.egg-info in the checkout
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "build", "*.egg-info",
                                                                "bench", "tests"))
+    import importlib.util
+
+    # the venv's setuptools when it has one (no index needed), else pip's isolated build
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(wheels), str(source)],
         capture_output=True, text=True,
     )
     assert build.returncode == 0, build.stderr
