@@ -37,13 +37,9 @@ def write(path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def config(home: Path) -> Config:
-    return Config(home=home)
+def home(config: Config) -> Path:
+    """The test's isolated VAEREG_HOME (conftest), where the local registry lives."""
+    return config.home
 
 
 # --- merging ------------------------------------------------------------------------------------------
@@ -200,7 +196,7 @@ def test_plan_touches_nothing_until_executed(home: Path, config: Config) -> None
         "vae.my-anime-vae: family = 'kl-f8-4ch'",
         f"vae.my-anime-vae: id = '{ID_1}'",
     ]
-    assert not home.exists()
+    assert list(home.iterdir()) == []  # nothing written, not even a lock
 
     assert plan.execute() == ("my-anime-vae",)
     text = (home / "registry.toml").read_text(encoding="utf-8")

@@ -127,7 +127,13 @@ class SameVaeFile:
     identical_copies: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "path": self.path,
+            "size": self.size,
+            "format": self.format,
+            "dtype": self.dtype,
+            "identical_copies": self.identical_copies,
+        }
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,7 @@ class LinkedCopy:
     reclaimed_bytes: int
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {"path": self.path, "target": self.target, "reclaimed_bytes": self.reclaimed_bytes}
 
 
 @dataclass(frozen=True)
