@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Protocol
 import xxhash
 
 from vaereg._fs import os_error_text, temp_beside
-from vaereg.files.names import download_in_progress
+from vaereg.files.names import download_in_progress, is_safetensors_name
 from vaereg.files.walk import walk_models
 from vaereg.identity.analyze import identify
 
@@ -371,7 +371,7 @@ def _group(sha256: str, members: list[FileState]) -> DuplicateGroup:
 
 
 def _is_safetensors(path: str) -> bool:
-    return path.lower().endswith((".safetensors", ".sft"))
+    return is_safetensors_name(path)
 
 
 def _preferred(f: SameVaeFile) -> tuple[bool, int, str]:
