@@ -338,12 +338,10 @@ def _plan_one(
     )
 
 
-#: Of several copies of one VAE in the list: the most precise, then safetensors (read without pickle), then name.
-_DTYPE_RANK = {"F64": 0, "F32": 1, "F16": 2, "BF16": 3}
-
-
 def _preference_order(choice: VaeChoice) -> tuple[int, int, str]:
-    return (_DTYPE_RANK.get(choice.dtype or "", 9), 0 if choice.name.endswith(".safetensors") else 1, choice.name)
+    from vaereg.answers.listing import copy_rank
+
+    return copy_rank(choice.name, choice.dtype)
 
 
 def _ours(meta: dict[str, Any], current: Any) -> bool:

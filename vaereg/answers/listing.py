@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-#: Most precise first; among equals, safetensors (read without pickle) before other containers.
-_DTYPE_RANK = {"F64": 0, "F32": 1, "mixed": 2, "F16": 3, "BF16": 4, "F8_E4M3": 5, "F8_E5M2": 6}
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,16 @@ class ListedVae:
                 "files": [f.to_json() for f in self.files], "reclaimable_bytes": self.reclaimable_bytes}
 
 
+def copy_rank(name: str, dtype: str | None) -> tuple[int, int, str]:
+    """Of several copies of one VAE, the one to load first: the most precise, then safetensors, then by name."""
+    from vaereg.files.names import is_safetensors_name
+    from vaereg.identity.dtypes import precision_rank
+
+    return (precision_rank(dtype), 0 if is_safetensors_name(name) else 1, name)
+
+
 def _rank(f: ListedFile) -> tuple[int, int, str]:
-    return (_DTYPE_RANK.get(f.dtype or "", 9), 0 if f.name.lower().endswith((".safetensors", ".sft")) else 1, f.name)
+    return copy_rank(f.name, f.dtype)
 
 
 def group_listed(files: Iterable[ListedFile], name_of: Callable[[str], str | None] = lambda _id: None) -> list[ListedVae]:
