@@ -5,7 +5,7 @@
     let labels = null;
 
     function vaeLists() {
-        // gradio renders the open dropdown's choices as <li data-value> under the component's block
+        // gradio renders the open dropdown's choices as <ul class="options"><li> under the component's block
         const blocks = [];
         for (const block of gradioApp().querySelectorAll("#setting_sd_vae, #checpoint_edit_user_metadata_preferred_vae, .block")) {
             const label = block.querySelector("label span, span[data-testid='block-info']");
@@ -21,8 +21,9 @@
     function annotate() {
         if (!labels) return;
         for (const block of vaeLists()) {
-            for (const item of block.querySelectorAll("li[data-value]")) {
-                const note = labels[item.getAttribute("data-value")];
+            // gradio 3 (A1111) marks each choice with data-value, gradio 4 (Forge) with aria-label
+            for (const item of block.querySelectorAll("ul.options li")) {
+                const note = labels[item.getAttribute("data-value") || item.getAttribute("aria-label")];
                 if (!note || item.querySelector(".vaereg-note")) continue;
                 const span = document.createElement("span");
                 span.className = "vaereg-note";
@@ -45,8 +46,19 @@
         annotate();
     }
 
+    // The page changes often (progress, previews): look at most once a frame, and only when a list is open.
+    let scheduled = false;
+    function onMutation() {
+        if (scheduled || !labels) return;
+        scheduled = true;
+        requestAnimationFrame(function () {
+            scheduled = false;
+            if (gradioApp().querySelector("ul.options li")) annotate();
+        });
+    }
+
     onUiLoaded(function () {
         load();
-        new MutationObserver(annotate).observe(gradioApp(), { childList: true, subtree: true });
+        new MutationObserver(onMutation).observe(gradioApp(), { childList: true, subtree: true });
     });
 })();
