@@ -48,6 +48,8 @@ class Config:
     file_hashes: bool = True
     #: AutoV3 (a second SHA-256 over the file) only for files up to this many bytes; None: every file
     autov3_max_bytes: int | None = 1 << 30
+    #: [launchers] auto_fix: the daemon writes the VAE preference of new A1111/reForge checkpoints (vaereg fix)
+    auto_fix: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -86,6 +88,7 @@ class Config:
         registry = data.get("registry", {})
         daemon = data.get("daemon", {})
         hashing = data.get("hash", {})
+        launchers = data.get("launchers", {})
         kwargs: dict[str, Any] = {"home": home, "config_file": source, "raw": data}
         if paths.get("index"):
             kwargs["index_path"] = Path(paths["index"]).expanduser()
@@ -113,4 +116,8 @@ class Config:
                 kwargs["autov3_max_bytes"] = value << 20
             else:
                 raise ConfigError(f'{source}: hash.autov3_max_mb must be a number of MB (0: never) or "all"')
+        if "auto_fix" in launchers:
+            if not isinstance(launchers["auto_fix"], bool):
+                raise ConfigError(f"{source}: launchers.auto_fix must be true or false")
+            kwargs["auto_fix"] = launchers["auto_fix"]
         return cls(**kwargs)
