@@ -148,3 +148,21 @@ def test_hash_reads_a_file_indexed_without_hashes_when_they_are_asked(tmp_path, 
     assert calls == []
     assert _hash_json(capsys, str(files[0]))[0]["file"]["sha256"]
     assert calls == ["a.safetensors"]
+
+
+def test_hash_from_the_index_imports_no_numpy(tmp_path):
+    import subprocess
+    import sys
+
+    files = library(tmp_path / "lib")
+    env = {**os.environ, "VAEREG_HOME": str(tmp_path / "home")}
+    subprocess.run([sys.executable, "-m", "vaereg", "scan", "--json", str(tmp_path / "lib")], env=env, check=True, capture_output=True)
+    code = (
+        "import sys, io, contextlib\n"
+        "from vaereg.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    status = main(['hash', '--json', {str(files[0])!r}])\n"
+        "print(status, 'numpy' in sys.modules, 'vaereg.identity.digest' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["0", "False", "False"], run.stderr
