@@ -328,25 +328,12 @@ _MEMO_WRITES = frozenset(op[0] for op in (pickle.PUT, pickle.BINPUT, pickle.LONG
 _NESTING = frozenset(op[0] for op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET))
 
 
-def _budgeted(code: int, load: Callable[[Any], None]) -> Callable[[Any], None]:
-    """`load` (the handler of opcode `code`) charged to the unpickler's budgets."""
-    new_object = code not in _NO_NEW_OBJECT
-    memo_write = code in _MEMO_WRITES
-    nesting = code in _NESTING
+def _nesting_checked(load: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`load` (which builds a tuple or frozenset) followed by the depth check of what it built."""
 
     def run(self: _RestrictedUnpickler) -> None:
-        self.ops += 1
-        if self.ops > MAX_PICKLE_OPS:
-            raise ModelFormatError(f"data.pkl runs over {MAX_PICKLE_OPS:,} pickle instructions")
-        if new_object:
-            self.objects += 1
-            if self.objects > MAX_PICKLE_OBJECTS:
-                raise ModelFormatError(f"data.pkl makes over {MAX_PICKLE_OBJECTS:,} objects")
         load(self)
-        if memo_write and len(self.memo) > MAX_PICKLE_MEMO:
-            raise ModelFormatError(f"data.pkl stores over {MAX_PICKLE_MEMO:,} memo entries")
-        if nesting:
-            self.track_depth(self.stack[-1])
+        self.track_depth(self.stack[-1])
 
     return run
 
@@ -356,22 +343,52 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     Built on the pure-Python unpickler rather than the C one: the C unpickler sizes its memo table
     from the indices in the stream, so a few hostile bytes make it allocate gigabytes; and the
-    pure-Python one runs a loop, never recursing however deep the pickle nests. Every opcode is charged
-    to the budgets above; protocol 5 out-of-band buffers are refused (BYTEARRAY8 allocates its declared
-    length up front).
+    pure-Python one runs a loop, never recursing however deep the pickle nests. Its loop is repeated in
+    `load` to charge every opcode to the budgets above. Protocol 5 out-of-band buffers are refused
+    (BYTEARRAY8 allocates its declared length up front).
     """
 
     dispatch: ClassVar[dict[int, Callable[[Any], None]]] = {
-        **{code: _budgeted(code, load) for code, load in pickle._Unpickler.dispatch.items()},
+        **pickle._Unpickler.dispatch,
+        **{code: _nesting_checked(pickle._Unpickler.dispatch[code]) for code in _NESTING},
         **{opcode[0]: _refuse_buffers for opcode in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)},
     }
 
     def __init__(self, file: IO[bytes]) -> None:
         super().__init__(file)
-        self.ops = 0
-        self.objects = 0
         # id -> (tuple or frozenset, its nesting depth). The object is kept so its id stays its own.
         self._depths: dict[int, tuple[object, int]] = {}
+
+    def load(self) -> Any:
+        """The unpickled object; `pickle._Unpickler.load` with each opcode charged to the budgets."""
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
+        self.read = self._unframer.read
+        self.readinto = self._unframer.readinto
+        self.readline = self._unframer.readline
+        self.metastack: list = []
+        self.stack: list = []
+        self.append = self.stack.append
+        self.proto = 0
+        read, dispatch, memo = self.read, self.dispatch, self.memo
+        ops = objects = 0
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                code = key[0]
+                ops += 1
+                if ops > MAX_PICKLE_OPS:
+                    raise ModelFormatError(f"data.pkl runs over {MAX_PICKLE_OPS:,} pickle instructions")
+                if code not in _NO_NEW_OBJECT:
+                    objects += 1
+                    if objects > MAX_PICKLE_OBJECTS:
+                        raise ModelFormatError(f"data.pkl makes over {MAX_PICKLE_OBJECTS:,} objects")
+                dispatch[code](self)
+                if code in _MEMO_WRITES and len(memo) > MAX_PICKLE_MEMO:
+                    raise ModelFormatError(f"data.pkl stores over {MAX_PICKLE_MEMO:,} memo entries")
+        except pickle._Stop as stop:  # type: ignore[attr-defined]
+            return stop.value
 
     def track_depth(self, built: object) -> None:
         """Record how deeply the tuple or frozenset just built nests; refuse it past MAX_PICKLE_DEPTH.
@@ -673,9 +690,10 @@ def _load(file: IO[bytes], required: bool) -> tuple[object, dict[str, zipfile.Zi
             pickled = archive.getinfo(f"{root}/data.pkl")
             if pickled.file_size > MAX_PICKLE_BYTES:
                 raise ModelFormatError(f"data.pkl is {pickled.file_size} bytes; torch.save writes a few MB at most")
-            data = archive.read(pickled)
-        with _as_format_error("damaged data.pkl"):
-            tree = _RestrictedUnpickler(io.BytesIO(data)).load()
+            stream = archive.open(pickled)
+        # Streamed, not read whole: a pickle that breaks a budget costs only what was read before.
+        with stream, _as_format_error("damaged data.pkl"):
+            tree = _RestrictedUnpickler(io.BufferedReader(stream, 1 << 16)).load()  # type: ignore[arg-type]
     return tree, storages, big_endian
 
 
