@@ -122,6 +122,8 @@ MAX_PICKLE_MEMO = 1_000_000
 #: depth check, so a tuple nested a million deep used as a dict key would crash the process; real
 #: checkpoints nest tuples 3 deep.
 MAX_PICKLE_DEPTH = 64
+# data.pkl up to this size is read whole (faster to unpickle); larger ones are streamed.
+_READ_WHOLE_PICKLE = 16 << 20
 #: Records in the zip directory (torch.save writes one per storage, plus three).
 MAX_ZIP_ENTRIES = 250_000
 #: Most dimensions one tensor may have (numpy's limit; real tensors have at most 5).
@@ -661,6 +663,30 @@ def _as_format_error(what: str) -> Iterator[None]:
         raise ModelFormatError(f"{what} ({type(exc).__name__}: {detail})") from exc
 
 
+class _Capped:
+    """A stream that gives no more than `size` bytes in all, and never allocates more than it has left.
+
+    Pickle opcodes carry their own lengths (BINUNICODE, BINBYTES8, LONG4...), and a buffered stream
+    allocates the whole length asked for before reading: 4 GiB for 6 hostile bytes.
+    """
+
+    def __init__(self, stream: io.BufferedReader, size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._left:
+            n = self._left
+        data = self._stream.read(n)
+        self._left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self._stream.readline(self._left)
+        self._left -= len(data)
+        return data
+
+
 def _check_directory_size(file: IO[bytes]) -> None:
     """Refuse a zip directory of more than MAX_ZIP_ENTRIES records before zipfile builds one object each."""
     end_record = zipfile._EndRecData(file)  # type: ignore[attr-defined]
@@ -690,10 +716,13 @@ def _load(file: IO[bytes], required: bool) -> tuple[object, dict[str, zipfile.Zi
             pickled = archive.getinfo(f"{root}/data.pkl")
             if pickled.file_size > MAX_PICKLE_BYTES:
                 raise ModelFormatError(f"data.pkl is {pickled.file_size} bytes; torch.save writes a few MB at most")
-            stream = archive.open(pickled)
-        # Streamed, not read whole: a pickle that breaks a budget costs only what was read before.
-        with stream, _as_format_error("damaged data.pkl"):
-            tree = _RestrictedUnpickler(io.BufferedReader(stream, 1 << 16)).load()  # type: ignore[arg-type]
+            # A large one is streamed, so that a pickle breaking a budget costs only what was read before.
+            if pickled.file_size <= _READ_WHOLE_PICKLE:
+                stream: IO[bytes] = io.BytesIO(archive.read(pickled))
+            else:
+                stream = _Capped(io.BufferedReader(archive.open(pickled), 1 << 16), pickled.file_size)  # type: ignore
+        with _as_format_error("damaged data.pkl"):
+            tree = _RestrictedUnpickler(stream).load()
     return tree, storages, big_endian
 
 

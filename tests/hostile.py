@@ -71,7 +71,7 @@ def write_torch_zip(
     """A torch.save-style zip: data.pkl, byteorder, then one stored record per storage."""
     with zipfile.ZipFile(path, "w") as archive:
         method = zipfile.ZIP_DEFLATED if compress_pickle else zipfile.ZIP_STORED
-        archive.writestr(zipfile.ZipInfo(f"{root}/data.pkl"), data_pkl, compress_type=method)
+        archive.writestr(zipfile.ZipInfo(f"{root}/data.pkl"), data_pkl, compress_type=method, compresslevel=1)
         archive.writestr(f"{root}/byteorder", b"little")
         for key, data in storages.items():
             archive.writestr(f"{root}/data/{key}", data)
