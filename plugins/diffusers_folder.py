@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
 from vaereg_plugins import _json, safetensors_format, torch_zip
 from vaereg_plugins._filebytes import open_regular, os_error_reason, read_head
 from vaereg_plugins._shown import escaped
+
+from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
+
 
 #: Weight files in order of preference: full precision before the fp16 variant, safetensors before pickles.
 WEIGHT_NAMES = (

@@ -21,8 +21,8 @@ from typing import Any, BinaryIO, Mapping
 from vaereg_plugins import _json
 from vaereg_plugins._filebytes import FileBytes, open_regular
 from vaereg_plugins._shown import quoted
-from vaereg.hookspecs import ModelFormatError, TensorInfo, hookimpl
-from vaereg.types import DTYPE_BITS
+
+from vaereg.hookspecs import DTYPE_BITS, ModelFormatError, TensorInfo, hookimpl
 
 __all__ = [
     "MAX_HEADER_SIZE",
