@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(ctx.plugins)
         args = parser.parse_args(argv)
         ctx.debug = args.debug
+        _route_logs(args.debug)
         if not getattr(args, "run", None):
             parser.print_help()
             return ExitStatus.USAGE
@@ -54,6 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(exc, debug=ctx.debug)
     finally:
         ctx.close()
+
+
+def _route_logs(debug: bool) -> None:
+    """Tracebacks logged for internal errors reach stderr only with --debug (the daemon logs them itself).
+
+    Without a handler of its own, Python would print every logged error with its traceback on stderr;
+    the one line each problem gets is printed by the commands.
+    """
+    import logging
+
+    if not debug:
+        logging.getLogger("vaereg").addHandler(logging.NullHandler())
 
 
 def _quiet_stdout() -> None:
