@@ -42,14 +42,22 @@ def _limit_memory(limit: int):
 
 
 def run_vaereg(
-    *args: str | Path, home: Path, memory: int = MEMORY_LIMIT, timeout: float = TIME_LIMIT, cwd: Path | None = None
+    *args: str | Path,
+    home: Path,
+    memory: int = MEMORY_LIMIT,
+    timeout: float = TIME_LIMIT,
+    cwd: Path | None = None,
+    program: list[str] | None = None,
 ) -> Run:
-    """`vaereg ARGS...` with its own VAEREG_HOME; waits for it (or kills it at the deadline)."""
+    """`vaereg ARGS...` with its own VAEREG_HOME; waits for it (or kills it at the deadline).
+
+    `program` replaces ``-m vaereg`` (a ``-c`` script that patches something, then calls the CLI's main).
+    """
     env = {**os.environ, "VAEREG_HOME": str(home), "MALLOC_ARENA_MAX": "2", "COLUMNS": "400", "NO_COLOR": "1"}
     env.pop("VAEREG_CONFIG", None)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vaereg", *map(str, args)],
+            [sys.executable, *(program or ["-m", "vaereg"]), *map(str, args)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,

@@ -149,3 +149,38 @@ def test_scan_of_the_hostile_folder_indexes_the_good_files(batch: dict, tmp_path
     listed = run_vaereg("ls", "--json", home=home)
     copies = {copy["path"] for line in listed.stdout.splitlines() for copy in json.loads(line)["copies"]}
     assert {str(after) for _, after in batch["cases"].values()} <= copies
+
+
+BUGGY_READER = """
+import sys
+import vaereg_plugins.safetensors_format as reader
+
+def bug(path):
+    if path.name.startswith("bad"):
+        raise TypeError("a bug\\nmeets a file")
+    return real(path)
+
+real = reader.SafetensorsSource.open
+reader.SafetensorsSource.open = bug
+from vaereg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_exception_is_that_files_internal_error(tmp_path: Path, debug: bool) -> None:
+    good = save_safetensors(make_vae(ch=4), tmp_path / "good.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    shutil.copyfile(good, bad)
+    run = run_vaereg(
+        *(["--debug"] if debug else []), "hash", bad, good, home=tmp_path / "home", program=["-c", BUGGY_READER]
+    )
+    assert run.returncode == 1
+    assert [row.split()[0] for row in run.stdout.splitlines()[1:]] == [str(good)]
+    lines = [line for line in run.problems() if line.startswith("vaereg: ")]
+    assert len(lines) == 1
+    assert assert_clean_line(lines[0], bad) == r"internal error: TypeError: a bug meets a file"
+    # The traceback only with --debug.
+    assert ("Traceback" in run.stderr) is debug
+    if not debug:
+        assert run.problems() == lines

@@ -7,6 +7,7 @@ Subcommands come from the ``vaereg_register_commands`` hook: the built-ins (``va
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -57,16 +58,23 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
 
 
+class _Quiet(logging.NullHandler):
+    """Stands in for a handler so Python's last-resort one does not print tracebacks on stderr."""
+
+
 def _route_logs(debug: bool) -> None:
     """Tracebacks logged for internal errors reach stderr only with --debug (the daemon logs them itself).
 
     Without a handler of its own, Python would print every logged error with its traceback on stderr;
     the one line each problem gets is printed by the commands.
     """
-    import logging
-
-    if not debug:
-        logging.getLogger("vaereg").addHandler(logging.NullHandler())
+    logger = logging.getLogger("vaereg")
+    quiet = [h for h in logger.handlers if isinstance(h, _Quiet)]
+    if not debug and not quiet:
+        logger.addHandler(_Quiet())
+    elif debug:
+        for handler in quiet:
+            logger.removeHandler(handler)
 
 
 def _quiet_stdout() -> None:
