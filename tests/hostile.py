@@ -12,6 +12,7 @@ import json
 import pickle
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 # ---- a protocol-2 pickle assembler ----
@@ -150,9 +151,43 @@ def sparse_config(folder: Path) -> Path:
     return model
 
 
+def _repeated_deflate(chunk: bytes, times: int) -> tuple[bytes, int]:
+    """`chunk` * `times` deflated without compressing it all (full flushes make every chunk's output the
+    same), and its CRC-32: a 255 MiB data.pkl in a fraction of a second."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(times):
+        crc = zlib.crc32(chunk, crc)
+    return block * times + compressor.flush(), crc
+
+
+def write_raw_zip(path: Path, entries: list[tuple[str, int, bytes, int, int]]) -> Path:
+    """A zip of (name, method, stored bytes, crc32, uncompressed size) entries, written as they are given."""
+    out, directory = bytearray(), bytearray()
+    for name, method, payload, crc, size in entries:
+        encoded, offset = name.encode(), len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(payload), size, len(encoded), 0)
+        out += encoded + payload
+        directory += struct.pack(
+            "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(payload), size, len(encoded),
+            0, 0, 0, 0, 0, offset,
+        )
+        directory += encoded
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(directory), len(out), 0)
+    path.write_bytes(bytes(out + directory + end))
+    return path
+
+
 def dict_bomb(folder: Path, mib: int = 32) -> Path:
-    data = pickle.PROTO + b"\x02" + pickle.EMPTY_DICT * (mib << 20) + pickle.STOP
-    return write_torch_zip(folder / f"dict_bomb_{mib}.ckpt", data, {}, compress_pickle=True)
+    """data.pkl: `mib` MiB of one-byte EMPTY_DICT opcodes (33 million dicts per 32 MiB, if nothing stopped
+    them), deflated to a few hundred KB. No STOP is needed: the reader must give up long before the end."""
+    payload, crc = _repeated_deflate(pickle.EMPTY_DICT * (1 << 20), mib)
+    entries = [
+        ("archive/data.pkl", zipfile.ZIP_DEFLATED, payload, crc, mib << 20),
+        ("archive/byteorder", zipfile.ZIP_STORED, b"little", zlib.crc32(b"little"), 6),
+    ]
+    return write_raw_zip(folder / f"dict_bomb_{mib}.ckpt", entries)
 
 
 FORGED_KEY = "0\nvaereg: all files OK\x1b[2K"
