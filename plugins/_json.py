@@ -65,7 +65,8 @@ def loads(text: str, what: str, **options: Any) -> Any:
     except RecursionError:
         raise ModelFormatError(f"{what} nests JSON over {MAX_DEPTH} levels deep") from None
     except json.JSONDecodeError as exc:
-        raise ModelFormatError(f"{what} is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno}") from None
+        reason = exc.msg.removesuffix(" at")
+        raise ModelFormatError(f"{what} is not valid JSON: {reason} at line {exc.lineno}") from None
     except ValueError as exc:  # NaN/Infinity, or integers past Python's digit limit
         raise ModelFormatError(f"{what} is not valid JSON: {str(exc).partition(':')[0]}") from None
     if depth(value) > MAX_DEPTH:

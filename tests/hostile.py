@@ -42,7 +42,9 @@ def op_dict(pairs: list[tuple[bytes, bytes]]) -> bytes:
     return pickle.EMPTY_DICT + pickle.MARK + b"".join(k + v for k, v in pairs) + pickle.SETITEMS
 
 
-def op_tensor(key: str, offset: int, shape: tuple[int, ...], stride: tuple[int, ...], storage: str = "FloatStorage") -> bytes:
+def op_tensor(
+    key: str, offset: int, shape: tuple[int, ...], stride: tuple[int, ...], storage: str = "FloatStorage"
+) -> bytes:
     """A ``torch._utils._rebuild_tensor_v2`` call on storage record `key`, as torch.save writes it."""
     pid = op_tuple([op_str("storage"), op_global("torch", storage), op_str(key), op_str("cpu"), op_int(4)])
     args = [
@@ -123,13 +125,15 @@ def _deep_tuple(depth: int) -> bytes:
 
 
 def deep_tuple_key(folder: Path) -> Path:
-    data = pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + _deep_tuple(1_000_000) + op_int(1) + pickle.SETITEM + pickle.STOP
+    key = _deep_tuple(1_000_000)
+    data = pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + key + op_int(1) + pickle.SETITEM + pickle.STOP
     return write_torch_zip(folder / "deep_key.ckpt", data, {}, compress_pickle=True)
 
 
 def deep_tuple_in_set(folder: Path) -> Path:
     members = pickle.EMPTY_LIST + _deep_tuple(1_000_000) + pickle.APPEND
-    data = pickle.PROTO + b"\x02" + op_global("__builtin__", "set") + pickle.MARK + members + pickle.TUPLE + pickle.REDUCE
+    args = pickle.MARK + members + pickle.TUPLE
+    data = pickle.PROTO + b"\x02" + op_global("__builtin__", "set") + args + pickle.REDUCE
     return write_torch_zip(folder / "deep_set.ckpt", data + pickle.STOP, {}, compress_pickle=True)
 
 

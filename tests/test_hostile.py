@@ -184,3 +184,29 @@ def test_an_unexpected_exception_is_that_files_internal_error(tmp_path: Path, de
     assert ("Traceback" in run.stderr) is debug
     if not debug:
         assert run.problems() == lines
+
+
+def test_the_daemon_logs_one_line_per_hostile_file_and_goes_on(batch: dict, tmp_path: Path) -> None:
+    import dataclasses
+
+    from test_daemon import running, wait_for, wait_row
+
+    from vaereg.config import Config
+    from vaereg.plugin.manager import Plugins
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    names = ("deep-tuple-key", "dict-bomb", "forged-storage-key", "zero-stride")
+    hostile_files = [batch["cases"][name][0] for name in names]
+    for path in hostile_files:
+        shutil.copyfile(path, lib / path.name)
+    shutil.copyfile(batch["good"], lib / "good.safetensors")
+    config = dataclasses.replace(Config.load(), settle_seconds=0.3, reconcile_interval=3600.0, workers=2)
+    with running(config, Plugins(), [lib]) as daemon:
+        wait_row(daemon, lib / "good.safetensors")
+        errors = wait_for(lambda: len(daemon.status().recent_errors) >= 4 and daemon.status().recent_errors, "errors")
+        assert len(errors) == 4
+        for path in hostile_files:
+            mine = [e for e in errors if f"{lib / path.name}: " in e]
+            assert len(mine) == 1 and "\n" not in mine[0] and "\x1b" not in mine[0], errors
+        assert daemon.index.get(str(lib / "good.safetensors")).error is None

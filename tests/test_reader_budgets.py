@@ -44,7 +44,9 @@ def test_memo_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("opcode", [pickle.EMPTY_SET, pickle.EMPTY_LIST, pickle.MARK, pickle.BININT1 + b"\x07"])
-def test_object_budget_counts_every_kind_of_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opcode: bytes) -> None:
+def test_object_budget_counts_every_kind_of_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opcode: bytes
+) -> None:
     monkeypatch.setattr(torch_zip, "MAX_PICKLE_OBJECTS", 1000)
     data = P2 + opcode * 1001 + pickle.STOP
     with pytest.raises(ModelFormatError, match="^data.pkl makes over 1,000 objects$"):
@@ -99,11 +101,12 @@ def test_dimension_budget_safetensors(tmp_path: Path) -> None:
         safetensors_format.SafetensorsSource.open(path)
 
 
-def test_a_file_that_shrinks_while_read_gives_an_error_not_a_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_that_shrinks_while_read_gives_an_error_not_a_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Truncated between the size check and the copy: a mapped copy would die of SIGBUS here.
-    path = hostile.write_safetensors(
-        tmp_path / "m.safetensors", {"a": {"dtype": "U8", "shape": [1 << 20], "data_offsets": [0, 1 << 20]}}, bytes(1 << 20)
-    )
+    header = {"a": {"dtype": "U8", "shape": [1 << 20], "data_offsets": [0, 1 << 20]}}
+    path = hostile.write_safetensors(tmp_path / "m.safetensors", header, bytes(1 << 20))
     with safetensors_format.SafetensorsSource.open(path) as source:
         monkeypatch.setattr(_filebytes.FileBytes, "_check_size", lambda self: None)
         os.truncate(path, 100)
