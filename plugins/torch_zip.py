@@ -694,10 +694,13 @@ class _Capped:
 
 def _check_directory_size(file: IO[bytes]) -> None:
     """Refuse a zip directory of more than MAX_ZIP_ENTRIES records before zipfile builds one object each."""
-    end_record = zipfile._EndRecData(file)  # type: ignore[attr-defined]
+    find_end = getattr(zipfile, "_EndRecData", None)  # private, but in every Python since 2.x
+    if find_end is None:
+        return
+    end_record = find_end(file)
     if end_record is None:
         raise ModelFormatError("truncated or damaged zip archive (no end of central directory)")
-    entries = end_record[zipfile._ECD_ENTRIES_TOTAL]  # type: ignore[attr-defined]
+    entries = end_record[getattr(zipfile, "_ECD_ENTRIES_TOTAL", 4)]
     if entries > MAX_ZIP_ENTRIES:
         raise ModelFormatError(f"zip archive lists {entries:,} records, over the limit of {MAX_ZIP_ENTRIES:,}")
     file.seek(0)
