@@ -154,3 +154,32 @@ def test_the_builders_make_readable_checkpoints(tmp_path: Path) -> None:
         assert archive.getinfo("archive/data/0").file_size == 16
     with open_ckpt(path) as source:
         assert source.read("w") == bytes(16)
+
+
+def test_the_identity_pass_sizes_no_buffer_past_the_file(plugins) -> None:
+    # A reader with read_into whose VAE claims tensors larger than the file: no reused buffer is sized from
+    # such a shape; those tensors go through read(), which (in a real reader) checks before allocating.
+    from factory import make_vae
+    from memsource import MemorySource
+
+    from vaereg.identity.digest import compute_identity
+    from vaereg.identity.locate import canonicalize, find_vae
+
+    source = MemorySource(make_vae(ch=4))
+    asked: list[int] = []
+    read_whole: list[str] = []
+
+    def read_into(name: str, out: memoryview) -> bytes:
+        asked.append(len(out))
+        return source.read(name)
+
+    def read(name: str) -> bytes:
+        read_whole.append(name)
+        return source.read(name)
+
+    vae = canonicalize(find_vae(list(source.tensors)), source.tensors, plugins.map_layout)
+    limit = 4096
+    compute_identity(vae, read, read_into=read_into, scratch_limit=limit)
+    assert asked and max(asked) <= limit
+    big = {vae.stored_key[n] for n, info in vae.tensors.items() if info.nbytes > limit}
+    assert big and set(read_whole) == big

@@ -143,7 +143,7 @@ def problem_line(path: object, reason: object) -> str:
 
 def internal_error(exc: BaseException) -> str:
     """The reason given for an exception nobody expected (a bug in vaereg or a plugin), as one line."""
-    detail = " ".join(str(exc).split())
+    detail = " ".join(str(exc)[:2000].split())
     if len(detail) > 300:
         detail = detail[:300] + "..."
     return f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")
