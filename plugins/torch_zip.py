@@ -330,9 +330,17 @@ _NO_NEW_OBJECT = frozenset(
         pickle.NONE, pickle.NEWTRUE, pickle.NEWFALSE, pickle.EMPTY_TUPLE,
     )
 )
-_MEMO_WRITES = frozenset(op[0] for op in (pickle.PUT, pickle.BINPUT, pickle.LONG_BINPUT, pickle.MEMOIZE))
+_MAKES_OBJECT = tuple(0 if code in _NO_NEW_OBJECT else 1 for code in range(256))
 # Opcodes that build the hashable containers whose nesting `MAX_PICKLE_DEPTH` limits.
 _NESTING = frozenset(op[0] for op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET))
+
+
+def _over_budget(ops: int, objects: int, memo: int) -> ModelFormatError:
+    if ops > MAX_PICKLE_OPS:
+        return ModelFormatError(f"data.pkl runs over {MAX_PICKLE_OPS:,} pickle instructions")
+    if objects > MAX_PICKLE_OBJECTS:
+        return ModelFormatError(f"data.pkl makes over {MAX_PICKLE_OBJECTS:,} objects")
+    return ModelFormatError(f"data.pkl stores over {MAX_PICKLE_MEMO:,} memo entries")
 
 
 def _nesting_checked(load: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -376,7 +384,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self.stack: list = []
         self.append = self.stack.append
         self.proto = 0
-        read, dispatch, memo = self.read, self.dispatch, self.memo
+        read, dispatch, memo, makes = self.read, self.dispatch, self.memo, _MAKES_OBJECT
+        max_ops, max_objects, max_memo = MAX_PICKLE_OPS, MAX_PICKLE_OBJECTS, MAX_PICKLE_MEMO
         ops = objects = 0
         try:
             while True:
@@ -385,15 +394,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
                     raise EOFError
                 code = key[0]
                 ops += 1
-                if ops > MAX_PICKLE_OPS:
-                    raise ModelFormatError(f"data.pkl runs over {MAX_PICKLE_OPS:,} pickle instructions")
-                if code not in _NO_NEW_OBJECT:
-                    objects += 1
-                    if objects > MAX_PICKLE_OBJECTS:
-                        raise ModelFormatError(f"data.pkl makes over {MAX_PICKLE_OBJECTS:,} objects")
+                objects += makes[code]
+                # One test for all three budgets (this loop runs per opcode); the memo is checked before
+                # the next opcode, so it may hold one entry over its budget.
+                if ops > max_ops or objects > max_objects or len(memo) > max_memo:
+                    raise _over_budget(ops, objects, len(memo))
                 dispatch[code](self)
-                if code in _MEMO_WRITES and len(memo) > MAX_PICKLE_MEMO:
-                    raise ModelFormatError(f"data.pkl stores over {MAX_PICKLE_MEMO:,} memo entries")
         except pickle._Stop as stop:  # type: ignore[attr-defined]
             return stop.value
 
