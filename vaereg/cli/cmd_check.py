@@ -65,6 +65,8 @@ def _print(report: CheckReport) -> None:
         print(f"  recommended: {rec.label} (id {short(rec.id)})")
         for path in rec.paths:
             print(f"               {path}")
+        if not rec.paths and rec.source:
+            print(f"               no copy here; download it from {rec.source}")
     if report.automatic_vae:
         auto = report.automatic_vae
         known = f" ({auto.name or short(auto.id)})" if auto.id else ""
@@ -75,3 +77,7 @@ def _print(report: CheckReport) -> None:
         print(f"  embedded:    {describe(embedded)}; {vae.family} {vae.dtype}, id {short(vae.id)}")
         print(f"  relation:    {embedded.relation}")
         print(f"  health:      {embedded.health}")
+        if embedded.embedded_in:
+            print(f"  also in:     {embedded.embedded_in[0]}")
+            for path in embedded.embedded_in[1:]:
+                print(f"               {path}")
