@@ -32,6 +32,7 @@ from vaereg_plugins._filebytes import FileBytes
 from vaereg.hookspecs import (
     DTYPE_BITS,
     ModelFormatError,
+    ModelNotRead,
     TensorInfo,
     TensorSource,
     hookimpl,
@@ -295,9 +296,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = _GLOBALS.get((module, name))
         if found is None:
-            raise ModelFormatError(
-                f"refused: the pickle wants to import {_shown(f'{module}.{name}')}"
-                " (only tensors and plain containers are allowed)"
+            # Not broken, just not a state dict: a whole pickled object (an ultralytics detector, a module)
+            # that only running its code could rebuild.
+            raise ModelNotRead(
+                f"the pickle wants to import {_shown(f'{module}.{name}')}; vaereg runs no code from a pickle"
             )
         return found
 
