@@ -100,3 +100,153 @@ def test_check_cli_shows_where_else_the_vae_is(library, scanned, capsys):
     assert main(["check", "--json", str(library.paths["mix55"])]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["embedded"]["also_embedded_in"] == [str(library.paths["mix55-pruned"])]
+
+
+# --- model files with no VAE, broken files -------------------------------------------------------------
+
+
+def scan_json(capsys, *args) -> tuple[int, dict]:
+    status = main(["scan", "--json", "--no-file-hashes", *args])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_a_scan_that_completes_exits_0_and_lists_what_it_could_not_read(library, capsys):
+    status, out = scan_json(capsys, str(library.webui / "models"), str(library.comfyui / "models"))
+    assert status == 0
+    assert out["errors"] == [f"{library.paths['broken']}: truncated: " + out["errors"][0].split(": truncated: ")[1]]
+    assert out["not_read"] == [
+        f"{library.paths['yolo']}: not read: the pickle wants to import ultralytics.nn.tasks.DetectionModel;"
+        " vaereg runs no code from a pickle"
+    ]
+    # LoRA and upscaler read fine and hold no VAE; the .part download is not looked at.
+    assert out["no_vae"] == 2 and out["new"] == 11
+    assert main(["scan", "--strict", "--no-file-hashes", str(library.webui / "models")]) == 0  # nothing new
+    capsys.readouterr()
+
+
+def test_strict_makes_unreadable_files_fail(library, capsys):
+    assert main(["scan", "--strict", "--no-file-hashes", str(library.paths["broken"])]) == 1
+    out = capsys.readouterr().out
+    assert f"error {library.paths['broken']}: truncated" in out
+    assert main(["scan", "--strict", "--no-file-hashes", str(library.paths["yolo"])]) == 0  # a note only
+    assert f"note {library.paths['yolo']}: not read: the pickle wants to import" in capsys.readouterr().out
+
+
+def test_unreadable_files_stay_listed_until_fixed(library, capsys, tmp_path):
+    import shutil
+
+    broken = shutil.copy(library.paths["broken"], tmp_path / "broken.safetensors")
+    shutil.copy(library.paths["yolo"], tmp_path / "face_yolov8n.pt")
+    assert main(["scan", "--no-file-hashes", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["scan", "--no-file-hashes", str(tmp_path)]) == 0  # a rescan reads nothing: still listed
+    capsys.readouterr()
+    assert main(["ls", "--problems"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == [str(broken), str(tmp_path / "face_yolov8n.pt")]
+    assert lines[0].startswith(f"{broken}: truncated: ")
+    assert main(["ls", "--problems", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["path"], r["not_read"]) for r in rows] == [(str(broken), False), (str(tmp_path / "face_yolov8n.pt"), True)]
+    main(["status", "--json"])
+    assert [p["path"] for p in json.loads(capsys.readouterr().out)["problems"]] == [str(broken), rows[1]["path"]]
+    main(["status"])
+    assert f"2 indexed files could not be read\n  {broken}: truncated" in capsys.readouterr().out
+    # Fixed: a whole copy replaces the broken one; removed: the detector goes.
+    shutil.copy(library.paths["mix55"], broken)
+    (tmp_path / "face_yolov8n.pt").unlink()
+    assert main(["scan", "--no-file-hashes", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["ls", "--problems", "--json"]) == 0 and capsys.readouterr().out == ""
+
+
+# --- the first run: launchers ----------------------------------------------------------------------------
+
+
+def test_scan_without_a_folder_scans_the_launchers_in_the_usual_places(library, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(library.root))  # ~/stable-diffusion-webui and ~/ComfyUI
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(library.root / ".config"))
+    status, out = scan_json(capsys)
+    assert status == 0
+    found = {lf["launcher"]: lf for lf in out["launchers"]}
+    assert found.keys() == {"a1111", "comfyui"}
+    assert found["a1111"]["vae"] == [str(library.webui / "models/VAE")]
+    assert found["comfyui"]["checkpoints"][0] == str(library.comfyui / "models/checkpoints")
+    # Only VAE and checkpoint folders: the LoRA, upscaler and detector folders are not scanned.
+    assert out["new"] == 8 and out["not_read"] == [] and out["no_vae"] == 0
+    assert main(["scan", "--no-file-hashes"]) == 0
+    err = capsys.readouterr().err
+    assert f"a1111 at {library.webui}" in err and f"comfyui at {library.comfyui}" in err
+
+
+def test_scan_with_no_launcher_found_says_how_to_name_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    (tmp_path / "Documents" / "notes").mkdir(parents=True)
+    assert main(["scan"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no launcher installation found")
+    assert "vaereg scan --launcher" in out and "[daemon] launchers" in out
+
+
+def test_scan_launcher_names_one_installation(library, capsys, tmp_path):
+    status, out = scan_json(capsys, "--launcher", str(library.comfyui))
+    assert status == 0 and [lf["launcher"] for lf in out["launchers"]] == ["comfyui"]
+    assert out["new"] == 2  # the bf16 VAE and the mix73 checkpoint
+    assert main(["scan", "--launcher", str(tmp_path)]) == 2
+    assert "not an installation of a launcher vaereg knows" in capsys.readouterr().err
+
+
+def test_configured_launchers_are_scanned_and_read_by_check(library, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # nothing in the usual places
+    home = tmp_path / "vaereg-home"
+    home.mkdir()
+    (home / "vaereg.toml").write_text(f"[daemon]\nlaunchers = [{json.dumps(str(library.webui))}]\n")
+    monkeypatch.setenv("VAEREG_HOME", str(home))
+    status, out = scan_json(capsys)
+    assert status == 0 and [lf["launcher"] for lf in out["launchers"]] == ["a1111"]
+    # check reads the same launchers: the recommendation lists the copy in the launcher's VAE folder first.
+    assert main(["check", "--json", str(library.paths["mix55"])]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recommended"]["paths"][0].startswith(str(library.webui / "models/VAE"))
+
+
+def test_usual_places_per_system(tmp_path):
+    from vaereg_plugins.launchers import usual_places
+
+    (tmp_path / "ai" / "Forge").mkdir(parents=True)
+    (tmp_path / "Desktop" / "ComfyUI_windows_portable").mkdir(parents=True)
+    (tmp_path / "StabilityMatrix" / "Data" / "Packages" / "ComfyUI").mkdir(parents=True)
+    linux = usual_places(tmp_path, {}, "posix")
+    assert tmp_path / "ai" / "Forge" in linux  # one level below a tool folder
+    assert tmp_path / "Desktop" / "ComfyUI_windows_portable" in linux
+    assert tmp_path / "StabilityMatrix" / "Data" in linux  # portable Stability Matrix
+    assert tmp_path / "StabilityMatrix" / "Data" / "Packages" / "ComfyUI" in linux
+    assert tmp_path / ".config" / "ComfyUI" in linux and tmp_path / "invokeai" in linux
+    windows = usual_places(tmp_path, {"APPDATA": str(tmp_path / "Roaming")}, "nt")
+    assert tmp_path / "Roaming" / "ComfyUI" in windows and tmp_path / "Roaming" / "StabilityMatrix" in windows
+    mac = usual_places(tmp_path, {}, "darwin")
+    assert tmp_path / "Library" / "Application Support" / "ComfyUI" in mac
+
+
+def test_comfyui_desktop_and_stability_matrix_are_launchers(tmp_path, plugins):
+    base = tmp_path / "Documents" / "ComfyUI"
+    for folder in ("models/vae", "models/checkpoints"):
+        (base / folder).mkdir(parents=True)
+    data = tmp_path / "Roaming" / "ComfyUI"
+    data.mkdir(parents=True)
+    (data / "extra_models_config.yaml").write_text(
+        f"comfyui_desktop:\n  base_path: {base}\n  is_default: true\n  checkpoints: models/checkpoints/\n"
+        "  vae: models/vae/\n  loras: models/loras/\n"
+    )
+    desktop = plugins.locate_launcher(data)
+    assert desktop.launcher == "comfyui-desktop"
+    assert desktop.vae == ((base / "models/vae").resolve(),)
+    assert desktop.checkpoints == ((base / "models/checkpoints").resolve(),)
+    library = tmp_path / "StabilityMatrix" / "Data"
+    for folder in ("Models/VAE", "Models/StableDiffusion", "Packages"):
+        (library / folder).mkdir(parents=True)
+    sm = plugins.locate_launcher(library)
+    assert sm.launcher == "stabilitymatrix" and sm.vae == ((library / "Models/VAE").resolve(),)
+    assert sm.checkpoints == ((library / "Models/StableDiffusion").resolve(),)
+    assert plugins.locate_launcher(tmp_path / "Documents") is None

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=[],
         metavar="DIR",
-        help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the configured launchers')",
+        help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the launchers' - configured"
+        " or found in the usual places)",
     )
     p.set_defaults(run=run)
 
@@ -32,7 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.check import check_model
 
-    launchers = [found for root in ctx.config.launchers if (found := ctx.plugins.locate_launcher(root))]
+    from vaereg.files.launchers import find_launchers
+
+    # The launchers scan reads: the configured ones and those in the usual places.
+    launchers = list(find_launchers(ctx.plugins, ctx.config.launchers).found)
     report = check_model(
         args.model,
         plugins=ctx.plugins,
