@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from test_catalog import Library, RegistryEvents, library  # noqa: F401
+from events import Events as RegistryEvents
+from test_catalog import Library, library  # noqa: F401
 
 from vaereg.cli import main
 from vaereg.config import Config
@@ -238,7 +239,7 @@ def test_moving_a_name_tells_the_plugins_about_both_entries(indexed: Library, in
     assert [entry.slug for _, entry in refused.value.holders] == ["first"]
     assert isinstance(refused.value, RegistryError)  # the CLI's one-line refusal, exit status 2
 
-    events.seen.clear()
+    events.registry.clear()
     result = catalog.name(b_hash(indexed), "first", force=True)
     assert [slug for slug, _ in events.seen] == ["first", result.slug]
     assert events.seen[0][1]["name"] is None and events.seen[1][1]["name"] == "first"
