@@ -544,8 +544,9 @@ def test_the_status_file_and_command(lib, config, plugins_with, capsys):
         assert shown["roots"] == [{"path": str(lib), "mechanism": "native", "note": None}]
         assert list(shown) == [
             *("state", "running", "pid", "started", "updated", "roots"),
-            *("indexed", "queued", "hashing", "recent_errors"),
+            *("indexed", "queued", "hashing", "recent_errors", "problems"),
         ]
+        assert shown["problems"] == []
         on_disk = json.loads((config.home / "daemon.json").read_text())
         assert on_disk["pid"] == os.getpid()
 

@@ -38,7 +38,7 @@ def run_problems(args: argparse.Namespace, ctx: Context) -> int:
         return ExitStatus.OK
     for row in rows:
         print(problem_line(row.path, row.error))
-    print(f"{len(rows)} indexed files could not be read" if rows else "every indexed file was read", file=sys.stderr)
+    print(f"{len(rows)} indexed {'file' if len(rows) == 1 else 'files'} could not be read" if rows else "every indexed file was read", file=sys.stderr)
     return ExitStatus.OK
 
 

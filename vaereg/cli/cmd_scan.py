@@ -3,7 +3,7 @@
 Unchanged files cost a stat; renamed and moved ones are recognised without a read; deleted ones leave the
 index. With no DIR, the launcher installations of ``[daemon] launchers`` and those found in the usual places
 are scanned (their VAE and checkpoint folders); ``--launcher PATH`` names one. With ``--json`` one object is
-printed (docs/json.md, "vaereg scan --json")::
+printed (docs/daemon.md, "vaereg scan --json")::
 
     {"roots": [str], "launchers": [{"launcher", "root", "vae", "checkpoints"}], "new": int, "changed": int,
      "moved": int, "removed": int, "unchanged": int, "errors": ["<path>: <reason>"],
@@ -178,10 +178,12 @@ def _print_summary(report) -> None:
     for message in report.warnings:
         out.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
     if report.no_vae:
-        out.print(f"{report.no_vae} model files hold no VAE (LoRAs, upscalers, ControlNets, text encoders...)")
+        what = "model file holds" if report.no_vae == 1 else "model files hold"
+        out.print(f"{report.no_vae} {what} no VAE (LoRAs, upscalers, ControlNets, text encoders...)")
     for message in report.not_read:
         out.print(f"[blue]note[/blue] {escape(message)}", soft_wrap=True)
     for message in report.errors:
         out.print(f"[red]error[/red] {escape(message)}", soft_wrap=True)
     if report.errors:
-        out.print(f"{len(report.errors)} files could not be read; `vaereg ls --problems` lists them until fixed")
+        n = len(report.errors)
+        out.print(f"{n} {'file' if n == 1 else 'files'} could not be read; `vaereg ls --problems` lists them until fixed")

@@ -52,7 +52,7 @@ def _print_problems(rows) -> None:
 
     if not rows:
         return
-    print(f"{len(rows)} indexed files could not be read")
+    print(f"{len(rows)} indexed {'file' if len(rows) == 1 else 'files'} could not be read")
     for row in rows[:SHOWN_PROBLEMS]:
         print(f"  {problem_line(row.path, row.error)}")
     if len(rows) > SHOWN_PROBLEMS:
