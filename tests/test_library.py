@@ -119,7 +119,7 @@ def test_a_scan_that_completes_exits_0_and_lists_what_it_could_not_read(library,
         " vaereg runs no code from a pickle"
     ]
     # LoRA and upscaler read fine and hold no VAE; the .part download is not looked at.
-    assert out["no_vae"] == 2 and out["new"] == 11
+    assert out["no_vae"] == 2 and out["no_vae_kinds"] == {"lora": 1, "upscaler": 1} and out["new"] == 11
     assert main(["scan", "--strict", "--no-file-hashes", str(library.webui / "models")]) == 0  # nothing new
     capsys.readouterr()
 
@@ -128,6 +128,8 @@ def test_strict_makes_unreadable_files_fail(library, capsys):
     assert main(["scan", "--strict", "--no-file-hashes", str(library.paths["broken"])]) == 1
     out = capsys.readouterr().out
     assert f"error {library.paths['broken']}: truncated" in out
+    assert main(["scan", "--no-file-hashes", str(library.webui / "models/Lora"), str(library.webui / "models/ESRGAN")]) == 0
+    assert "2 model files hold no VAE: 1 LoRA, 1 upscaler" in capsys.readouterr().out
     assert main(["scan", "--strict", "--no-file-hashes", str(library.paths["yolo"])]) == 0  # a note only
     assert f"note {library.paths['yolo']}: not read: the pickle wants to import" in capsys.readouterr().out
 

@@ -350,7 +350,8 @@ def test_scan_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert status == 0  # a scan that completes; --strict makes unreadable files fail
     assert list(out) == [
-        *("roots", "new", "changed", "moved", "removed", "unchanged", "errors", "not_read", "no_vae", "warnings"),
+        *("roots", "new", "changed", "moved", "removed", "unchanged", "errors", "not_read", "no_vae", "no_vae_kinds"),
+        "warnings",
         *("bytes_read", "seconds", "launchers"),
     ]
     assert (out["roots"], out["new"], out["unchanged"]) == ([str(lib)], 2, 0)

@@ -7,7 +7,8 @@ printed (docs/daemon.md, "vaereg scan --json")::
 
     {"roots": [str], "launchers": [{"launcher", "root", "vae", "checkpoints"}], "new": int, "changed": int,
      "moved": int, "removed": int, "unchanged": int, "errors": ["<path>: <reason>"],
-     "not_read": ["<path>: not read: <why>"], "no_vae": int, "warnings": [str], "bytes_read": int,
+     "not_read": ["<path>: not read: <why>"], "no_vae": int, "no_vae_kinds": {kind: int}, "warnings": [str],
+     "bytes_read": int,
      "seconds": float}
 
 A scan that completes exits 0, listing the files it could not read; with ``--strict`` those make it exit 1.
@@ -160,6 +161,18 @@ def _execute_with_bar(plan, ingest, with_file_hashes: bool):
         return plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
 
 
+#: How the summary names each kind of model file with no VAE, one and several.
+_KIND_WORDS = {
+    "lora": ("LoRA", "LoRAs"),
+    "embedding": ("embedding", "embeddings"),
+    "controlnet": ("ControlNet", "ControlNets"),
+    "upscaler": ("upscaler", "upscalers"),
+    "text-encoder": ("text encoder", "text encoders"),
+    "diffusion-model": ("diffusion model alone", "diffusion models alone"),
+    "other": ("other", "others"),
+}
+
+
 def _print_summary(report) -> None:
     from rich.markup import escape
 
@@ -179,7 +192,8 @@ def _print_summary(report) -> None:
         out.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
     if report.no_vae:
         what = "model file holds" if report.no_vae == 1 else "model files hold"
-        out.print(f"{report.no_vae} {what} no VAE (LoRAs, upscalers, ControlNets, text encoders...)")
+        kinds = ", ".join(f"{n} {_KIND_WORDS.get(kind, kind)[n != 1]}" for kind, n in report.no_vae_kinds.items())
+        out.print(f"{report.no_vae} {what} no VAE: {kinds}")
     for message in report.not_read:
         out.print(f"[blue]note[/blue] {escape(message)}", soft_wrap=True)
     for message in report.errors:

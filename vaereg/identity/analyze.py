@@ -16,6 +16,7 @@ from vaereg._fs import os_error_text
 from vaereg.errors import ModelFormatError
 from vaereg.identity.digest import TensorStats, compute_identity
 from vaereg.identity.filehash import file_hashes
+from vaereg.identity.kinds import model_kind
 from vaereg.identity.locate import CanonicalVae, canonicalize, find_vae
 from vaereg.identity.report import FileHashes, HashReport
 from vaereg.plugin.manager import Plugins
@@ -105,8 +106,10 @@ def analyze(
     try:
         with open_model(path, plugins) as model:
             fmt = model.format
-            vae, stats = None, {}
-            if model.vae is not None:
+            vae, stats, kind = None, {}, None
+            if model.vae is None:
+                kind = model_kind(model.source.tensors)
+            else:
                 vae, stats = compute_identity(
                     model.vae,
                     model.source.read,
@@ -129,7 +132,7 @@ def analyze(
         return HashReport(path=shown, format=fmt, error=os_error_text(exc)), {}
     except (ValueError, KeyError, IndexError) as exc:  # a plugin's data contradicted its own header
         return HashReport(path=shown, format=fmt, error=f"unreadable: {exc}"), {}
-    return HashReport(path=shown, format=fmt, vae=vae, file=hashes), stats
+    return HashReport(path=shown, format=fmt, vae=vae, file=hashes, kind=kind), stats
 
 
 def identify(path: Path, plugins: Plugins, *, with_file_hashes: bool = True) -> HashReport:

@@ -92,6 +92,8 @@ class ScanReport:
     seconds: float
     not_read: tuple[str, ...] = ()
     no_vae: int = 0
+    #: of the `no_vae` files, how many of each kind (`identity.kinds`; "other" when the names do not tell)
+    no_vae_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -108,6 +110,7 @@ class ScanReport:
             "errors": list(self.errors),
             "not_read": list(self.not_read),
             "no_vae": self.no_vae,
+            "no_vae_kinds": dict(self.no_vae_kinds),
             "warnings": list(self.warnings),
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
@@ -156,7 +159,7 @@ class ScanPlan:
         done_bytes = 0
         errors: list[str] = []
         not_read: list[str] = []
-        no_vae = 0
+        no_vae: dict[str, int] = {}
         warnings: list[str] = list(self.walk.warnings)
         for n, found in enumerate(todo):
             if on_progress:
@@ -171,7 +174,8 @@ class ScanPlan:
             if outcome.error:
                 (not_read if is_not_read(outcome.error) else errors).append(f"{found.path}: {outcome.error}")
             elif outcome.status == "recorded" and outcome.report is not None and outcome.report.vae is None:
-                no_vae += 1
+                kind = outcome.report.kind or "other"
+                no_vae[kind] = no_vae.get(kind, 0) + 1
             elif outcome.status == "unsettled":
                 warnings.append(f"{found.path}: changed while it was read; left for the next scan")
             warnings.extend(outcome.warnings)
@@ -189,7 +193,8 @@ class ScanPlan:
             bytes_read=ingest.bytes_read,
             seconds=time.monotonic() - self.planned_at,
             not_read=tuple(not_read),
-            no_vae=no_vae,
+            no_vae=sum(no_vae.values()),
+            no_vae_kinds=dict(sorted(no_vae.items(), key=lambda kv: (-kv[1], kv[0]))),
         )
 
 
