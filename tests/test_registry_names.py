@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from events import Events as RegistryEvents
+from events import Events
 from test_catalog import Library, library  # noqa: F401
 
 from vaereg.cli import main
@@ -229,7 +229,7 @@ def test_a_name_moves_from_a_local_entry_and_from_a_shared_one(indexed: Library,
 
 
 def test_moving_a_name_tells_the_plugins_about_both_entries(indexed: Library, index: Index, config: Config) -> None:
-    events = RegistryEvents()
+    events = Events()
     pm = get_plugin_manager()
     pm.register(events)
     catalog = Catalog(index, Registry.load(config), Plugins(pm))
@@ -239,7 +239,7 @@ def test_moving_a_name_tells_the_plugins_about_both_entries(indexed: Library, in
     assert [entry.slug for _, entry in refused.value.holders] == ["first"]
     assert isinstance(refused.value, RegistryError)  # the CLI's one-line refusal, exit status 2
 
-    events.registry.clear()
+    events.seen.clear()
     result = catalog.name(b_hash(indexed), "first", force=True)
     assert [slug for slug, _ in events.seen] == ["first", result.slug]
     assert events.seen[0][1]["name"] is None and events.seen[1][1]["name"] == "first"
