@@ -34,7 +34,11 @@ log = logging.getLogger("vaereg.launchers")
 def vaereg_locate_launcher(root: Path) -> LauncherFolders | None:
     """The VAE and checkpoint folders of the launcher installed at `root`, or ``None`` for no known launcher."""
     root = Path(root)
-    if not root.is_dir():
+    try:
+        names = set(os.listdir(root))
+    except OSError:  # not a folder, or one we may not list: no launcher we could read either
+        return None
+    if not names & _MARKERS:  # most folders: one listing, no stat (scan sweeps hundreds of them)
         return None
     root = root.resolve()
     for locate in _LOCATORS:
@@ -456,6 +460,21 @@ _LOCATORS: tuple[Callable[[Path], LauncherFolders | None], ...] = (
     _locate_sdnext,
     _locate_webui,
     _locate_stability_matrix,
+)
+
+
+#: Every launcher's root holds one of these: a folder without any is no installation (checked first, cheaply).
+_MARKERS = frozenset(
+    {
+        "main.py",  # ComfyUI
+        "python_embeded",  # ComfyUI portable
+        "extra_models_config.yaml",  # ComfyUI desktop
+        "invokeai.yaml",  # InvokeAI
+        "databases",  # InvokeAI
+        "fooocus_version.py",  # Fooocus
+        "launch.py",  # SD.Next, A1111, Forge, reForge
+        "Models",  # Stability Matrix
+    }
 )
 
 
