@@ -1,10 +1,12 @@
 """``vaereg check MODEL``: is the model's own VAE fit to use, or does it need an external one?
 
 One pass over the embedded VAE's tensors gives its identity, sketch and health stats. The known VAEs - the
-registry's entries and the index's identities, other than the model itself - then say what it is: the same
-as one of them, a precision variant, one with the same encoder or decoder, a blend of several (`blend`), or
-unknown. The verdict asks for an external VAE when there is no VAE, an unhealthy one, or a blend, and
-recommends the healthy known VAE the embedded one is closest to or made from, with its standalone copies.
+registry's entries and the index's standalone VAEs, precision variants counted once, merges left out
+(`answers.known`) - then say what it is: the same as one of them, a precision variant, one with the same
+encoder or decoder, a blend of several (`blend`), or unknown. Other checkpoints holding the same VAE are
+listed, never counted as evidence. The verdict asks for an external VAE when there is no VAE, an unhealthy
+one, or a blend, and recommends the healthy known VAE the embedded one is closest to or made from that the
+user can load: one with standalone copies, else a registry entry with a source to download it from.
 Nothing here writes: the index and registry are only read.
 """
 
