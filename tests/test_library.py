@@ -252,3 +252,22 @@ def test_comfyui_desktop_and_stability_matrix_are_launchers(tmp_path, plugins):
     assert sm.launcher == "stabilitymatrix" and sm.vae == ((library / "Models/VAE").resolve(),)
     assert sm.checkpoints == ((library / "Models/StableDiffusion").resolve(),)
     assert plugins.locate_launcher(tmp_path / "Documents") is None
+
+
+def test_a_comfyui_sharing_a1111s_folders_indexes_each_file_once(tmp_path, capsys, monkeypatch):
+    import factory
+    from library import make_comfyui, make_webui
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    webui, comfyui = make_webui(tmp_path / "stable-diffusion-webui"), make_comfyui(tmp_path / "ComfyUI")
+    (comfyui / "extra_model_paths.yaml").write_text(
+        f"a111:\n    base_path: {webui}\n    checkpoints: models/Stable-diffusion\n    vae: models/VAE\n"
+    )
+    factory.save_safetensors(factory.make_vae(seed=3), webui / "models/VAE/shared.safetensors")
+    status, out = scan_json(capsys)
+    assert status == 0 and sorted(lf["launcher"] for lf in out["launchers"]) == ["a1111", "comfyui"]
+    assert out["new"] == 1
+    assert main(["ls", "--json"]) == 0
+    (vae,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [c["path"] for c in vae["copies"]] == [str(webui / "models/VAE/shared.safetensors")]
