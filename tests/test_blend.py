@@ -137,3 +137,16 @@ def test_rounding_steps():
     assert rounding_step(values, "BF16")[0] == 2.0**-7
     mixed = rounding_step(values, np.array(["F16", "BF16", "F16", "F16", "F8_E4M3"]))
     assert mixed[[1, 3, 4]].tolist() == [2.0**-8, 0.0, 0.25]
+
+
+def test_blends_among_known_vaes_are_the_merges_only(vaes, known, plugins):
+    from vaereg.answers.blend import blends_among
+
+    merged = sketch(merge({"v1": 0.5, "v2": 0.5}, vaes), plugins, "F16")
+    merged = Sketch("m55", merged.values, merged.dtypes)
+    copy = sketch(vaes["v3"], plugins, "BF16")
+    copy = Sketch("v3-bf16", copy.values, copy.dtypes)
+    others = [s for name, s in known.items() if name != "v3"]
+    assert blends_among([*others, merged, copy]) == {"m55"}
+    # With one of its parts missing, a merge explains nothing and nothing explains it.
+    assert blends_among([s for s in others if s.id != known["v2"].id] + [merged]) == set()

@@ -111,7 +111,45 @@ def explain(target: Sketch, candidates: Sequence[Sketch], max_misfit: float = MA
         own_noise=float(np.sum(target.steps()[rows] ** 2)) / 12,
         part_noise=np.array([np.sum(c.steps()[rows] ** 2) / 12 for c in usable]),
     )
-    everything = np.arange(len(usable))
+    return _fit(problem, [c.id for c in usable], max_misfit)
+
+
+def blends_among(sketches: Sequence[Sketch], max_misfit: float = MAX_MISFIT) -> set[str]:
+    """The ids of the `sketches` that are blends of the others (all of one length).
+
+    One Gram matrix serves every target: each is explained by the rest in a solve the size of the set, so a
+    library of 50 VAEs costs one 50x50 product over the samples, not 50.
+    """
+    finite = [s for s in sketches if np.isfinite(s.values).all()]
+    found = set()
+    for odd in (s for s in sketches if not np.isfinite(s.values).all()):  # NaN samples: rows differ per target
+        fit = explain(odd, [s for s in sketches if s is not odd], max_misfit)
+        if fit is not None and fit.is_blend:
+            found.add(odd.id)
+    if len(finite) < 3:  # a blend needs two others
+        return found
+    k = np.stack([s.values for s in finite], axis=1)
+    gram = k.T @ k
+    noise = np.array([np.sum(s.steps() ** 2) / 12 for s in finite])
+    for j, target in enumerate(finite):
+        others = np.delete(np.arange(len(finite)), j)
+        if not gram[j, j]:
+            continue
+        problem = _Problem(
+            gram=gram[others[:, None], others],
+            rhs=gram[others, j],
+            target2=float(gram[j, j]),
+            own_noise=float(noise[j]),
+            part_noise=noise[others],
+        )
+        if problem.needs_several(max_misfit):
+            found.add(target.id)
+    return found
+
+
+def _fit(problem: _Problem, ids: Sequence[str], max_misfit: float) -> BlendFit | None:
+    """The smallest set of candidates (`ids`, in the problem's order) that explains the target, or None."""
+    everything = np.arange(len(ids))
     full = problem.solve(everything)
     support = np.flatnonzero(full > 0)
     if problem.misfit(support, full[support]) > max_misfit:
@@ -120,10 +158,9 @@ def explain(target: Sketch, candidates: Sequence[Sketch], max_misfit: float = MA
     if chosen is None:  # greedy growth missed: start from everything the full fit used
         chosen = support
     chosen, weights = _prune(problem, chosen, max_misfit)
-    residual = float(np.linalg.norm(s - k[:, chosen] @ weights) / np.linalg.norm(s))
-    parts = [Part(usable[j].id, float(w)) for j, w in zip(chosen, weights, strict=True)]
+    parts = [Part(ids[j], float(w)) for j, w in zip(chosen, weights, strict=True)]
     parts.sort(key=lambda p: -p.weight)
-    return BlendFit(tuple(parts), residual, problem.misfit(chosen, weights))
+    return BlendFit(tuple(parts), problem.residual(chosen, weights), problem.misfit(chosen, weights))
 
 
 def _grow(problem: _Problem, candidates: np.ndarray, max_misfit: float, limit: int) -> np.ndarray | None:
@@ -168,16 +205,41 @@ class _Problem:
     own_noise: float  # expected squared rounding residual of the target
     part_noise: np.ndarray  # ... of each candidate, at weight 1
 
+    def needs_several(self, max_misfit: float) -> bool:
+        """Whether some weighted sum of the candidates fits and no single one does: a blend, decided with one
+        full solve (what `_fit` would find, without the search for the smallest set)."""
+        diagonal = np.diag(self.gram)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = np.where(diagonal > 0, np.maximum(self.rhs / diagonal, 0.0), 0.0)
+        residual2 = np.maximum(self.target2 - 2 * w * self.rhs + w * w * diagonal, 0.0)
+        noise2 = self.own_noise + w * w * self.part_noise
+        with np.errstate(divide="ignore", invalid="ignore"):
+            single = np.sqrt(np.where(noise2 > 0, residual2 / noise2, np.where(residual2 > 0, np.inf, 0.0)))
+        if len(single) and single.min() <= max_misfit:
+            return False  # a copy or a precision variant of one of them
+        everything = np.arange(len(self.rhs))
+        full = self.solve(everything)
+        support = np.flatnonzero(full > 0)
+        return len(support) >= 2 and self.misfit(support, full[support]) <= max_misfit
+
     def solve(self, subset: np.ndarray) -> np.ndarray:
         """Non-negative least-squares weights over the candidates in `subset` (same order)."""
         if len(subset) == 0:
             return np.zeros(0)
         return nnls(self.gram[subset[:, None], subset], self.rhs[subset])
 
+    def residual2(self, subset: np.ndarray, weights: np.ndarray) -> float:
+        """||s - K w||^2 over the candidates in `subset`, from the normal equations."""
+        gram = self.gram[subset[:, None], subset]
+        return max(self.target2 - 2 * weights @ self.rhs[subset] + weights @ gram @ weights, 0.0)
+
+    def residual(self, subset: np.ndarray, weights: np.ndarray) -> float:
+        """||s - K w|| / ||s||."""
+        return float(np.sqrt(self.residual2(subset, weights) / self.target2)) if self.target2 else 0.0
+
     def misfit(self, subset: np.ndarray, weights: np.ndarray) -> float:
         """The fit's residual in units of the rounding noise it should leave."""
-        gram = self.gram[subset[:, None], subset]
-        residual2 = max(self.target2 - 2 * weights @ self.rhs[subset] + weights @ gram @ weights, 0.0)
+        residual2 = self.residual2(subset, weights)
         noise2 = self.own_noise + float(np.sum(weights**2 * self.part_noise[subset]))
         if noise2 <= 0:
             return 0.0 if residual2 == 0 else float("inf")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from vaereg._fs import inside_any
-from vaereg.answers.blend import BlendFit, Sketch, explain
+from vaereg.answers.blend import BlendFit, Sketch, blends_among, explain
 from vaereg.answers.health import FLAG_PROBLEMS
 from vaereg.answers.relation import (
     RELATION_ORDER,
@@ -270,19 +270,14 @@ class KnownVaes:
         return out
 
     def _find_blends(self) -> set[str]:
-        """The groups whose VAE is a weighted merge of other groups' VAEs."""
-        candidates = self._candidates()
-        found = set()
-        for head, sketch in candidates.items():
+        """The groups whose VAE is a weighted merge of other groups' VAEs (of the same shapes)."""
+        by_shape: dict[tuple[int, int, int], list[Sketch]] = {}
+        for head, sketch in self._candidates().items():
             best = self._best(head)
-            others = [
-                s
-                for other, s in candidates.items()
-                if other != head and (self._best(other).tensors, self._best(other).params) == (best.tensors, best.params)
-            ]
-            fit = explain(sketch, others) if others else None
-            if fit is not None and fit.is_blend:
-                found.add(head)
+            by_shape.setdefault((best.tensors, best.params, len(sketch.values)), []).append(sketch)
+        found: set[str] = set()
+        for sketches in by_shape.values():
+            found |= blends_among(sketches)
         return found
 
     # relations
