@@ -150,3 +150,16 @@ def test_blends_among_known_vaes_are_the_merges_only(vaes, known, plugins):
     assert blends_among([*others, merged, copy]) == {"m55"}
     # With one of its parts missing, a merge explains nothing and nothing explains it.
     assert blends_among([s for s in others if s.id != known["v2"].id] + [merged]) == set()
+
+
+def test_a_pool_explains_as_explain_does(vaes, known, plugins):
+    from vaereg.answers.blend import Pool
+
+    target = sketch(merge({"v1": 0.6, "v4": 0.4}, vaes), plugins, "BF16")
+    pool, alone = Pool(list(known.values())), explain(target, list(known.values()))
+    shared = pool.explain(target)
+    assert [p.id for p in shared.parts] == [p.id for p in alone.parts]
+    assert [p.weight for p in shared.parts] == pytest.approx([p.weight for p in alone.parts], abs=1e-6)
+    assert shared.misfit == pytest.approx(alone.misfit, rel=1e-6)
+    without = pool.explain(target, exclude={known["v4"].id})
+    assert without is None or known["v4"].id not in {p.id for p in without.parts}

@@ -15,7 +15,7 @@ far above for anything else (docs/check.md has the calibration).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -114,37 +114,81 @@ def explain(target: Sketch, candidates: Sequence[Sketch], max_misfit: float = MA
     return _fit(problem, [c.id for c in usable], max_misfit)
 
 
-def blends_among(sketches: Sequence[Sketch], max_misfit: float = MAX_MISFIT) -> set[str]:
-    """The ids of the `sketches` that are blends of the others (all of one length).
+class Pool:
+    """Sketches of one length, to ask of each whether it is a blend of the others.
 
-    One Gram matrix serves every target: each is explained by the rest in a solve the size of the set, so a
-    library of 50 VAEs costs one 50x50 product over the samples, not 50.
+    One Gram matrix serves every question: each is a solve the size of the pool over it, so asking it of
+    every VAE in a library of 50 costs one 50x50 product over the samples, not 50. Answers are cached.
     """
-    finite = [s for s in sketches if np.isfinite(s.values).all()]
-    found = set()
-    for odd in (s for s in sketches if not np.isfinite(s.values).all()):  # NaN samples: rows differ per target
-        fit = explain(odd, [s for s in sketches if s is not odd], max_misfit)
-        if fit is not None and fit.is_blend:
-            found.add(odd.id)
-    if len(finite) < 3:  # a blend needs two others
-        return found
-    k = np.stack([s.values for s in finite], axis=1)
-    gram = k.T @ k
-    noise = np.array([np.sum(s.steps() ** 2) / 12 for s in finite])
-    for j, target in enumerate(finite):
-        others = np.delete(np.arange(len(finite)), j)
-        if not gram[j, j]:
-            continue
+
+    def __init__(self, sketches: Sequence[Sketch], max_misfit: float = MAX_MISFIT) -> None:
+        self.sketches = list(sketches)
+        self.max_misfit = max_misfit
+        self._finite = [i for i, s in enumerate(self.sketches) if np.isfinite(s.values).all()]
+        self._k: np.ndarray | None = None
+        self._gram: np.ndarray | None = None
+        self._noise: np.ndarray | None = None
+        self._answers: dict[str, bool] = {}
+
+    def _matrix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._k is None:
+            self._k = np.stack([self.sketches[i].values for i in self._finite], axis=1)
+            self._gram = self._k.T @ self._k
+            self._noise = np.array([np.sum(self.sketches[i].steps() ** 2) / 12 for i in self._finite])
+        assert self._gram is not None and self._noise is not None
+        return self._k, self._gram, self._noise
+
+    def explain(self, target: Sketch, exclude: Collection[str] = ()) -> BlendFit | None:
+        """`explain(target, the pool but `exclude`)`, through the pool's Gram matrix."""
+        usable = [i for i, s in enumerate(self.sketches) if s.id not in exclude]
+        finite = np.isfinite(target.values).all() and all(i in self._finite for i in usable)
+        if not usable or not finite or target.values.shape != self.sketches[usable[0]].values.shape:
+            return explain(target, [self.sketches[i] for i in usable], self.max_misfit)
+        k, gram, noise = self._matrix()
+        at = np.array([self._finite.index(i) for i in usable])
+        values = target.values
+        if not values.any():
+            return None
+        problem = _Problem(
+            gram=gram[at[:, None], at],
+            rhs=k[:, at].T @ values,
+            target2=float(values @ values),
+            own_noise=float(np.sum(target.steps() ** 2)) / 12,
+            part_noise=noise[at],
+        )
+        return _fit(problem, [self.sketches[i].id for i in usable], self.max_misfit)
+
+    def is_blend(self, sketch_id: str) -> bool:
+        if sketch_id not in self._answers:
+            self._answers[sketch_id] = self._is_blend(next(i for i, s in enumerate(self.sketches) if s.id == sketch_id))
+        return self._answers[sketch_id]
+
+    def _is_blend(self, j: int) -> bool:
+        target = self.sketches[j]
+        if j not in self._finite:  # NaN samples: the usable rows depend on the target
+            fit = explain(target, [s for i, s in enumerate(self.sketches) if i != j], self.max_misfit)
+            return fit is not None and fit.is_blend
+        if len(self._finite) < 3:  # a blend needs two others
+            return False
+        _, gram, noise = self._matrix()
+        at = self._finite.index(j)
+        if not gram[at, at]:
+            return False
+        others = np.delete(np.arange(len(self._finite)), at)
         problem = _Problem(
             gram=gram[others[:, None], others],
-            rhs=gram[others, j],
-            target2=float(gram[j, j]),
-            own_noise=float(noise[j]),
+            rhs=gram[others, at],
+            target2=float(gram[at, at]),
+            own_noise=float(noise[at]),
             part_noise=noise[others],
         )
-        if problem.needs_several(max_misfit):
-            found.add(target.id)
-    return found
+        return problem.needs_several(self.max_misfit)
+
+
+def blends_among(sketches: Sequence[Sketch], max_misfit: float = MAX_MISFIT) -> set[str]:
+    """The ids of the `sketches` (all of one length) that are blends of the others."""
+    pool = Pool(sketches, max_misfit)
+    return {s.id for s in sketches if pool.is_blend(s.id)}
 
 
 def _fit(problem: _Problem, ids: Sequence[str], max_misfit: float) -> BlendFit | None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from vaereg._fs import inside_any
-from vaereg.answers.blend import BlendFit, Sketch, blends_among, explain
+from vaereg.answers.blend import BlendFit, Pool, Sketch
 from vaereg.answers.health import FLAG_PROBLEMS
 from vaereg.answers.relation import (
     RELATION_ORDER,
@@ -73,6 +73,11 @@ class KnownVae:
         return {"id": self.id, "name": self.name, "paths": list(self.paths), "source": self.source}
 
 
+def _shape(v: VaeIdentity) -> tuple[int, int, int]:
+    """What VAEs must share for their sketches to line up: tensor count, parameters, samples."""
+    return (v.tensors, v.params, len(v.sketch) // 4)
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     return os.path.abspath(a) == os.path.abspath(b) or Path(a).resolve() == Path(b).resolve()
 
@@ -93,7 +98,7 @@ class KnownVaes:
     launcher_vae_folders: tuple[Path, ...] = ()
     _catalog: Catalog | None = field(default=None, repr=False, compare=False)
     _groups: dict[str, str] | None = field(default=None, repr=False, compare=False)
-    _blends: set[str] | None = field(default=None, repr=False, compare=False)
+    _pools: dict[tuple[int, int, int], Pool] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def gather(
@@ -215,10 +220,12 @@ class KnownVaes:
         return [group] + sorted(i for i, g in self._grouping().items() if g == group and i != group)
 
     def is_blend(self, vae_id: str) -> bool:
-        """Whether the known VAE is itself a merge of other known VAEs."""
-        if self._blends is None:
-            self._blends = self._find_blends()
-        return self.group_of(vae_id) in self._blends
+        """Whether the known VAE is itself a merge of other known VAEs (of its shapes). Asked only of the
+        VAEs an answer would use: a handful, each one solve (`blend.Pool`)."""
+        head = self.group_of(vae_id)
+        if head not in self.variants:
+            return False  # a registry entry with no indexed copy: no sketch to tell
+        return self._pool_by_shape()[_shape(self._best(head))].is_blend(head)
 
     def _best(self, vae_id: str) -> VaeIdentity:
         return min(self.variants[vae_id], key=lambda v: (precision_rank(v.dtype), v.exact_id))
@@ -269,16 +276,14 @@ class KnownVaes:
             out[head] = Sketch.of(self._detailed(best) if best.dtype == "mixed" else best)
         return out
 
-    def _find_blends(self) -> set[str]:
-        """The groups whose VAE is a weighted merge of other groups' VAEs (of the same shapes)."""
-        by_shape: dict[tuple[int, int, int], list[Sketch]] = {}
-        for head, sketch in self._candidates().items():
-            best = self._best(head)
-            by_shape.setdefault((best.tensors, best.params, len(sketch.values)), []).append(sketch)
-        found: set[str] = set()
-        for sketches in by_shape.values():
-            found |= blends_among(sketches)
-        return found
+    def _pool_by_shape(self) -> dict[tuple[int, int, int], Pool]:
+        """One pool per set of shapes, of one sketch per group."""
+        if self._pools is None:
+            by_shape: dict[tuple[int, int, int], list[Sketch]] = {}
+            for head, sketch in self._candidates().items():
+                by_shape.setdefault(_shape(self._best(head)), []).append(sketch)
+            self._pools = {shape: Pool(sketches) for shape, sketches in by_shape.items()}
+        return self._pools
 
     # relations
 
@@ -289,8 +294,6 @@ class KnownVaes:
         """
         found: dict[str, tuple[str, float]] = {}
         for vae_id, head in self._grouping().items():
-            if self.is_blend(head):
-                continue
             variants = self.variants[vae_id]
             scored = []
             for i, v in enumerate(variants):
@@ -316,15 +319,25 @@ class KnownVaes:
             kinds = [relation_from_ids(vae, vae_id, e.encoder_id, e.decoder_id) for e in entries]
             best_kind = min(kinds, key=relation_rank, default="different")
             head = self.group_of(vae_id)
-            if head not in found and best_kind in RELATION_ORDER and not self.is_blend(head):
+            if head not in found and best_kind in RELATION_ORDER:
                 found[head] = (best_kind, 0.0 if best_kind == "same" else math.inf)
-        return found
+        return {head: found[head] for head in found if not self.is_blend(head)}
 
     def blend(self, vae: VaeIdentity) -> BlendFit | None:
         """The smallest weighted sum of known sketches giving `vae`'s sketch, if one fits.
 
         The components are known VAEs that are not merges themselves, one per set of precision variants.
         """
-        own = self.group_of(vae.id)
-        candidates = [s for head, s in self._candidates(vae).items() if head != own and not self.is_blend(head)]
-        return explain(Sketch.of(vae), candidates) if candidates else None
+        target = Sketch.of(vae)
+        pool = self._pool_by_shape().get(_shape(vae))
+        if pool is None:
+            return None
+        left_out = {self.group_of(vae.id)}
+        # Fit, then drop any component that is itself a merge and fit again: only the parts are asked.
+        while len(left_out) <= len(pool.sketches):
+            fit = pool.explain(target, left_out)
+            merges = {p.id for p in fit.parts if self.is_blend(p.id)} if fit is not None else set()
+            if not merges:
+                return fit
+            left_out |= merges
+        return None
