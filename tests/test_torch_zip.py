@@ -24,7 +24,7 @@ import torch
 from vaereg_plugins import _filebytes, torch_zip
 from vaereg_plugins.torch_zip import TorchZipSource, vaereg_open_model
 
-from vaereg.hookspecs import ModelFormatError, TensorSource
+from vaereg.hookspecs import ModelFormatError, ModelNotRead, TensorSource
 from vaereg.plugin.types import DTYPE_BITS
 
 SAFETENSORS_NAMES = {
@@ -314,18 +314,18 @@ def test_close_and_context_manager(tmp_path: Path) -> None:
     assert len(data) == 96
 
 
-def test_zero_stride_giant_is_refused(tmp_path: Path) -> None:
-    # A zero stride lets 4 stored bytes claim 2**62 bytes of tensor.
-    tree = {"w": Rebuild(FakeStorage("0"), 0, (2**60,), (0,), False, OrderedDict())}
-    with open_model(handmade_checkpoint(tmp_path / "huge.pt", tree, {"0": bytes(4)})) as source:
-        assert source.tensors["w"].shape == (2**60,)
-        with pytest.raises(ModelFormatError, match="tensor 'w' is too large to read"):
-            source.read("w")
+@pytest.mark.parametrize(("shape", "stride"), [((2**60,), (0,)), ((2**20, 2**20), (1, 1))], ids=["zero", "overlap"])
+def test_repeating_giant_is_refused_at_opening(tmp_path: Path, shape: tuple, stride: tuple) -> None:
+    # A zero stride lets 4 stored bytes claim 2**62 bytes of tensor: refused before anyone sizes a buffer.
+    tree = {"w": Rebuild(FakeStorage("0", numel=2**21), 0, shape, stride, False, OrderedDict())}
+    with pytest.raises(ModelFormatError, match="tensor 'w' repeats its stored elements .* than the whole file"):
+        open_model(handmade_checkpoint(tmp_path / "huge.pt", tree, {"0": bytes(2**23)}))
 
 
-def test_reads_without_a_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Some network and FUSE filesystems refuse mmap; plain reads must give the same bytes.
-    monkeypatch.setattr(_filebytes, "_map_file", lambda file: None)
+def test_reads_without_positional_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Windows has no pread: seek + read under a lock must give the same bytes.
+    monkeypatch.setattr(_filebytes, "_pread", None)
+    monkeypatch.setattr(_filebytes, "_preadv", None)
     base = torch.arange(48, dtype=torch.float32).reshape(6, 8)
     tensors = {"base": base, "window": base[1:4, 2:7], "half": torch.ones(3, dtype=torch.float16)}
     path = tmp_path / "nomap.pt"
@@ -419,9 +419,9 @@ def test_malicious_pickle_is_refused_and_never_runs(
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "hook": make(pwned)}, path)
     assert not pwned.exists()
-    with pytest.raises(ModelFormatError, match=r"^refused: the pickle wants to import .*" + refused) as caught:
+    with pytest.raises(ModelFormatError, match=r"^not read: the pickle wants to import .*" + refused) as caught:
         open_model(path)
-    assert "only tensors and plain containers are allowed" in str(caught.value)
+    assert "; vaereg runs no code from a pickle" in str(caught.value)
     assert not pwned.exists()
 
 
@@ -432,7 +432,7 @@ def test_refusal_in_every_pickle_protocol(tmp_path: Path, protocol: int) -> None
     tree = {"w": tensor, "x": Payload(os.system, f"touch {pwned}")}
     records = {"archive/data.pkl": torch_like_pickle(tree, protocol=protocol), "archive/data/0": bytes(4)}
     path = write_zip(tmp_path / "evil.pt", records)
-    with pytest.raises(ModelFormatError, match=f"refused: the pickle wants to import {os.system.__module__}.system"):
+    with pytest.raises(ModelFormatError, match=f"not read: the pickle wants to import {os.system.__module__}.system"):
         open_model(path)
     assert not pwned.exists()
 
@@ -441,7 +441,7 @@ def test_reader_internals_are_not_importable(tmp_path: Path) -> None:
     import vaereg_plugins.torch_zip as reader
 
     path = handmade_checkpoint(tmp_path / "internal.pt", Payload(reader._tensor_ref, 1, 2, 3, 4, None), {})
-    refused = "refused: the pickle wants to import vaereg_plugins.torch_zip._tensor_ref"
+    refused = "not read: the pickle wants to import vaereg_plugins.torch_zip._tensor_ref"
     with pytest.raises(ModelFormatError, match=refused):
         open_model(path)
 
@@ -510,7 +510,7 @@ def test_protocol_5_buffers_are_refused(tmp_path: Path) -> None:
 
 def test_refusal_message_stays_short(tmp_path: Path) -> None:
     data = b"\x80\x02c" + b"m" * 100_000 + b"\nsystem\n."
-    with pytest.raises(ModelFormatError, match="^refused: the pickle wants to import mmmm") as caught:
+    with pytest.raises(ModelFormatError, match="^not read: the pickle wants to import mmmm") as caught:
         open_model(write_zip(tmp_path / "long.pt", {"archive/data.pkl": data}))
     assert len(str(caught.value)) < 200
 
@@ -518,12 +518,41 @@ def test_refusal_message_stays_short(tmp_path: Path) -> None:
 # ---- malformed files ----
 
 
-def test_legacy_torch_format(tmp_path: Path) -> None:
+def test_legacy_torch_format_is_read_by_torch_weights_only(tmp_path: Path, plugins) -> None:
+    import factory
+
+    from vaereg.identity.analyze import identify
+
+    vae = factory.make_vae(seed=3)
+    zipped = factory.save_ckpt(vae, tmp_path / "new.ckpt")
     for name in ("old.pt", "old.bin"):
         path = tmp_path / name
-        torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
-        with pytest.raises(ModelFormatError, match=r"legacy \(pre-zip\) torch.save format is not supported"):
-            open_model(path)
+        torch.save({"state_dict": factory.to_torch(vae), "global_step": 7}, path, _use_new_zipfile_serialization=False)
+        report = identify(path, plugins, with_file_hashes=False)
+        assert report.error is None and report.format == "torch-legacy"
+        assert report.vae.exact_id == identify(zipped, plugins, with_file_hashes=False).vae.exact_id
+    bf16 = tmp_path / "bf16.pt"
+    torch.save(factory.to_torch(vae, torch.bfloat16), bf16, _use_new_zipfile_serialization=False)
+    assert identify(bf16, plugins, with_file_hashes=False).vae.dtype == "BF16"
+
+
+def test_legacy_torch_format_without_torch_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    import vaereg_plugins.torch_legacy as legacy
+
+    monkeypatch.setattr(legacy, "torch_installed", lambda: False)
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelNotRead, match=r"^not read: legacy \(pre-1.6\) torch.save format.*'vaereg\[legacy\]'"):
+        open_model(path)
+
+
+def test_legacy_pickle_with_code_is_refused_by_torch_and_never_runs(tmp_path: Path) -> None:
+    pwned = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(2), "x": Payload(os.system, f"touch {pwned}")}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelNotRead, match="weights-only loader refuses"):
+        open_model(path)
+    assert not pwned.exists()
 
 
 @pytest.mark.parametrize(
@@ -586,11 +615,9 @@ def test_two_data_pkls(tmp_path: Path) -> None:
 def test_compressed_storage(tmp_path: Path) -> None:
     tree = {"w": Rebuild(FakeStorage("3"), 0, (4,), (1,), False, OrderedDict())}
     path = handmade_checkpoint(tmp_path / "deflated.ckpt", tree, {"3": bytes(16)}, compression=zipfile.ZIP_DEFLATED)
-    with open_model(path) as source:  # opening needs no tensor data
-        assert source.tensors["w"].shape == (4,)
-        compressed = r"storage data/3 is compressed \(deflate\); vaereg reads only uncompressed"
-        with pytest.raises(ModelFormatError, match=compressed):
-            source.read("w")
+    compressed = r"storage data/3 is compressed \(deflate\); vaereg reads only uncompressed"
+    with pytest.raises(ModelFormatError, match=compressed):  # told from the zip directory, before any read
+        open_model(path)
 
 
 def test_storage_record_past_end_of_file(tmp_path: Path) -> None:
@@ -599,17 +626,14 @@ def test_storage_record_past_end_of_file(tmp_path: Path) -> None:
     entry = data.rindex(b"PK\x01\x02", 0, data.rindex(b"small/data/0"))
     struct.pack_into("<II", data, entry + 20, 10**6, 10**6)  # compressed and uncompressed sizes
     path.write_bytes(bytes(data))
-    with open_model(path) as source:
-        with pytest.raises(ModelFormatError, match="truncated: storage data/0 ends past the end of the file"):
-            source.read("a")
-        assert source.read("h") == expected_bytes(torch.ones(2, dtype=torch.float16))
+    with pytest.raises(ModelFormatError, match="truncated: storage data/0 ends past the end of the file"):
+        open_model(path)
 
 
 def test_missing_storage_record(tmp_path: Path) -> None:
     tree = {"w": Rebuild(FakeStorage("7"), 0, (4,), (1,), False, OrderedDict())}
-    source = open_model(handmade_checkpoint(tmp_path / "m.pt", tree, {}))
-    with source, pytest.raises(ModelFormatError, match="storage data/7 is missing"):
-        source.read("w")
+    with pytest.raises(ModelFormatError, match="storage data/7 is missing"):
+        open_model(handmade_checkpoint(tmp_path / "m.pt", tree, {}))
 
 
 @pytest.mark.parametrize(
@@ -619,9 +643,8 @@ def test_missing_storage_record(tmp_path: Path) -> None:
 )
 def test_tensor_past_end_of_storage(tmp_path: Path, offset: int, shape: tuple, stride: tuple) -> None:
     tree = {"w": Rebuild(FakeStorage("0"), offset, shape, stride, False, OrderedDict())}
-    source = open_model(handmade_checkpoint(tmp_path / "oob.pt", tree, {"0": bytes(16)}))
-    with source, pytest.raises(ModelFormatError, match="tensor 'w' reaches past the end of its storage data/0"):
-        source.read("w")
+    with pytest.raises(ModelFormatError, match="tensor 'w' reaches past the end of its storage data/0"):
+        open_model(handmade_checkpoint(tmp_path / "oob.pt", tree, {"0": bytes(16)}))
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,9 @@ being read; ``--rehash`` reads it anyway.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, emit_json, human_size, print_table, short
+from vaereg.cli.common import Context, emit_json, file_problem, human_size, print_table, short
 from vaereg.cli.exit import ExitStatus
 
 
@@ -66,7 +65,7 @@ def _print_table(reports) -> None:
         rows.append((
             r.path,
             r.format or "-",
-            f"{v.family} {v.dtype}" if v else "no VAE",
+            f"{v.family} {v.dtype}" if v else (f"no VAE ({r.kind})" if r.kind else "no VAE"),
             short(v.id if v else None),
             short(v.encoder_id if v else None),
             short(v.decoder_id if v else None),
@@ -76,4 +75,4 @@ def _print_table(reports) -> None:
     if rows:
         print_table(("path", "format", "vae", "id", "encoder", "decoder", "autov2", "size"), rows)
     for r in errors:
-        print(f"error  {r.path}: {r.error}", file=sys.stderr)
+        file_problem(r.path, r.error)

@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from vaereg._fs import open_regular
 from vaereg.identity.report import FileHashes
 
 BLOCK = 4 << 20
@@ -85,7 +86,7 @@ def file_hashes(path: Path, *, data_offset: int | None = None, autov3: bool = Tr
     # one single-thread executor per lane: each hash object gets its blocks in file order
     lanes = [ThreadPoolExecutor(1, thread_name_prefix="vaereg-filehash") for _ in range(3 if tail else 2)]
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open_regular(path) as f:
             autov1 = _read_autov1(f)
             f.seek(0)
             while True:
