@@ -632,21 +632,8 @@ class Index:
 
     def identities(self) -> list[IdentitySummary]:
         """Every canonical id on this machine with its copies, by id (what `vaereg ls` shows)."""
-        # Two plain reads joined here: the files holding a VAE (one table scan) and the few thousand VAEs.
-        # SQLite's join and ORDER BY over them cost more than the scan itself, with 100k files.
-        with self._read() as conn:
-            vaes = {
-                row[0]: row[1:]
-                for row in conn.execute(f"SELECT {', '.join(_VAE_COLUMNS)} FROM vaes")
-            }
-            files = conn.execute(
-                f"SELECT {', '.join(_FILE_COLUMNS)} FROM files WHERE exact_id IS NOT NULL"
-            ).fetchall()
-        missing = (None,) * (len(_VAE_COLUMNS) - 1)
-        joined = [_file(row + vaes.get(row[7], missing)) for row in files]  # row[7]: exact_id
-        joined.sort(key=lambda f: (f.id or "", f.path))
         groups: dict[str, list[IndexedFile]] = {}
-        for row in joined:
+        for row in self._files("WHERE f.exact_id IS NOT NULL ORDER BY v.id, f.path"):
             groups.setdefault(row.id or "", []).append(row)
         return [
             IdentitySummary(id, rows[0].family or "", rows[0].latent_channels, tuple(rows))
