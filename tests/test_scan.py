@@ -10,6 +10,7 @@ import pytest
 from factory import make_checkpoint, make_vae, save_safetensors
 
 from vaereg.cli import main
+from vaereg.cli.common import human_size
 from vaereg.files.names import download_in_progress
 from vaereg.files.walk import walk_models
 from vaereg.hookspecs import hookimpl
@@ -375,10 +376,13 @@ def test_scan_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert status == 1
     assert list(out) == [
-        *("roots", "new", "changed", "moved", "removed", "unchanged", "errors", "warnings", "bytes_read", "seconds")
+        *("roots", "new", "changed", "moved", "removed", "unchanged", "failed", "errors", "warnings"),
+        *("bytes_read", "seconds"),
     ]
-    assert (out["roots"], out["new"], out["unchanged"]) == ([str(lib)], 2, 0)
+    assert (out["roots"], out["new"], out["failed"], out["unchanged"]) == ([str(lib)], 1, 1, 0)
     assert out["errors"] == [f"{lib / 'bad.ckpt'}: " + out["errors"][0].split(": ", 1)[1]]
+    # only the file that was read counts as read
+    assert out["bytes_read"] == (lib / "a.safetensors").stat().st_size
 
     (lib / "bad.ckpt").unlink()
     assert main(["scan", str(lib), "--json"]) == 0
@@ -386,16 +390,23 @@ def test_scan_json(tmp_path, capsys):
     assert (out["unchanged"], out["removed"], out["errors"]) == (1, 1, [])
 
 
-def test_scan_text_lists_errors_at_the_end(tmp_path, capsys):
+def test_scan_text_says_failed_files_on_stderr_and_counts_them_as_failed(tmp_path, capsys):
     lib = tmp_path / "lib"
     vae_file(lib / "a.safetensors")
     (lib / "bad.ckpt").write_bytes(b"hello")
 
-    assert main(["scan", str(lib), "--no-file-hashes"]) == 1
+    assert main(["scan", str(lib)]) == 1
 
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("2 new, 0 changed, 0 moved, 0 removed, 0 unchanged")
-    assert lines[-1].startswith(f"error {lib / 'bad.ckpt'}: ")
+    captured = capsys.readouterr()
+    size = human_size((lib / "a.safetensors").stat().st_size)
+    assert captured.out == f"1 new, 1 failed, 0 unchanged ({size} read in " + captured.out.split(" in ", 1)[1]
+    assert captured.err.startswith(f"vaereg: {lib / 'bad.ckpt'}: ")
+    assert "Errno" not in captured.err and len(captured.err.splitlines()) == 1
+
+    os.utime(lib / "a.safetensors", ns=(10**18, 10**18))
+    assert main(["scan", str(lib), "--no-file-hashes"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 new, 1 changed, 1 unchanged (") and " read " not in out  # headers only: not "read"
 
 
 def test_scan_of_a_missing_folder_is_a_usage_error(tmp_path, capsys):

@@ -19,7 +19,9 @@ __all__ = [
     "ModelFormatError",
     "ConfigError",
     "RegistryError",
+    "StateError",
     "IndexVersionError",
+    "IndexUnreadableError",
     "CatalogLookupError",
     "NoMatchError",
     "AmbiguousQueryError",
@@ -57,8 +59,16 @@ class RegistryError(UserError):
     """A registry write was refused or failed; the message names the file and the problem."""
 
 
-class IndexVersionError(UserError):
+class StateError(UserError):
+    """vaereg's state (VAEREG_HOME, the index) cannot be used as it is; the message names it and the remedy."""
+
+
+class IndexVersionError(StateError):
     """The index file was written by a newer vaereg whose schema this one does not know."""
+
+
+class IndexUnreadableError(StateError):
+    """The index file is not an SQLite database (or a damaged one)."""
 
 
 class CatalogLookupError(UserError, LookupError):

@@ -72,8 +72,9 @@ class ScanProgress:
 
 @dataclass(frozen=True)
 class ScanReport:
-    """What a scan did. `errors` are files that could not be identified ("<path>: <reason>"); `warnings`
-    are problems met on the way that are not a file's (unreadable folders, broken links, registry)."""
+    """What a scan did. `new` and `changed` count the files read and indexed; `failed` those that could not
+    be identified, each in `errors` ("<path>: <reason>"); `warnings` are problems met on the way that are not
+    a file's (unreadable folders, broken links, registry). `bytes_read` sums the files read successfully."""
 
     roots: tuple[str, ...]
     new: int
@@ -85,6 +86,7 @@ class ScanReport:
     warnings: tuple[str, ...]
     bytes_read: int
     seconds: float
+    failed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -98,6 +100,7 @@ class ScanReport:
             "moved": self.moved,
             "removed": self.removed,
             "unchanged": self.unchanged,
+            "failed": self.failed,
             "errors": list(self.errors),
             "warnings": list(self.warnings),
             "bytes_read": self.bytes_read,
@@ -146,6 +149,7 @@ class ScanPlan:
         total = sum(f.size for f in todo)
         done_bytes = 0
         errors: list[str] = []
+        failed: set[str] = set()
         warnings: list[str] = list(self.walk.warnings)
         for n, found in enumerate(todo):
             if on_progress:
@@ -154,11 +158,13 @@ class ScanPlan:
                 outcome = ingest.identify(found.path, with_file_hashes=with_file_hashes)
             except Exception as exc:  # a plugin's bug is this file's error, not the end of the scan
                 errors.append(f"{found.path}: unexpected {type(exc).__name__}: {exc}")
+                failed.add(found.path)
                 continue
             finally:
                 done_bytes += found.size
             if outcome.error:
                 errors.append(f"{found.path}: {outcome.error}")
+                failed.add(found.path)
             elif outcome.status == "unsettled":
                 warnings.append(f"{found.path}: changed while it was read; left for the next scan")
             warnings.extend(outcome.warnings)
@@ -166,8 +172,8 @@ class ScanPlan:
             on_progress(ScanProgress(len(todo), len(todo), done_bytes, total, None))
         return ScanReport(
             roots=self.roots,
-            new=len(self.new),
-            changed=len(self.changed),
+            new=sum(f.path not in failed for f in self.new),
+            changed=sum(f.path not in failed for f in self.changed),
             moved=len(self.moved),
             removed=len(self.removed),
             unchanged=self.unchanged,
@@ -175,6 +181,7 @@ class ScanPlan:
             warnings=tuple(warnings),
             bytes_read=ingest.bytes_read,
             seconds=time.monotonic() - self.planned_at,
+            failed=len(failed),
         )
 
 
