@@ -587,6 +587,22 @@ class Index:
             )
             return cursor.rowcount == 1
 
+    def restat(self, path: str, st: os.stat_result, *, sha256: str, was: tuple[int, int, int, int]) -> bool:
+        """The file at `path` was replaced by another name of the same bytes (a hard link or clone made by
+        dedupe): its row takes the new stat key, hashes and identity kept. Only a row that described those
+        bytes follows (its SHA-256 is `sha256`, or its stat key is `was`: dev, inode, size, mtime_ns)."""
+        dev, inode, size, mtime_ns = was
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE files SET dev = ?, inode = ?, size = ?, mtime_ns = ? WHERE path = {_TEXT}"
+                " AND (sha256 = ? OR (dev = ? AND inode = ? AND size = ? AND mtime_ns = ?))",
+                (
+                    _sql_int(st.st_dev), _sql_int(st.st_ino), st.st_size, st.st_mtime_ns, _text(path),
+                    sha256.lower(), _sql_int(dev), _sql_int(inode), size, mtime_ns,
+                ),
+            )
+            return cursor.rowcount == 1
+
     def move(self, old: str, new: str) -> bool:
         """Give the row of `old` the path `new`, hashes and all; a row already at `new` is replaced (the
         rename replaced that file). False when `old` is not indexed."""
