@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Protocol
 import xxhash
 
 from vaereg._fs import os_error_text, temp_beside
-from vaereg.files.names import download_in_progress, is_diffusers_weights
+from vaereg.files.names import download_in_progress, is_diffusers_weights, is_safetensors_name
 from vaereg.files.walk import walk_models
 from vaereg.identity.analyze import identify
 
@@ -144,7 +144,14 @@ class SameVaeFile:
         return not is_diffusers_weights(self.path) and self.layout != "diffusers"
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "path": self.path,
+            "size": self.size,
+            "format": self.format,
+            "dtype": self.dtype,
+            "identical_copies": self.identical_copies,
+            "layout": self.layout,
+        }
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,7 @@ class LinkedCopy:
     reclaimed_bytes: int
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {"path": self.path, "target": self.target, "reclaimed_bytes": self.reclaimed_bytes}
 
 
 @dataclass(frozen=True)
@@ -414,7 +421,7 @@ def _group(sha256: str, members: list[FileState]) -> DuplicateGroup:
 
 
 def _is_safetensors(path: str) -> bool:
-    return path.lower().endswith((".safetensors", ".sft"))
+    return is_safetensors_name(path)
 
 
 def _preferred(f: SameVaeFile) -> tuple[bool, bool, int, str]:
