@@ -16,6 +16,8 @@ class Events:
         self.moved: list[tuple[str, str]] = []
         self.removed: list[str] = []
         self.registry: list[tuple[str, dict | None]] = []
+        #: the registry changes, in order (the same list as `registry`)
+        self.seen = self.registry
 
     @hookimpl
     def vaereg_file_identified(self, report):
@@ -36,12 +38,6 @@ class Events:
     def vaereg_registry_changed(self, slug, entry):
         with self.lock:
             self.registry.append((slug, entry))
-
-    @property
-    def seen(self) -> list[tuple[str, dict | None]]:
-        """The registry changes, in order."""
-        with self.lock:
-            return list(self.registry)
 
     def identities(self, path) -> list:
         """The first-pass reports of `path` (identity, no whole-file hashes yet)."""

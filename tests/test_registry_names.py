@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from test_catalog import Library, RegistryEvents, library  # noqa: F401
+from events import Events
+from test_catalog import Library, library  # noqa: F401
 
 from vaereg.cli import main
 from vaereg.config import Config
@@ -228,7 +229,7 @@ def test_a_name_moves_from_a_local_entry_and_from_a_shared_one(indexed: Library,
 
 
 def test_moving_a_name_tells_the_plugins_about_both_entries(indexed: Library, index: Index, config: Config) -> None:
-    events = RegistryEvents()
+    events = Events()
     pm = get_plugin_manager()
     pm.register(events)
     catalog = Catalog(index, Registry.load(config), Plugins(pm))
