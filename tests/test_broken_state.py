@@ -218,3 +218,12 @@ def test_ctrl_c_elsewhere_says_interrupted(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cmd_ls, "run", interrupted)
     assert main(["ls"]) == 130
     assert capsys.readouterr().err == "vaereg: interrupted\n"
+
+
+def test_the_daemon_does_not_start_on_a_home_below_a_missing_folder(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "unmounted" / "vaereg"
+    monkeypatch.setenv("VAEREG_HOME", str(home))
+    (tmp_path / "models").mkdir()
+    assert main(["daemon", str(tmp_path / "models")]) == 2
+    assert "does not exist (a drive that is not mounted?)" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "unmounted").exists()

@@ -55,8 +55,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     print_table(("name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
     if args.verbose:
         for vae in vaes:
-            print(f"
-{label(vae)}  {vae.id}")
+            print(f"\n{label(vae)}  {vae.id}")
             copies = io.StringIO()
             print_table(
                 ("path", "format", "dtype", "size", "stored"),
@@ -64,8 +63,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                  for c in vae.copies],
                 out=copies,
             )
-            sys.stdout.write("".join(f"  {line}
-" for line in copies.getvalue().splitlines()))
+            sys.stdout.write("".join(f"  {line}\n" for line in copies.getvalue().splitlines()))
     reclaimable = sum(vae.reclaimable_bytes for vae in vaes)
     copies_count = sum(len(vae.copies) for vae in vaes)
     summary = f"{len(vaes)} VAEs in {copies_count} files"
