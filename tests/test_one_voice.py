@@ -155,13 +155,13 @@ def test_ls_verbose_lists_copies_and_unnamed_vaes_show_aliases_or_folder(tmp_pat
     assert main(["scan", str(lib)]) == 0
     anime_id = identify(lib / "anime.safetensors", plugins).vae.id
     assert main(["name", anime_id, "Anime"]) == 0
-    assert main(["alias", anime_id, "kl-f8-anime"]) == 0
+    assert main(["alias", anime_id, "my-anime-mix"]) == 0
     assert main(["unname", anime_id]) == 0
     capsys.readouterr()
 
     assert main(["ls", "-v"]) == 0
     out = capsys.readouterr().out
-    assert "unnamed (kl-f8-anime)" in out and "unnamed (sd-vae-ft-ema)" in out
+    assert "unnamed (my-anime-mix)" in out and "unnamed (sd-vae-ft-ema)" in out
     weights = lib / "sd-vae-ft-ema" / "diffusion_pytorch_model.safetensors"
     lines = out.splitlines()
     copy_lines = {line.split()[0]: line.split() for line in lines if line.startswith("  /")}
