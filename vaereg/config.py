@@ -64,6 +64,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, Callable[[Any], Any], str]] = {
     ("daemon", "settle_seconds"): ("settle_seconds", _number, "a number of seconds"),
     ("daemon", "workers"): ("workers", _count, "a whole number of at least 1"),
     ("hash", "file_hashes"): ("file_hashes", _flag, "true or false"),
+    ("launchers", "auto_fix"): ("auto_fix", _flag, "true or false"),
 }
 
 
@@ -84,6 +85,8 @@ class Config:
     home_chosen: bool = False
     #: settings left out, as ``<file>:<line>:<col>: <problem>`` (the CLI says them on stderr)
     warnings: tuple[str, ...] = ()
+    #: [launchers] auto_fix: the daemon writes the VAE preference of new A1111/reForge checkpoints (vaereg fix)
+    auto_fix: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
