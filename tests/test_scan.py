@@ -255,7 +255,7 @@ def test_a_plugin_crash_is_one_file_error(tmp_path, index, monkeypatch, plugins)
     monkeypatch.setattr(vaereg.store.ingest, "analyze", crashing)
     report = scan([lib], index, plugins)
 
-    assert report.errors == (f"{lib / 'a.safetensors'}: unexpected RuntimeError: plugin bug",)
+    assert report.errors == (f"{lib / 'a.safetensors'}: internal error: RuntimeError: plugin bug",)
     assert index.get(str(good)) is not None
 
 
