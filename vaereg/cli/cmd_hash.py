@@ -72,7 +72,7 @@ def _print_table(reports: list[HashReport], registry: Registry) -> None:
             r.path,
             (registry_name(r, registry) or "unnamed") if v else "-",
             r.format or "-",
-            f"{v.family} {v.dtype}" if v else "no VAE",
+            f"{v.family} {v.dtype}" if v else (f"no VAE ({r.kind})" if r.kind else "no VAE"),
             short(v.id if v else None),
             short(v.encoder_id if v else None),
             short(v.decoder_id if v else None),
