@@ -37,7 +37,7 @@ EXPECTED = {
     "dict-bomb": r"^data.pkl makes over 1,000,000 objects$",
     "dict-bomb-255": r"^data.pkl makes over 1,000,000 objects$",
     "forged-storage-key": r"storage data/0\\nvaereg: all files OK\\x1b\[2K$",
-    "forged-module": r"^refused: the pickle wants to import os\\n\\x1b\[1A\.system ",
+    "forged-module": r"^not read: the pickle wants to import os\\n\\x1b\[1A\.system;",
     "forged-tensor-name": r"^tensor 'a\\nvaereg: all files OK\\x1b\[2K': unknown dtype 'F128'$",
     "fifo": r"^not a regular file: it is a named pipe \(FIFO\)$",
     "character-device": r"^not a regular file: it is a character device$",
@@ -138,10 +138,10 @@ def test_scan_of_the_hostile_folder_indexes_the_good_files(batch: dict, tmp_path
     folder = batch["folder"]
     home = tmp_path / "home"
     scan = run_vaereg("scan", "--json", folder, home=home)
-    assert not scan.killed and scan.returncode == 1, scan.stderr
+    assert not scan.killed and scan.returncode == 0, scan.stderr  # a scan that completes (--strict: 1)
     assert "Traceback" not in scan.stderr + scan.stdout
     report = json.loads(scan.stdout)
-    errors = report["errors"]
+    errors = report["errors"] + report["not_read"]  # a refused pickle is a note, not an error
     for name, (bad, _) in batch["cases"].items():
         if bad.is_dir() or not stat.S_ISREG(os.stat(bad).st_mode):
             continue  # scans look at model files only
