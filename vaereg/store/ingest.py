@@ -64,20 +64,8 @@ def _stat_or_none(path: str) -> os.stat_result | None:
 _NOT_YET = object()
 
 
-def _vae_bytes(result: object) -> int:
-    """The bytes of the VAE tensors an identity-only read went through."""
-    from vaereg.identity.dtypes import DTYPE_BITS
-
-    vae = result.vae if isinstance(result, HashReport) else None
-    if vae is None:
-        return 0
-    total = 0
-    for t in vae.tensor_digests.values():
-        count = 1
-        for n in t.shape:
-            count *= n
-        total += count * DTYPE_BITS.get(t.dtype, 8) // 8
-    return total
+def _read_fine(result: object) -> bool:
+    return not isinstance(result, HashReport) or result.error is None
 
 
 def slim(report: HashReport) -> HashReport:
@@ -115,7 +103,6 @@ class Ingest:
             lambda: analyze(
                 Path(path), self.plugins, with_file_hashes=with_file_hashes, autov3_max_bytes=self.autov3_max_bytes
             )[0],
-            whole=with_file_hashes,
         )
         if problem is not None or report is None or st is None:
             return Outcome(problem or "vanished", report, st)
@@ -129,10 +116,12 @@ class Ingest:
     def add_file_hashes(self, path: str, report: HashReport, expect_mtime_ns: int) -> Outcome:
         """Compute the whole-file hashes of a file recorded without them, store them, fire
         `file_identified` again with them. Nothing is stored if the file changed since it was recorded."""
+        # counted in `bytes_read` when the file was identified, not a second time
         problem, hashes, st = self._read(
             path,
             lambda: model_file_hashes(Path(path), self.plugins, autov3_max_bytes=self.autov3_max_bytes),
             expect_mtime_ns,
+            count=False,
         )
         if problem is not None or hashes is None or st is None:
             return Outcome(problem or "vanished", report, st)
@@ -140,11 +129,11 @@ class Ingest:
         return self._commit(lambda: self.index.set_file_hashes(path, hashes, expect_mtime_ns=expect_mtime_ns), full, st)
 
     def _read(
-        self, path: str, read: Callable[[], T], expect_mtime_ns: int | None = None, *, whole: bool = True
+        self, path: str, read: Callable[[], T], expect_mtime_ns: int | None = None, *, count: bool = True
     ) -> tuple[Status | None, T | None, os.stat_result | None]:
         """`read()` between two stats of `path`: (None, result, stat) when the file held still, else
         ("vanished" | "unsettled", ...). With `expect_mtime_ns`, a file of another mtime is not read.
-        `whole`: `read` reads the whole file (else only the VAE's tensors are counted as read)."""
+        `count`: add the file's size to `bytes_read`."""
         before = _stat_or_none(path)
         if before is None:
             return "vanished", None, None
@@ -154,8 +143,9 @@ class Ingest:
             result = read()
         except FileNotFoundError:
             return "vanished", None, None
-        with self._lock:
-            self.bytes_read += before.st_size if whole else _vae_bytes(result)
+        if count and _read_fine(result):  # a file refused after its first bytes was not read
+            with self._lock:
+                self.bytes_read += before.st_size
         after = _stat_or_none(path)
         if after is None:
             return "vanished", result, None
