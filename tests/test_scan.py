@@ -382,7 +382,7 @@ def test_scan_text_says_failed_files_on_stderr_and_counts_them_as_failed(tmp_pat
     captured = capsys.readouterr()
     size = human_size((lib / "a.safetensors").stat().st_size)
     lines = captured.out.splitlines()
-    assert lines[0] == f"1 new, 1 failed, 0 unchanged ({size} read in " + lines[0].split(" in ", 1)[1]
+    assert lines[0] == f"1 new, 1 failed, 0 unchanged, 1 hashed ({size} read in " + lines[0].split(" in ", 1)[1]
     assert lines[-1] == "1 file could not be read; `vaereg ls --problems` lists them until fixed"
     assert captured.err.startswith(f"vaereg: {lib / 'bad.ckpt'}: ")
     assert "Errno" not in captured.err and len(captured.err.splitlines()) == 1
