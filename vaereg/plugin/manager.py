@@ -154,7 +154,7 @@ def find_entry_points(group: str) -> list[FoundEntryPoint]:
         try:
             from vaereg._fs import atomic_write
 
-            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.parent.mkdir(exist_ok=True)  # only inside an existing home: never creates the home itself
             text = json.dumps({"key": key, "entry_points": [[e.name, e.value, e.version] for e in found]})
             atomic_write(cache, text.encode(), durable=False)
         except (OSError, ImportError):
