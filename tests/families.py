@@ -255,5 +255,6 @@ def taesd_halves(diffusers_state: Mapping[str, np.ndarray]) -> tuple[dict, dict]
 def save_safetensors(sd: Mapping[str, np.ndarray], path: Path) -> Path:
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(path))
+    # np.ascontiguousarray would turn a 0-d tensor (num_batches_tracked) into a 1-d one
+    save_file({k: np.require(v, requirements="C") for k, v in sd.items()}, str(path))
     return path

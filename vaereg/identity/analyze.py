@@ -14,6 +14,7 @@ from typing import Iterator
 
 from vaereg._fs import os_error_text
 from vaereg.errors import ModelFormatError
+from vaereg.identity.base import detect_base
 from vaereg.identity.digest import TensorStats, compute_identity
 from vaereg.identity.filehash import file_hashes
 from vaereg.identity.locate import CanonicalVae, canonicalize, find_vae
@@ -44,6 +45,7 @@ class OpenedModel:
     path: Path
     source: TensorSource
     vae: CanonicalVae | None
+    base: str | None = None
 
     @property
     def format(self) -> str:
@@ -75,7 +77,7 @@ def open_model(path: Path, plugins: Plugins) -> Iterator[OpenedModel]:
         infos = source.tensors
         location = find_vae(list(infos))
         vae = canonicalize(location, infos, plugins.map_layout) if location else None
-        yield OpenedModel(path=path, source=source, vae=vae)
+        yield OpenedModel(path=path, source=source, vae=vae, base=detect_base(infos))
 
 
 def _hash_target(path: Path, source: TensorSource) -> tuple[Path, int | None]:
@@ -101,10 +103,10 @@ def analyze(
 ) -> tuple[HashReport, dict[str, TensorStats]]:
     """Identify `path`; the per-tensor health stats come along when asked for (one pass either way)."""
     shown = str(path)
-    fmt = None
+    fmt = base = None
     try:
         with open_model(path, plugins) as model:
-            fmt = model.format
+            fmt, base = model.format, model.base
             vae, stats = None, {}
             if model.vae is not None:
                 vae, stats = compute_identity(
@@ -129,7 +131,7 @@ def analyze(
         return HashReport(path=shown, format=fmt, error=os_error_text(exc)), {}
     except (ValueError, KeyError, IndexError) as exc:  # a plugin's data contradicted its own header
         return HashReport(path=shown, format=fmt, error=f"unreadable: {exc}"), {}
-    return HashReport(path=shown, format=fmt, vae=vae, file=hashes), stats
+    return HashReport(path=shown, format=fmt, vae=vae, file=hashes, base=base), stats
 
 
 def identify(path: Path, plugins: Plugins, *, with_file_hashes: bool = True) -> HashReport:

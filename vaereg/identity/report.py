@@ -84,6 +84,8 @@ class HashReport:
     error: str | None = None
     vae: VaeIdentity | None = None
     file: FileHashes | None = None
+    #: The model a checkpoint is for (identity/base.py), None for a standalone VAE.
+    base: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,6 +96,7 @@ class HashReport:
             "path": self.path,
             "format": self.format,
             "error": self.error,
+            "base": self.base,
             "vae": self.vae.to_json() if self.vae else None,
             "file": self.file.to_json() if self.file else None,
         }
