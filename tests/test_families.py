@@ -223,3 +223,21 @@ def test_a_partial_mapping_is_never_used(plugins):
     arrays["decoder.up.0.block.0.time_stack.0.weight"] = np.ones((4,), np.float32)
     vae, ident = _identity(arrays, plugins)
     assert (vae.layout, ident.tensors) == ("native", 249)
+
+
+@pytest.mark.parametrize("variant", ["wan21-original", "flux2-bfl", "AutoencoderKLLTXVideo", "AutoencoderTiny"])
+def test_extract_keeps_every_tensor_and_the_id(tmp_path, plugins, variant):
+    from vaereg.actions.extract import plan_extract
+
+    arrays = VARIANTS[variant]()
+    model = families.save_safetensors({f"vae.{k}": v for k, v in arrays.items()} | {
+        "model.diffusion_model.head.modulation": np.zeros((1, 2, 8), np.float32),
+        "model.diffusion_model.patch_embedding.weight": np.zeros((8, 16, 1, 2, 2), np.float32),
+    }, tmp_path / "model.safetensors")
+    embedded = identify(model, plugins)
+    assert embedded.vae.prefix == "vae." and embedded.vae.tensors == len(arrays)
+    result = plan_extract(model, tmp_path / "vae.safetensors", "keep", plugins=plugins).execute()
+    got = identify(tmp_path / "vae.safetensors", plugins).vae
+    assert (got.id, got.exact_id, got.tensors, got.family) == (
+        embedded.vae.id, embedded.vae.exact_id, len(arrays), embedded.vae.family)
+    assert (got.layout, got.prefix) == (result.identity.layout, "")
