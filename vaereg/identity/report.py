@@ -13,6 +13,11 @@ from typing import Any, Mapping
 FILE_HASH_NAMES = ("sha256", "autov1", "autov2", "autov3", "blake3", "crc32")
 
 
+#: The identity specification the reports follow (docs/identity-spec.md); the index keeps it per row, so
+#: rows identified under an older one are identified again (store/ingest.py).
+SPEC_VERSION = 2
+
+
 @dataclass(frozen=True)
 class TensorDigest:
     """One canonical tensor: its shape, stored dtype and the two xxh3-128 digests (hex)."""
