@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from vaereg.answers.automatic import AutomaticVae, automatic_vae
 from vaereg.answers.health import Health, assess
 from vaereg.answers.known import KnownVae, KnownVaes
+from vaereg.answers.latent import may_recommend
 from vaereg.answers.relation import relation_rank
 from vaereg.identity.report import VaeIdentity
 
@@ -72,6 +73,8 @@ class CheckReport:
     automatic_vae: AutomaticVae | None = None
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    #: the model's base (identity/base.py): only VAEs of its latent space are recommended
+    base: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,6 +83,7 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
+            "base": self.base,
             "embedded": self.embedded.to_json() if self.embedded else None,
             "needs_external_vae": self.needs_external_vae,
             "reason": self.reason,
@@ -112,17 +116,28 @@ def check_model(
     automatic = automatic_vae(path, launchers, vae_folders, index, registry)
     vae = report.vae
     if vae is None:
-        return CheckReport(shown, None, True, "the model holds no VAE", automatic_vae=automatic)
+        return CheckReport(shown, None, True, "the model holds no VAE", automatic_vae=automatic, base=report.base)
     known = KnownVaes.gather(vae, own_path=path, index=index, registry=registry)
     embedded, ranked = _place(vae, known, stats)
     needs, reason = _verdict(embedded)
     recommended = None
     if needs:
-        recommended = next((k for k in ranked if known.healthy(k.id) and k.id != vae.id), None)
-        if recommended is None:
+        recommended = next(
+            (
+                k
+                for k in ranked
+                if known.healthy(k.id)
+                and k.id != vae.id
+                and may_recommend(report.base, known.bases(k.id), same_encoder=vae.encoder_id in known.encoder_ids(k.id))
+            ),
+            None,
+        )
+        if recommended is None and report.base is not None:
+            reason += f"; no healthy known {report.base} VAE is related to it: use a {report.base} VAE you trust"
+        elif recommended is None:
             reason += f"; no healthy known VAE is related to it: use a {vae.family} VAE you trust"
     warnings = () if index is not None else ("no index (run `vaereg scan`): only registry ids were compared",)
-    return CheckReport(shown, embedded, needs, reason, recommended, automatic, warnings=warnings)
+    return CheckReport(shown, embedded, needs, reason, recommended, automatic, warnings=warnings, base=report.base)
 
 
 def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tuple[EmbeddedVae, list[KnownVae]]:

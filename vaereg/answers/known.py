@@ -121,6 +121,23 @@ class KnownVaes:
         entry = self.entry(vae_id)
         return entry.flags if entry else ()
 
+    def bases(self, vae_id: str) -> set[str]:
+        """The base models known for `vae_id`: its registry entry's, and those of the indexed checkpoints
+        that embed it or a VAE with one of its encoders."""
+        entry = self.entry(vae_id)
+        found = {entry.base} if entry is not None and getattr(entry, "base", None) else set()
+        if self.index is not None:
+            found |= self.index.bases(id=vae_id)
+            for encoder_id in self.encoder_ids(vae_id):
+                found |= self.index.bases(encoder_id=encoder_id)
+        return found
+
+    def encoder_ids(self, vae_id: str) -> set[str]:
+        """The encoder ids known for `vae_id` (its exact variants', its registry entries')."""
+        found = {v.encoder_id for v in self.variants.get(vae_id, ())}
+        found |= {e.encoder_id for e in self.entries.get(vae_id, ()) if e.encoder_id}
+        return found
+
     def paths(self, vae_id: str) -> tuple[str, ...]:
         return tuple(c.path for c in self.copies.get(vae_id, ()) if not c.embedded)
 
