@@ -187,6 +187,74 @@ def wan21_original(dim: int = 4, z_dim: int = 4, dim_mult=(1, 2, 4, 4), num_res_
     return sd
 
 
+def wan22_original(dim: int = 8, dec_dim: int = 8, z_dim: int = 4, dim_mult=(1, 2, 2, 2), num_res_blocks: int = 1,
+                   temperal_downsample=(False, True, True), seed: int = 0) -> dict[str, np.ndarray]:
+    """``WanVAE_`` as Wan2.2's ``wan/modules/vae2_2.py`` builds it: 12-channel (2x2-patchified) input and
+    output, ``Down_ResidualBlock``/``Up_ResidualBlock`` holding their resnets and resampler in a nested
+    ``downsamples``/``upsamples`` list (the average/duplicate shortcuts have no parameters), up-resamplers that
+    keep their width, a decoder of its own width (``dec_dim``). Other parts as in Wan 2.1."""
+    rng = np.random.default_rng(seed)
+    sd: dict[str, np.ndarray] = {}
+
+    def conv3d(name, cout, cin, k=(3, 3, 3)):
+        sd[f"{name}.weight"] = _noise(rng, (cout, cin, *k))
+        sd[f"{name}.bias"] = _noise(rng, (cout,))
+
+    def resblock(name, cin, cout):
+        sd[f"{name}.residual.0.gamma"] = _noise(rng, (cin, 1, 1, 1))
+        conv3d(f"{name}.residual.2", cout, cin)
+        sd[f"{name}.residual.3.gamma"] = _noise(rng, (cout, 1, 1, 1))
+        conv3d(f"{name}.residual.6", cout, cout)
+        if cin != cout:
+            conv3d(f"{name}.shortcut", cout, cin, (1, 1, 1))
+
+    def middle(side, c):
+        resblock(f"{side}.middle.0", c, c)
+        sd[f"{side}.middle.1.norm.gamma"] = _noise(rng, (c, 1, 1))
+        sd[f"{side}.middle.1.to_qkv.weight"] = _noise(rng, (3 * c, c, 1, 1))
+        sd[f"{side}.middle.1.to_qkv.bias"] = _noise(rng, (3 * c,))
+        sd[f"{side}.middle.1.proj.weight"] = _noise(rng, (c, c, 1, 1))
+        sd[f"{side}.middle.1.proj.bias"] = _noise(rng, (c,))
+        resblock(f"{side}.middle.2", c, c)
+
+    last = len(dim_mult) - 1
+    dims = [dim * u for u in (1, *dim_mult)]
+    conv3d("encoder.conv1", dims[0], 12)
+    for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        for j in range(num_res_blocks):
+            resblock(f"encoder.downsamples.{i}.downsamples.{j}", cin, cout)
+            cin = cout
+        if i != last:
+            name = f"encoder.downsamples.{i}.downsamples.{num_res_blocks}"
+            sd[f"{name}.resample.1.weight"] = _noise(rng, (cout, cout, 3, 3))
+            sd[f"{name}.resample.1.bias"] = _noise(rng, (cout,))
+            if temperal_downsample[i]:
+                conv3d(f"{name}.time_conv", cout, cout, (3, 1, 1))
+    middle("encoder", dims[-1])
+    sd["encoder.head.0.gamma"] = _noise(rng, (dims[-1], 1, 1, 1))
+    conv3d("encoder.head.2", 2 * z_dim, dims[-1])
+    conv3d("conv1", 2 * z_dim, 2 * z_dim, (1, 1, 1))
+    conv3d("conv2", z_dim, z_dim, (1, 1, 1))
+
+    temperal_upsample = list(temperal_downsample)[::-1]
+    dims = [dec_dim * u for u in (dim_mult[-1], *dim_mult[::-1])]
+    conv3d("decoder.conv1", dims[0], z_dim)
+    middle("decoder", dims[0])
+    for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        for j in range(num_res_blocks + 1):
+            resblock(f"decoder.upsamples.{i}.upsamples.{j}", cin, cout)
+            cin = cout
+        if i != last:
+            name = f"decoder.upsamples.{i}.upsamples.{num_res_blocks + 1}"
+            sd[f"{name}.resample.1.weight"] = _noise(rng, (cout, cout, 3, 3))
+            sd[f"{name}.resample.1.bias"] = _noise(rng, (cout,))
+            if temperal_upsample[i]:
+                conv3d(f"{name}.time_conv", cout * 2, cout, (3, 1, 1))
+    sd["decoder.head.0.gamma"] = _noise(rng, (dims[-1], 1, 1, 1))
+    conv3d("decoder.head.2", 12, dims[-1])
+    return sd
+
+
 def wan21_to_diffusers(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """diffusers' own converter (``convert_wan_vae_to_diffusers``), the reference for its layout."""
     import torch

@@ -103,6 +103,7 @@ def _changed(array: np.ndarray) -> np.ndarray:
 VARIANTS = {
     **{name: (lambda name=name: families.state_numpy(families.diffusers_model(name))) for name in EXPECTED},
     "wan21-original": families.wan21_original,
+    "wan22-original": families.wan22_original,
     "flux2-bfl": lambda: families.flux2_bfl(factory.make_vae(ch=8, z=4)),
     "taesd-encoder-half": lambda: families.taesd_halves(families.state_numpy(families.diffusers_model("AutoencoderTiny")))[0],
     "taesd-decoder-half": lambda: families.taesd_halves(families.state_numpy(families.diffusers_model("AutoencoderTiny")))[1],
@@ -151,6 +152,16 @@ def test_wan21_original_and_diffusers_share_id(tmp_path, plugins):
     other["conv2.weight"] = _changed(original["conv2.weight"])
     d = identify(families.save_safetensors(other, tmp_path / "other.safetensors"), plugins).vae
     assert (d.id != a.id, d.encoder_id == a.encoder_id, d.decoder_id != a.decoder_id) == (True, True, True)
+
+
+def test_wan22_original_and_diffusers_layouts_name_the_same_tensors(tmp_path, plugins):
+    """Wan 2.2 in Wan's names and in diffusers' (no converter to check values against: the mapping was checked
+    by decoding with Wan2.2's own code and diffusers' class, which agree to the bit)."""
+    original = families.wan22_original()
+    a_vae, a = _identity(original, plugins)
+    b_vae, b = _identity(families.state_numpy(families.diffusers_model("AutoencoderKLWan22")), plugins)
+    assert (a.family, a.layout, a.tensors, b.family, b.layout) == ("wan22", "wan", len(original), "wan22", "diffusers")
+    assert {n: t.shape for n, t in a_vae.tensors.items()} == {n: t.shape for n, t in b_vae.tensors.items()}
 
 
 def test_flux2_bfl_and_diffusers_share_id(tmp_path, plugins):

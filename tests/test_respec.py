@@ -57,9 +57,11 @@ def test_rescan_brings_a_v1_index_to_v2(tmp_path, config, plugins, capsys):
     # Only the FLUX.2 and Wan files were read again; the SD ones were carried forward from their headers.
     assert scan["bytes_read"] == flux2.stat().st_size + wan.stat().st_size
     assert main(["ls", "--json"]) == 0
-    listed = {copy["path"]: row["id"] for line in capsys.readouterr().out.splitlines()
-              for row in [json.loads(line)] for copy in row["copies"]}
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    listed = {copy["path"]: row["id"] for row in rows for copy in row["copies"]}
     assert listed == {str(p): v2[p].vae.id for p in v2}
+    # ls learnt from the checkpoint which model its VAE is for
+    assert {row["id"]: row["bases"] for row in rows}[v2[ckpt].vae.id] == ["SD1"]
     conn = sqlite3.connect(config.index)
     rows = dict(conn.execute("SELECT path, base FROM files"))
     assert rows == {str(sd): None, str(ckpt): "SD1", str(flux2): None, str(wan): None}

@@ -29,7 +29,8 @@ def _renamed(half: str, index: str, tail: str) -> str:
 
 
 def diffusers_mapping(keys: Sequence[str]) -> LayoutMapping | None:
-    if not keys or not all(_DIFFUSERS.match(k) for k in keys):
+    """diffusers' own names; its blocks (``layers.N.conv.{0,2,4}``) tell it from other numbered layers."""
+    if not keys or not all(_DIFFUSERS.match(k) for k in keys) or not any(".conv.4." in k for k in keys):
         return None
     return LayoutMapping(layout="diffusers", keys={k: k for k in keys})
 

@@ -101,6 +101,8 @@ def taesd(tensors: Tensors) -> Family | None:
     """The tiny autoencoders (TAESD, TAESDXL, TAESD3, TAEF1), in diffusers' AutoencoderTiny names."""
     if not tensors or not all(n.startswith(("encoder.layers.", "decoder.layers.")) or n in ("vae_scale", "vae_shift") for n in tensors):
         return None
+    if not any(n.endswith(".conv.4.weight") for n in tensors):  # its blocks: three convolutions each
+        return None
     latent = _dim(tensors, "decoder.layers.0.weight", 1)
     if latent is None:  # an encoder alone: its last layer makes the latents
         last = max((int(n.split(".")[2]) for n in tensors if n.startswith("encoder.layers.")), default=None)
