@@ -30,11 +30,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print("no VAEs indexed yet: vaereg scan DIR indexes a folder", file=sys.stderr)
         return ExitStatus.OK
     rows = [
-        (vae.label, vae.family, short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
+        (vae.label, vae.family, ", ".join(vae.bases) or "-", short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
          human_size(vae.reclaimable_bytes) if vae.reclaimable_bytes else "-")
         for vae in vaes
     ]
-    print_table(("name", "family", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
+    print_table(("name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
     reclaimable = sum(vae.reclaimable_bytes for vae in vaes)
     copies = sum(len(vae.copies) for vae in vaes)
     summary = f"{len(vaes)} VAEs in {copies} files"

@@ -91,6 +91,15 @@ class _Described:
     def flags(self) -> tuple[str, ...]:
         return self.entry.flags if self.entry else ()
 
+    @property
+    def bases(self) -> list[str]:
+        """The models whose latent space the VAE serves: the registry's `base`, and the base models of the
+        indexed checkpoints that embed it (identity/base.py)."""
+        found = {copy.base for copy in getattr(self, "copies", ()) if copy.base}
+        if self.entry is not None and getattr(self.entry, "base", None):
+            found.add(self.entry.base)
+        return sorted(found)
+
 
 @dataclass(frozen=True)
 class MatchedHash:
@@ -127,6 +136,7 @@ class LookupMatch(_Described):
             "matched": [hit.to_json() for hit in self.matched],
             "copies": [copy.to_json() for copy in self.copies],
             "slug": self.slug,
+            "bases": self.bases,
         }
 
 
@@ -184,6 +194,7 @@ class VaeSummary(_Described):
             "flags": list(self.flags),
             "standalone": self.standalone,
             "embedded": self.embedded,
+            "bases": self.bases,
         }
 
 
