@@ -125,7 +125,7 @@ class KnownVaes:
         """The base models known for `vae_id`: its registry entry's, and those of the indexed checkpoints
         that embed it or a VAE with one of its encoders."""
         entry = self.entry(vae_id)
-        found = {entry.base} if entry is not None and getattr(entry, "base", None) else set()
+        found = {entry.base} if entry is not None and entry.base else set()
         if self.index is not None:
             found |= self.index.bases(id=vae_id)
             for encoder_id in self.encoder_ids(vae_id):

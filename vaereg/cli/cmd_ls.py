@@ -1,4 +1,4 @@
-"""``vaereg ls``: one row per distinct VAE on this machine - its name, family, copies and reclaimable bytes.
+"""``vaereg ls``: one row per distinct VAE on this machine - its name, family, base, copies and reclaimable bytes.
 
 A VAE is a canonical id: its fp32 and fp16 files and the checkpoints embedding it are copies of one VAE.
 "Reclaimable" counts the bytes that byte-identical standalone copies waste (``vaereg dedupe`` links them).
