@@ -326,3 +326,65 @@ def save_safetensors(sd: Mapping[str, np.ndarray], path: Path) -> Path:
     # np.ascontiguousarray would turn a 0-d tensor (num_batches_tracked) into a 1-d one
     save_file({k: np.require(v, requirements="C") for k, v in sd.items()}, str(path))
     return path
+
+
+# --- LTX-Video, Lightricks' single-file layout (as diffusers' convert_ltx_vae_checkpoint_to_diffusers reads it) -
+
+#: diffusers AutoencoderKLLTXVideo (0.9.0 layout) -> Lightricks' names: the left sides of the converter's
+#: rename table read backwards, longest first (its blocks are one flat list in Lightricks' code).
+_LTX_BLOCKS = (
+    ("decoder.mid_block.", "decoder.up_blocks.0."),
+    ("decoder.up_blocks.1.upsamplers.0.", "decoder.up_blocks.2."),
+    ("decoder.up_blocks.2.conv_in.", "decoder.up_blocks.4."),
+    ("decoder.up_blocks.2.upsamplers.0.", "decoder.up_blocks.5."),
+    ("decoder.up_blocks.3.conv_in.", "decoder.up_blocks.7."),
+    ("decoder.up_blocks.3.upsamplers.0.", "decoder.up_blocks.8."),
+    ("decoder.up_blocks.0.", "decoder.up_blocks.1."),
+    ("decoder.up_blocks.1.", "decoder.up_blocks.3."),
+    ("decoder.up_blocks.2.", "decoder.up_blocks.6."),
+    ("decoder.up_blocks.3.", "decoder.up_blocks.9."),
+    ("encoder.down_blocks.0.downsamplers.0.", "encoder.down_blocks.1."),
+    ("encoder.down_blocks.0.conv_out.", "encoder.down_blocks.2."),
+    ("encoder.down_blocks.1.downsamplers.0.", "encoder.down_blocks.4."),
+    ("encoder.down_blocks.1.conv_out.", "encoder.down_blocks.5."),
+    ("encoder.down_blocks.2.downsamplers.0.", "encoder.down_blocks.7."),
+    ("encoder.down_blocks.0.", "encoder.down_blocks.0."),
+    ("encoder.down_blocks.1.", "encoder.down_blocks.3."),
+    ("encoder.down_blocks.2.", "encoder.down_blocks.6."),
+    ("encoder.down_blocks.3.", "encoder.down_blocks.8."),
+    ("encoder.mid_block.", "encoder.down_blocks.9."),
+)
+
+
+def ltxv_single_file(diffusers_state: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """The VAE of an LTX-Video 0.9 single-file checkpoint (``vae.`` keys, Lightricks' names), with the
+    ``per_channel_statistics`` Lightricks' files carry (the converter keeps two of them as
+    ``latents_mean``/``latents_std`` and drops the rest)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, value in diffusers_state.items():
+        if key in ("latents_mean", "latents_std"):
+            continue
+        for new, old in _LTX_BLOCKS:
+            if key.startswith(new):
+                key = old + key[len(new):]
+                break
+        key = key.replace(".resnets.", ".res_blocks.").replace("conv_shortcut.conv.", "conv_shortcut.")
+        key = key.replace(".norm3.", ".norm3.norm.")
+        out[f"vae.{key}"] = value
+    channels = diffusers_state["latents_mean"].shape[0]
+    out["vae.per_channel_statistics.mean-of-means"] = diffusers_state["latents_mean"]
+    out["vae.per_channel_statistics.std-of-means"] = diffusers_state["latents_std"]
+    out["vae.per_channel_statistics.channel"] = np.arange(channels, dtype=np.int64)
+    out["vae.per_channel_statistics.mean-of-stds"] = _noise(rng, (channels,))
+    out["vae.per_channel_statistics.mean-of-stds_over_std-of-means"] = _noise(rng, (channels,))
+    return out
+
+
+def ltxv_to_diffusers(single_file: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """diffusers' own converter (``convert_ltx_vae_checkpoint_to_diffusers``)."""
+    import torch
+    from diffusers.loaders.single_file_utils import convert_ltx_vae_checkpoint_to_diffusers
+
+    out = convert_ltx_vae_checkpoint_to_diffusers({k: torch.from_numpy(np.array(v)) for k, v in single_file.items()})
+    return {k: v.numpy() for k, v in out.items()}

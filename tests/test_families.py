@@ -252,3 +252,24 @@ def test_extract_keeps_every_tensor_and_the_id(tmp_path, plugins, variant):
     assert (got.id, got.exact_id, got.tensors, got.family) == (
         embedded.vae.id, embedded.vae.exact_id, len(arrays), embedded.vae.family)
     assert (got.layout, got.prefix) == (result.identity.layout, "")
+
+
+def test_ltxv_single_file_keeps_its_latent_statistics(tmp_path, plugins):
+    """An LTX-Video single-file checkpoint: Lightricks' names under ``vae.`` (checked by diffusers' converter,
+    which gives back the diffusers model's exact tensors), with all five per_channel_statistics."""
+    diffusers_state = families.state_numpy(families.diffusers_model("AutoencoderKLLTXVideo"))
+    vae = families.ltxv_single_file(diffusers_state)
+    converted = families.ltxv_to_diffusers(dict(vae))
+    assert converted.keys() == diffusers_state.keys()
+    assert all(np.array_equal(converted[k], diffusers_state[k]) for k in converted)
+    dit = {
+        "model.diffusion_model.adaln_single.emb.timestep_embedder.linear_1.bias": np.zeros((32,), np.float32),
+        "model.diffusion_model.transformer_blocks.0.attn2.to_k.weight": np.zeros((32, 16), np.float32),
+    }
+    report = identify(families.save_safetensors(vae | dit, tmp_path / "ltx-video-2b.safetensors"), plugins)
+    got = report.vae
+    assert (report.base, got.family, got.prefix, got.layout, got.tensors) == ("LTX-Video", "ltxv", "vae.", "native", len(vae))
+    other = dict(vae)
+    other["vae.per_channel_statistics.mean-of-stds"] = vae["vae.per_channel_statistics.mean-of-stds"] + 1
+    changed = identify(families.save_safetensors(other | dit, tmp_path / "other.safetensors"), plugins).vae
+    assert changed.id != got.id and (changed.encoder_id, changed.decoder_id) == (got.encoder_id, got.decoder_id)
