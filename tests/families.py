@@ -388,3 +388,58 @@ def ltxv_to_diffusers(single_file: Mapping[str, np.ndarray]) -> dict[str, np.nda
 
     out = convert_ltx_vae_checkpoint_to_diffusers({k: torch.from_numpy(np.array(v)) for k, v in single_file.items()})
     return {k: v.numpy() for k, v in out.items()}
+
+
+# --- Stable Cascade stage A (Stability-AI/StableCascade modules/stage_a.py; ComfyUI's comfy/ldm/cascade) ----
+
+
+def stage_a(levels: int = 2, bottleneck_blocks: int = 2, c_hidden: int = 16, c_latent: int = 4,
+            codebook_size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """``StageA``: ``in_block`` (pixel-unshuffle, 1x1 conv), ``down_blocks`` (ResBlocks with strided convs
+    between, then a 1x1 conv without bias and a BatchNorm2d onto the latents), ``vquantizer.codebook``,
+    ``up_blocks`` (1x1 conv, ResBlocks, transposed convs), ``out_block``. A ResBlock has a depthwise 3x3 conv,
+    two linears and six ``gammas``; its LayerNorms have no parameters."""
+    rng = np.random.default_rng(seed)
+    sd: dict[str, np.ndarray] = {}
+
+    def conv(name, cout, cin, k, bias=True):
+        sd[f"{name}.weight"] = _noise(rng, (cout, cin, k, k))
+        if bias:
+            sd[f"{name}.bias"] = _noise(rng, (cout,))
+
+    def resblock(name, c):
+        conv(f"{name}.depthwise.1", c, 1, 3)
+        sd[f"{name}.channelwise.0.weight"] = _noise(rng, (4 * c, c))
+        sd[f"{name}.channelwise.0.bias"] = _noise(rng, (4 * c,))
+        sd[f"{name}.channelwise.2.weight"] = _noise(rng, (c, 4 * c))
+        sd[f"{name}.channelwise.2.bias"] = _noise(rng, (c,))
+        sd[f"{name}.gammas"] = _noise(rng, (6,))
+
+    c_levels = [c_hidden // (2**i) for i in reversed(range(levels))]
+    conv("in_block.1", c_levels[0], 12, 1)
+    n = 0
+    for i in range(levels):
+        if i > 0:
+            conv(f"down_blocks.{n}", c_levels[i], c_levels[i - 1], 4)
+            n += 1
+        resblock(f"down_blocks.{n}", c_levels[i])
+        n += 1
+    conv(f"down_blocks.{n}.0", c_latent, c_levels[-1], 1, bias=False)
+    sd[f"down_blocks.{n}.1.weight"] = _noise(rng, (c_latent,))
+    sd[f"down_blocks.{n}.1.bias"] = _noise(rng, (c_latent,))
+    sd[f"down_blocks.{n}.1.running_mean"] = _noise(rng, (c_latent,))
+    sd[f"down_blocks.{n}.1.running_var"] = np.abs(_noise(rng, (c_latent,))) + 1
+    sd[f"down_blocks.{n}.1.num_batches_tracked"] = np.array(100, dtype=np.int64)
+    sd["vquantizer.codebook.weight"] = _noise(rng, (codebook_size, c_latent))
+    conv("up_blocks.0.0", c_levels[-1], c_latent, 1)
+    n = 1
+    for i in range(levels):
+        for _ in range(bottleneck_blocks if i == 0 else 1):
+            resblock(f"up_blocks.{n}", c_levels[levels - 1 - i])
+            n += 1
+        if i < levels - 1:  # ConvTranspose2d weights are (in, out, k, k)
+            sd[f"up_blocks.{n}.weight"] = _noise(rng, (c_levels[levels - 1 - i], c_levels[levels - 2 - i], 4, 4))
+            sd[f"up_blocks.{n}.bias"] = _noise(rng, (c_levels[levels - 2 - i],))
+            n += 1
+    conv("out_block.0", 12, c_levels[0], 1)
+    return sd

@@ -108,6 +108,7 @@ VARIANTS = {
     "taesd-encoder-half": lambda: families.taesd_halves(families.state_numpy(families.diffusers_model("AutoencoderTiny")))[0],
     "taesd-decoder-half": lambda: families.taesd_halves(families.state_numpy(families.diffusers_model("AutoencoderTiny")))[1],
     "sd-checkpoint": lambda: factory.make_checkpoint(factory.make_vae(ch=8)),
+    "stable-cascade-stage-a": families.stage_a,
 }
 
 
@@ -273,3 +274,31 @@ def test_ltxv_single_file_keeps_its_latent_statistics(tmp_path, plugins):
     other["vae.per_channel_statistics.mean-of-stds"] = vae["vae.per_channel_statistics.mean-of-stds"] + 1
     changed = identify(families.save_safetensors(other | dit, tmp_path / "other.safetensors"), plugins).vae
     assert changed.id != got.id and (changed.encoder_id, changed.decoder_id) == (got.encoder_id, got.decoder_id)
+
+
+def test_stable_cascade_stage_a_is_found_whole(tmp_path, plugins):
+    """Stage A has no encoder./decoder. roots: the file is the VAE (structure checked against ComfyUI's and
+    Stability's StageA: 122 tensors, 18.4M parameters at full size)."""
+    sd = families.stage_a()
+    vae = identify(families.save_safetensors(sd, tmp_path / "stage_a.safetensors"), plugins).vae
+    assert (vae.family, vae.latent_channels, vae.layout, vae.prefix, vae.tensors) == (
+        "stable-cascade-stage-a", 4, "native", "", len(sd))
+    assert len({vae.id, vae.encoder_id, vae.decoder_id}) == 3
+
+
+def test_x4_upscaler_vae_is_kl_f4(tmp_path, plugins):
+    """The SD x4 upscaler's autoencoder: three levels (two downsamplers), 4 latent channels."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    model = diffusers.AutoencoderKL(
+        block_out_channels=(8, 16, 32), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=2, norm_num_groups=8,
+    )
+    model.save_pretrained(tmp_path / "x4")
+    vae = identify(tmp_path / "x4", plugins).vae
+    assert (vae.family, vae.latent_channels, vae.layout, vae.tensors) == ("kl-f4-4ch", 4, "diffusers", len(model.state_dict()))
+    from vaereg.answers.health import assess
+
+    assert assess({n: t.shape for n, t in vae.tensor_digests.items()}, {}, vae.family).ok
