@@ -302,3 +302,22 @@ def test_x4_upscaler_vae_is_kl_f4(tmp_path, plugins):
     from vaereg.answers.health import assess
 
     assert assess({n: t.shape for n, t in vae.tensor_digests.items()}, {}, vae.family).ok
+
+
+def test_svd_checkpoint_temporal_decoder_is_not_an_sd_vae(tmp_path, plugins):
+    """SVD's own layout (generative-models' Encoder + VideoDecoder under first_stage_model., no quant
+    convolutions): its family, every tensor (time_stack, mix_factor, time_mix_conv), and no "missing
+    quant_conv" from health."""
+    import json
+    from pathlib import Path
+
+    from vaereg.answers.health import assess
+
+    shapes = json.loads((Path(__file__).parent / "data" / "svd_temporal_decoder_tiny.json").read_text())["tensors"]
+    rng = np.random.default_rng(0)
+    vae = {k: (rng.standard_normal(s) * 0.05).astype(np.float32) for k, s in shapes.items()}
+    model = families.save_safetensors({f"first_stage_model.{k}": v for k, v in vae.items()}, tmp_path / "svd.safetensors")
+    got = identify(model, plugins).vae
+    assert (got.family, got.latent_channels, got.layout, got.prefix, got.tensors) == (
+        "svd-temporal-decoder", 4, "native", "first_stage_model.", len(vae))
+    assert assess({n: t.shape for n, t in got.tensor_digests.items()}, {}, got.family).ok

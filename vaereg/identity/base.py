@@ -15,9 +15,10 @@ from vaereg.plugin.types import TensorInfo
 #: Where checkpoints keep their diffusion model, most specific first ("net." is Cosmos'; "" a bare diffusion model).
 DIFFUSION_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "net.", "model.", "")
 
-#: Bases whose checkpoints decode with one VAE latent space (SD 2.x uses SD 1.x's autoencoder; the SDXL
-#: refiner SDXL's). Bases not listed are a latent space of their own.
-LATENT_SPACE = {"SD1": "SD1", "SD2": "SD1", "SDXL": "SDXL", "SDXL-refiner": "SDXL"}
+#: Bases whose checkpoints decode with one VAE latent space (SD 2.x uses SD 1.x's autoencoder, the SDXL
+#: refiner SDXL's; Stable Video Diffusion encodes with SD's encoder). Bases not listed are a latent space of
+#: their own.
+LATENT_SPACE = {"SD1": "SD1", "SD2": "SD1", "SDXL": "SDXL", "SDXL-refiner": "SDXL", "SVD": "SD1"}
 
 
 def latent_space(base: str | None) -> str | None:
@@ -31,7 +32,10 @@ def _shape(tensors: Mapping[str, TensorInfo], name: str) -> tuple[int, ...] | No
 
 
 def _unet(t: Mapping[str, TensorInfo], p: str) -> str | None:
-    """The SD UNets (CompVis names): SDXL's and its refiner's by their ADM input, SD1/SD2 by context width."""
+    """The SD UNets (CompVis names): SDXL's and its refiner's by their ADM input, SD1/SD2 by context width,
+    Stable Video Diffusion's by its temporal layers."""
+    if any(n.startswith(p + "input_blocks.") and ".time_stack." in n for n in t):
+        return "SVD"
     adm = _shape(t, p + "label_emb.0.0.weight")
     if adm is not None and len(adm) == 2:
         if adm[1] == 2816:
