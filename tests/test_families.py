@@ -321,3 +321,23 @@ def test_svd_checkpoint_temporal_decoder_is_not_an_sd_vae(tmp_path, plugins):
     assert (got.family, got.latent_channels, got.layout, got.prefix, got.tensors) == (
         "svd-temporal-decoder", 4, "native", "first_stage_model.", len(vae))
     assert assess({n: t.shape for n, t in got.tensor_digests.items()}, {}, got.family).ok
+
+
+def test_mochi_halves_and_combined_file(tmp_path, plugins):
+    """Genmo's Mochi VAE in its own layout (names and shapes from ComfyUI's port of Genmo's code): the two
+    half files and the combined file ComfyUI ships (encoder./decoder.) are the same halves."""
+    import json
+    from pathlib import Path
+
+    halves = json.loads((Path(__file__).parent / "data" / "mochi_halves_tiny.json").read_text())
+    rng = np.random.default_rng(0)
+    arrays = {half: {k: (rng.standard_normal(s) * 0.05).astype(np.float16) for k, s in halves[half].items()}
+              for half in ("encoder", "decoder")}
+    enc = identify(families.save_safetensors(arrays["encoder"], tmp_path / "encoder.safetensors"), plugins).vae
+    dec = identify(families.save_safetensors(arrays["decoder"], tmp_path / "decoder.safetensors"), plugins).vae
+    combined = {f"{half}.{k}": v for half, sd in arrays.items() for k, v in sd.items()}
+    both = identify(families.save_safetensors(combined, tmp_path / "mochi_vae.safetensors"), plugins).vae
+    assert (enc.family, dec.family, both.family) == ("mochi", "mochi", "mochi")
+    assert (enc.latent_channels, dec.latent_channels, both.latent_channels) == (4, 4, 4)
+    assert (enc.layout, both.layout, both.tensors) == ("genmo", "native", len(combined))
+    assert (enc.encoder_id, dec.decoder_id) == (both.encoder_id, both.decoder_id)

@@ -145,8 +145,14 @@ def mochi(tensors: Tensors) -> Family | None:
     ``decoder.blocks``) as ComfyUI ships them."""
     if "decoder.block_in.resnets.0.conv1.conv.weight" in tensors or _has(tensors, r"encoder\.proj_in\.", r"decoder\.block_in\."):
         return Family("mochi", _dim(tensors, "decoder.conv_in.weight", 1), 8, 6)
-    if _has(tensors, r"decoder\.blocks\.\d+\.") and _has(tensors, r"encoder\.layers\.\d+\."):
-        return Family("mochi", _dim(tensors, "decoder.blocks.0.weight", 1), 8, 6)
+    genmo_encoder = _has(tensors, r"encoder\.layers\.\d+\..*\.stack\.")
+    genmo_decoder = _has(tensors, r"decoder\.blocks\.\d+\..*\.stack\.")
+    if genmo_encoder or genmo_decoder:
+        latent = _dim(tensors, "decoder.blocks.0.0.weight", 1)
+        if latent is None:  # an encoder alone: it predicts mean and log-variance
+            out = _dim(tensors, "encoder.output_proj.weight", 0)
+            latent = out // 2 if out else None
+        return Family("mochi", latent, 8, 6)
     return None
 
 

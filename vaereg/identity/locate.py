@@ -37,9 +37,11 @@ DECODER_ROOTS = (
 )
 
 #: Files that are a VAE (or half of one) with no root of their own, whole: Stable Cascade's stage A,
-#: ComfyUI's combined TAESD, and one original TAESD half (``nn.Sequential`` keys).
+#: ComfyUI's combined TAESD, one original TAESD half (``nn.Sequential`` keys), one Mochi half.
 _ROOTLESS_MARKERS = ("vquantizer.codebook.weight", "taesd_encoder.0.weight", "taesd_decoder.1.weight")
 _SEQUENTIAL_KEY = re.compile(r"^\d+\.(?:conv\.[024]\.)?(?:weight|bias)$")
+#: The roots of Genmo's Mochi VAE halves, published as two files (their residual blocks hold a ``stack``).
+_MOCHI_HALVES = (("layers.", "output_norm.", "output_proj."), ("blocks.", "output_proj."))
 
 _ATTN_WEIGHT = re.compile(r"^(?:en|de)coder\.mid\.attn_1\.(?:q|k|v|proj_out)\.weight$")
 
@@ -54,6 +56,8 @@ class VaeLocation:
 
 def _rootless(names: Sequence[str]) -> bool:
     if any(marker in names for marker in _ROOTLESS_MARKERS):
+        return True
+    if any(".stack." in n for n in names) and any(all(n.startswith(roots) for n in names) for roots in _MOCHI_HALVES):
         return True
     # An original tiny-autoencoder half: numbered layers, some of them blocks of three convolutions.
     return bool(names) and all(_SEQUENTIAL_KEY.match(n) for n in names) and any(".conv.4." in n for n in names)
