@@ -73,3 +73,32 @@ def test_rescan_brings_a_v1_index_to_v2(tmp_path, config, plugins, capsys):
     assert main(["scan", "--json", "--no-file-hashes", str(models)]) == 0
     again = json.loads(capsys.readouterr().out)
     assert (again["unchanged"], again["changed"], again["bytes_read"]) == (4, 0, 0)
+
+
+def test_daemon_start_brings_a_v1_index_to_v2(tmp_path, config, plugins, capsys):
+    """The daemon's start-up reconcile does what a scan does: no manual step."""
+    import dataclasses
+
+    from events import Events
+    from test_daemon import running, wait_for, wait_idle
+    from vaereg.plugin.manager import Plugins
+
+    models = tmp_path / "models"
+    models.mkdir()
+    sd = factory.save_safetensors(factory.make_vae(ch=8), models / "sd-vae.safetensors")
+    wan = families.save_safetensors(families.wan21_original(), models / "wan_2.1_vae.safetensors")
+    assert main(["scan", "--json", "--no-file-hashes", str(models)]) == 0
+    capsys.readouterr()
+    v2 = {p: identify(p, plugins, with_file_hashes=False).vae for p in (sd, wan)}
+    _as_left_by_v1(config.index, {v2[wan].exact_id: ("e" * 32, "2" * 32)})
+
+    events = Events()
+    watching = Plugins()
+    watching.pm.register(events)
+    config = dataclasses.replace(config, settle_seconds=0.2, reconcile_interval=3600.0, workers=2, file_hashes=False)
+    with running(config, watching, [models]) as daemon:
+        wait_for(lambda: str(wan) in events.paths(), "the Wan VAE identified again")
+        wait_idle(daemon)
+        rows = {str(p): daemon.index.get(str(p)) for p in (sd, wan)}
+    assert {path: (row.id, row.spec) for path, row in rows.items()} == {str(p): (v.id, 2) for p, v in v2.items()}
+    assert events.paths() == {str(wan)}  # the SD row was carried forward: no event, nothing read
