@@ -341,3 +341,20 @@ def test_mochi_halves_and_combined_file(tmp_path, plugins):
     assert (enc.latent_channels, dec.latent_channels, both.latent_channels) == (4, 4, 4)
     assert (enc.layout, both.layout, both.tensors) == ("genmo", "native", len(combined))
     assert (enc.encoder_id, dec.decoder_id) == (both.encoder_id, both.decoder_id)
+
+
+@pytest.mark.parametrize(("fixture", "family", "latent", "prefix"), [
+    ("hunyuanvideo_comfyui_tiny.json", "hunyuanvideo", 4, "vae."),
+    ("cosmos_original_tiny.json", "cosmos", 16, ""),
+])
+def test_original_video_layouts_as_comfyui_has_them(tmp_path, plugins, fixture, family, latent, prefix):
+    """HunyuanVideo in CompVis names with causal 3-D convolutions (the file ComfyUI ships), Cosmos in
+    NVIDIA's names: each its family, with every tensor (names and shapes from ComfyUI's modules)."""
+    import json
+    from pathlib import Path
+
+    shapes = json.loads((Path(__file__).parent / "data" / fixture).read_text())["tensors"]
+    rng = np.random.default_rng(0)
+    vae = {f"{prefix}{k}": (rng.standard_normal(s) * 0.05).astype(np.float16) for k, s in shapes.items()}
+    got = identify(families.save_safetensors(vae, tmp_path / "vae.safetensors"), plugins).vae
+    assert (got.family, got.latent_channels, got.prefix, got.tensors) == (family, latent, prefix, len(vae))

@@ -158,10 +158,10 @@ def mochi(tensors: Tensors) -> Family | None:
 
 def cosmos(tensors: Tensors) -> Family | None:
     """NVIDIA Cosmos' continuous video tokenizer: factorised convolutions (``conv_s``/``conv_t``) in
-    diffusers' names, or the original's wavelet (un)patchers."""
+    diffusers' names, or the original's wavelet (un)patchers and ``conv3d`` quant convolutions."""
     if "decoder.conv_in.conv_s.weight" in tensors:
         return Family("cosmos", _dim(tensors, "decoder.conv_in.conv_s.weight", 1), 8, 8)
-    if _has(tensors, r"decoder\.unpatcher3d\.") or _has(tensors, r"encoder\.patcher3d\."):
+    if _has(tensors, r"decoder\.unpatcher3d\.") or _has(tensors, r"encoder\.patcher3d\.") or "post_quant_conv.conv3d.weight" in tensors:
         return Family("cosmos", _dim(tensors, "post_quant_conv.conv3d.weight", 1), 8, 8)
     return None
 
