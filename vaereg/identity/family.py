@@ -30,10 +30,6 @@ class Family:
 
 UNKNOWN = Family("unknown")
 
-#: Tensors that mark a checkpoint's VAE as "the KL autoencoder with these many latent channels".
-_KL_ANCHORS = ("decoder.conv_in.weight", "encoder.conv_out.weight")
-
-
 def _dim(tensors: Tensors, name: str, axis: int) -> int | None:
     info = tensors.get(name)
     return info.shape[axis] if info is not None and len(info.shape) > abs(axis) else None
