@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, TypeVar
 
 from vaereg._fs import stat_key_of
-from vaereg.errors import ModelFormatError
+from vaereg.errors import FileProblem
 from vaereg.identity.analyze import analyze, model_file_hashes, open_model
 from vaereg.identity.report import SPEC_VERSION, HashReport
 
@@ -135,7 +135,7 @@ class Ingest:
         try:
             with open_model(Path(path), self.plugins) as model:
                 vae, base = model.vae, model.base
-        except (OSError, ValueError, KeyError, IndexError, ModelFormatError):
+        except (OSError, ValueError, KeyError, IndexError, FileProblem):
             return None  # identified anew, which reports the problem
         after = _stat_or_none(path)
         if after is None or stat_key(after) != stat_key(before) or not unchanged_by_spec(row, vae):
