@@ -49,7 +49,6 @@ def _print_table(reports) -> None:
         rows.append((
             r.path,
             r.format or "-",
-            r.base or "-",
             f"{v.family} {v.dtype}" if v else "no VAE",
             short(v.id if v else None),
             short(v.encoder_id if v else None),
@@ -58,6 +57,6 @@ def _print_table(reports) -> None:
             human_size(r.file.size) if r.file else "-",
         ))
     if rows:
-        print_table(("path", "format", "base", "vae", "id", "encoder", "decoder", "autov2", "size"), rows)
+        print_table(("path", "format", "vae", "id", "encoder", "decoder", "autov2", "size"), rows)
     for r in errors:
         file_problem(r.path, r.error)
