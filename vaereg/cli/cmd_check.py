@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=[],
         metavar="DIR",
-        help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the configured launchers')",
+        help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the launchers' - configured"
+        " or found in the usual places)",
     )
     p.set_defaults(run=run)
 
@@ -32,7 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.check import check_model
 
-    launchers = [found for root in ctx.config.launchers if (found := ctx.plugins.locate_launcher(root))]
+    from vaereg.files.launchers import find_launchers
+
+    # The launchers scan reads: the configured ones and those in the usual places.
+    launchers = list(find_launchers(ctx.plugins, ctx.config.launchers).found)
     report = check_model(
         args.model,
         plugins=ctx.plugins,
@@ -65,6 +69,8 @@ def _print(report: CheckReport) -> None:
         print(f"  recommended: {rec.label} (id {short(rec.id)})")
         for path in rec.paths:
             print(f"               {path}")
+        if not rec.paths and rec.source:
+            print(f"               no copy here; download it from {rec.source}")
     if report.automatic_vae:
         auto = report.automatic_vae
         known = f" ({auto.name or short(auto.id)})" if auto.id else ""
@@ -75,3 +81,7 @@ def _print(report: CheckReport) -> None:
         print(f"  embedded:    {describe(embedded)}; {vae.family} {vae.dtype}, id {short(vae.id)}")
         print(f"  relation:    {embedded.relation}")
         print(f"  health:      {embedded.health}")
+        if embedded.embedded_in:
+            print(f"  also in:     {embedded.embedded_in[0]}")
+            for path in embedded.embedded_in[1:]:
+                print(f"               {path}")

@@ -20,6 +20,7 @@ from vaereg.errors import FileProblem, ModelFormatError, internal_error
 from vaereg.identity.base import detect_base
 from vaereg.identity.digest import TensorStats, compute_identity
 from vaereg.identity.filehash import file_hashes
+from vaereg.identity.kinds import model_kind
 from vaereg.identity.locate import CanonicalVae, canonicalize, find_vae
 from vaereg.identity.report import FileHashes, HashReport
 from vaereg.plugin.manager import Plugins
@@ -114,9 +115,11 @@ def analyze(
     try:
         with open_model(path, plugins) as model:
             fmt, base = model.format, model.base
-            vae, stats = None, {}
+            vae, stats, kind = None, {}, None
             hashed, data_offset = _hash_target(path, model.source)
-            if model.vae is not None:
+            if model.vae is None:
+                kind = model_kind(model.source.tensors)
+            else:
                 vae, stats = compute_identity(
                     model.vae,
                     model.source.read,
@@ -142,7 +145,7 @@ def analyze(
     except Exception as exc:  # noqa: BLE001 - a bug met on one file is that file's error, not the batch's end
         log.error("%s: %s", path, internal_error(exc), exc_info=exc)
         return HashReport(path=shown, format=fmt, error=internal_error(exc)), {}
-    return HashReport(path=shown, format=fmt, vae=vae, file=hashes, base=base), stats
+    return HashReport(path=shown, format=fmt, vae=vae, file=hashes, kind=kind, base=base), stats
 
 
 def _file_size(path: Path) -> int | None:

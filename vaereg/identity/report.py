@@ -91,6 +91,8 @@ class HashReport:
     file: FileHashes | None = None
     #: The model a checkpoint is for (identity/base.py), None for a standalone VAE.
     base: str | None = None
+    #: for a model with no VAE, what it is when its tensor names tell ("lora", "upscaler"...: identity.kinds)
+    kind: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,4 +106,5 @@ class HashReport:
             "base": self.base,
             "vae": self.vae.to_json() if self.vae else None,
             "file": self.file.to_json() if self.file else None,
+            "kind": self.kind,
         }
