@@ -78,6 +78,10 @@ def unchanged_by_spec(row: IndexedFile, vae: CanonicalVae | None) -> bool:
     return (vae.family, len(vae.tensors), vae.layout, vae.prefix) == (row.family, row.tensors, row.layout, row.prefix or "")
 
 
+def _read_fine(result: object) -> bool:
+    return not isinstance(result, HashReport) or result.error is None
+
+
 def slim(report: HashReport) -> HashReport:
     """The report without the per-tensor digests and sketch (tens of KB) that only the index needs."""
     if report.vae is None:
@@ -170,8 +174,9 @@ class Ingest:
             result = read()
         except FileNotFoundError:
             return "vanished", None, None
-        with self._lock:
-            self.bytes_read += before.st_size
+        if _read_fine(result):  # a file refused after its first bytes was not read
+            with self._lock:
+                self.bytes_read += before.st_size
         after = _stat_or_none(path)
         if after is None:
             return "vanished", result, None
