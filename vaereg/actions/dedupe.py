@@ -12,22 +12,29 @@ and renamed over the copy, so the path always names a complete file. See docs/de
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
 import stat
-import sys
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import xxhash
 
-from vaereg._fs import os_error_text, temp_beside
-from vaereg.files.names import download_in_progress, is_diffusers_weights, is_safetensors_name
+from vaereg._fs import os_error_text
+from vaereg.actions.linking import (
+    BLOCK,
+    SETTLE_SECONDS,
+    FileState,
+    Mode,
+    Refused,
+    replace_by_link,
+)
+from vaereg.files.names import (
+    is_diffusers_weights,
+    is_safetensors_name,
+)
 from vaereg.files.walk import walk_models
 from vaereg.identity.analyze import identify
 
@@ -37,17 +44,9 @@ if TYPE_CHECKING:
 
 #: Bytes read from each end of a file for the cheap pre-hash.
 EDGE_BYTES = 1 << 20
-BLOCK = 8 << 20
 #: Standalone files up to this size are identified for the same-VAE advice; larger ones are checkpoints
 #: (an SD/SDXL/Flux VAE is 160-340 MB; with training state left in, under 1 GB).
 VAE_FILE_MAX_BYTES = 1 << 30
-#: A file modified this recently may still be being written: execute leaves it alone.
-SETTLE_SECONDS = 5.0
-#: Linux `ioctl(dest, FICLONE, src)`: share the source's blocks copy-on-write.
-FICLONE = 0x40049409
-_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EXDEV}
-
-Mode = Literal["link", "reflink"]
 
 
 class FileIndex(Protocol):
@@ -64,25 +63,6 @@ class LinkedIndex(FileIndex, Protocol):
 
 #: progress(done, total, path): a file about to be read (total None while unknown), or a copy about to be linked
 OnProgress = Callable[[int, "int | None", str], None]
-
-
-@dataclass(frozen=True)
-class FileState:
-    """A file as stat'ed while planning: execute refuses it if it is not still exactly this."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    dev: int
-    inode: int
-    nlink: int
-
-    @classmethod
-    def of(cls, path: str, st: os.stat_result) -> FileState:
-        return cls(path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_nlink)
-
-    def unchanged(self, st: os.stat_result) -> bool:
-        return (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) == (self.size, self.mtime_ns, self.dev, self.inode)
 
 
 @dataclass(frozen=True)
@@ -217,10 +197,6 @@ class DedupeResult:
         }
 
 
-class _Refused(Exception):
-    """A copy execute will not replace; the message says why."""
-
-
 @dataclass(frozen=True)
 class DedupePlan:
     """What dedupe would do. Nothing has been touched; `execute` acts."""
@@ -272,8 +248,8 @@ class DedupePlan:
                 if on_progress:
                     on_progress(len(linked) + len(skipped), total, copy.path)
                 try:
-                    freed = _replace(group.keep, copy, mode, settle_seconds)
-                except _Refused as exc:
+                    freed = replace_by_link(group.keep, copy, mode, settle_seconds)
+                except Refused as exc:
                     skipped.append(PathNote(copy.path, str(exc)))
                 except OSError as exc:
                     skipped.append(PathNote(copy.path, os_error_text(exc)))
@@ -515,67 +491,3 @@ def plan_dedupe(
         passed_over=tuple(passed),
         errors=tuple(errors),
     )
-
-
-# -- acting
-
-
-def _same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            block = fa.read(BLOCK)
-            if block != fb.read(BLOCK):
-                return False
-            if not block:
-                return True
-
-
-def _check_settled(state: FileState, settle_seconds: float) -> os.stat_result:
-    st = os.stat(state.path, follow_symlinks=False)
-    if not state.unchanged(st):
-        raise _Refused(f"{state.path} changed since planning (size, mtime or inode): plan again")
-    if download_in_progress(state.path):
-        raise _Refused(f"{state.path} is being downloaded (a partial file or control file is beside it)")
-    age = time.time() - st.st_mtime_ns / 1e9
-    if abs(age) < settle_seconds:
-        raise _Refused(f"{state.path} was modified {age:.1f} s ago and may still be being written: try again later")
-    return st
-
-
-def _reflink(source: str, dest: str) -> None:
-    if not sys.platform.startswith("linux"):
-        raise _Refused("reflinks are made with Linux's FICLONE only: use --link for hard links instead")
-    import fcntl
-
-    with open(source, "rb") as src, open(dest, "xb") as dst:
-        try:
-            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-        except OSError as exc:
-            if exc.errno in _NO_REFLINK:
-                raise _Refused(
-                    "this filesystem cannot share blocks between files (reflinks work on btrfs, XFS made with"
-                    " reflink=1, bcachefs, ZFS 2.2+): use --link for hard links instead"
-                ) from None
-            raise
-
-
-def _replace(keep: FileState, copy: FileState, mode: Mode, settle_seconds: float) -> int:
-    """Replace `copy` by a link to `keep`; returns the bytes this freed (0 while other links hold the copy)."""
-    _check_settled(keep, settle_seconds)
-    copy_st = _check_settled(copy, settle_seconds)
-    if keep.dev != copy.dev:
-        raise _Refused(f"on another filesystem than {keep.path}: no link can join them")
-    if not _same_bytes(keep.path, copy.path):
-        raise _Refused(f"its bytes differ from {keep.path} now: plan again")
-    # Compared in full, but a writer may have appended meanwhile: a file still growing is not a copy yet.
-    for state in (keep, copy):
-        if not state.unchanged(os.stat(state.path, follow_symlinks=False)):
-            raise _Refused(f"{state.path} changed while being compared: it may still be being written")
-    with temp_beside(copy.path) as temp:
-        if mode == "link":
-            os.link(keep.path, temp)
-        else:
-            _reflink(keep.path, temp)
-            shutil.copystat(copy.path, temp)  # a clone is a new file: keep the copy's mode and times
-        os.replace(temp, copy.path)
-    return copy.size if copy_st.st_nlink == 1 else 0
