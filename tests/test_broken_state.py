@@ -6,7 +6,6 @@ import os
 import sqlite3
 from pathlib import Path
 
-import pytest
 from factory import make_vae, save_safetensors
 
 from vaereg.cli import main

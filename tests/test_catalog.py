@@ -21,7 +21,6 @@ from factory import make_checkpoint, make_vae, save_ckpt, save_safetensors
 
 from vaereg.config import Config
 from vaereg.errors import RegistryError
-from vaereg.hookspecs import hookimpl
 from vaereg.identity.analyze import identify
 from vaereg.identity.report import FileHashes, HashReport
 from vaereg.plugin.manager import Plugins, get_plugin_manager

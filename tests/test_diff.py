@@ -9,14 +9,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from memsource import MemorySource, identify_arrays
+from memsource import identify_arrays
 from safetensors.torch import save_file
 
 from vaereg.answers.diff import diff_models
 from vaereg.answers.relation import relation, sketch_agreement, values_agree
 from vaereg.cli import main
-from vaereg.identity.digest import compute_identity
-from vaereg.identity.locate import canonicalize, find_vae
 
 
 def save_torch(sd, path, dtype):

@@ -11,7 +11,6 @@ exactly one `vaereg: PATH: reason` line, with no traceback and no internal error
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import struct
 import zipfile

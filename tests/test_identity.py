@@ -8,7 +8,6 @@ import pytest
 import torch
 from memsource import MemorySource, bf16, identify_arrays
 
-from vaereg.identity.digest import compute_identity
 from vaereg.identity.locate import canonicalize, find_vae
 
 

@@ -6,7 +6,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_LINES = 450
+#: A module one reads in a sitting (~450 lines, with a little room before a split is due).
+MAX_LINES = 500
+#: Format readers whose one concept is long: a validating parser read top to bottom, and the launcher layouts.
+ALLOWED_LONG = frozenset({"plugins/torch_zip.py", "plugins/launchers.py"})
 
 
 def _module_name(path: Path) -> str:
@@ -82,8 +85,15 @@ def test_no_import_cycle_in_vaereg():
     assert cycle is None, " -> ".join(cycle or ())
 
 
+def test_every_module_reads_in_one_sitting():
+    for path in [*(ROOT / "vaereg").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+        name = path.relative_to(ROOT).as_posix()
+        lines = len(path.read_text().splitlines())
+        assert lines <= MAX_LINES or name in ALLOWED_LONG, f"{name}: {lines} lines"
+
+
 def test_plugins_know_only_the_public_face():
-    for path in (ROOT / "plugins").glob("*.py"):
+    for path in (ROOT / "plugins").rglob("*.py"):
         for target in _runtime_imports(ast.parse(path.read_text())):
             if target.startswith("vaereg.") or target == "vaereg":
                 assert target.startswith("vaereg.hookspecs"), f"{path.name} imports {target}"

@@ -15,7 +15,6 @@ import pytest
 from vaereg import hookspecs
 from vaereg.cli import main
 from vaereg.identity.analyze import identify
-from vaereg.hookspecs import hookimpl
 from vaereg.plugin.manager import Plugins, get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,6 @@ from vaereg.cli import main
 from vaereg.cli.common import human_size
 from vaereg.files.names import download_in_progress
 from vaereg.files.walk import walk_models
-from vaereg.hookspecs import hookimpl
 from vaereg.identity.analyze import identify
 from vaereg.plugin.manager import Plugins
 from vaereg.store.ingest import Ingest

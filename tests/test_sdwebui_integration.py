@@ -4,8 +4,6 @@ each mirroring the launcher's own file). The launchers themselves (gradio UI, to
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import sys
 import types
 from pathlib import Path

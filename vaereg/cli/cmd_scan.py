@@ -183,7 +183,7 @@ def _print_none_found(args: argparse.Namespace, ctx: Context) -> None:
 
 def _move_index_aside(ctx: Context) -> int:
     """Move the index aside (a daemon must not be writing it); 0 when done or there was none."""
-    from vaereg.store.index import move_aside
+    from vaereg.store.database import move_aside
     from vaereg.watch.state import read_status
 
     config = ctx.config

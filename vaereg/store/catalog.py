@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from vaereg.errors import AmbiguousQueryError, NameTakenError, NoMatchError, RegistryError
+from vaereg.errors import (
+    AmbiguousQueryError,
+    NameTakenError,
+    NoMatchError,
+    RegistryError,
+)
 from vaereg.store.index import LOOKUP_KINDS, Index, IndexedFile
 from vaereg.store.registry.read import Registry
 from vaereg.store.registry.schema import LABEL_FIELDS, Entry
+from vaereg.store.views import (
+    LookupMatch,
+    LookupResult,
+    MatchedHash,
+    NamingPlan,
+    NamingResult,
+    VaeSummary,
+)
 
 if TYPE_CHECKING:
     from vaereg.plugin.manager import Plugins
@@ -56,203 +68,6 @@ def _preferred(entries: Sequence[Entry]) -> Entry:
     # declares come after the shipped and shared ones.
     named = [entry for entry in entries if entry.name]
     return (named or list(entries))[-1]
-
-
-# --- records -----------------------------------------------------------------------------------------
-
-
-class _Described:
-    """What the registry entry says, for records that carry one as `entry`."""
-
-    entry: Entry | None
-
-    @property
-    def name(self) -> str | None:
-        return self.entry.name if self.entry else None
-
-    @property
-    def label(self) -> str:
-        """What to call the VAE in front of a person."""
-        return self.name or "unnamed"
-
-    @property
-    def slug(self) -> str | None:
-        return self.entry.slug if self.entry else None
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        return self.entry.aliases if self.entry else ()
-
-    @property
-    def notes(self) -> str | None:
-        return self.entry.notes if self.entry else None
-
-    @property
-    def flags(self) -> tuple[str, ...]:
-        return self.entry.flags if self.entry else ()
-
-    @property
-    def base(self) -> str | None:
-        """The model whose latent space the VAE serves, as its registry entry says (``SD1``, ``SDXL``...)."""
-        return self.entry.base if self.entry else None
-
-    @property
-    def bases(self) -> list[str]:
-        """The models whose latent space the VAE serves: the registry's `base`, and the base models of the
-        indexed checkpoints that embed it (identity/base.py)."""
-        found = {copy.base for copy in getattr(self, "copies", ()) if copy.base}
-        if self.base:
-            found.add(self.base)
-        return sorted(found)
-
-
-@dataclass(frozen=True)
-class MatchedHash:
-    """One hash value a query matched, and which kind it is (``id``, ``encoder_id``, ``sha256``, ``autov2``...)."""
-
-    kind: str
-    value: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "value": self.value}
-
-
-@dataclass(frozen=True)
-class LookupMatch(_Described):
-    """One VAE a query leads to: its canonical id (None while only a registry entry knows of it, by file
-    hash), the entry, the hashes that matched and every indexed copy."""
-
-    id: str | None
-    entry: Entry | None
-    family: str | None
-    latent_channels: int | None
-    matched: tuple[MatchedHash, ...]
-    copies: tuple[IndexedFile, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "aliases": list(self.aliases),
-            "family": self.family,
-            "latent_channels": self.latent_channels,
-            "notes": self.notes,
-            "flags": list(self.flags),
-            "matched": [hit.to_json() for hit in self.matched],
-            "copies": [copy.to_json() for copy in self.copies],
-            "slug": self.slug,
-            "base": self.base,
-            "bases": self.bases,
-        }
-
-
-@dataclass(frozen=True)
-class LookupResult:
-    """What `vaereg lookup HASH` says. `ambiguous`: a prefix that hit several values of one kind, or hashes
-    leading to different VAEs; `matches` are then the candidates."""
-
-    query: str
-    matches: tuple[LookupMatch, ...]
-    ambiguous: bool
-
-    @property
-    def found(self) -> bool:
-        """One answer: something matched, and unambiguously."""
-        return bool(self.matches) and not self.ambiguous
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "query": self.query,
-            "matches": [match.to_json() for match in self.matches],
-            "ambiguous": self.ambiguous,
-        }
-
-
-@dataclass(frozen=True)
-class VaeSummary(_Described):
-    """One distinct VAE (canonical id) on this machine, as `vaereg ls` shows it."""
-
-    id: str
-    entry: Entry | None
-    family: str
-    latent_channels: int | None
-    copies: tuple[IndexedFile, ...]
-    reclaimable_bytes: int
-
-    @property
-    def standalone(self) -> int:
-        return sum(not copy.embedded for copy in self.copies)
-
-    @property
-    def embedded(self) -> int:
-        return sum(copy.embedded for copy in self.copies)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "family": self.family,
-            "latent_channels": self.latent_channels,
-            "copies": [copy.to_json() for copy in self.copies],
-            "reclaimable_bytes": self.reclaimable_bytes,
-            "slug": self.slug,
-            "aliases": list(self.aliases),
-            "flags": list(self.flags),
-            "standalone": self.standalone,
-            "embedded": self.embedded,
-            "base": self.base,
-            "bases": self.bases,
-        }
-
-
-Action = Literal["name", "alias", "unname"]
-
-
-@dataclass(frozen=True)
-class NamingResult:
-    """A naming change as written: the entry as it now stands (None when the change removed it)."""
-
-    action: Action
-    id: str | None
-    slug: str
-    entry: Entry | None
-    changed: bool  # False when the registry already said so and nothing was written
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "id": self.id,
-            "slug": self.slug,
-            "changed": self.changed,
-            "entry": self.entry.to_json() if self.entry else None,
-        }
-
-
-@dataclass(frozen=True)
-class NamingPlan:
-    """A change to the local registry about one VAE. Nothing is written until `execute`, which applies it
-    to the registry as it is then (another process may have written meanwhile)."""
-
-    action: Action
-    target: LookupMatch
-    slug: str  # the entry written; for a new entry the slug planned, which a concurrent write may shift
-    changes: tuple[str, ...]  # for people, in the registry's words ("vae.<slug>: name = '...'")
-    catalog: Catalog = field(repr=False, compare=False)
-    name: str | None = None
-    aliases: tuple[str, ...] = ()
-    note: str | None = None
-    flags: tuple[str, ...] = ()
-    moved: tuple[str, ...] = ()  # names and aliases taken away from other VAEs first (``force``)
-
-    @property
-    def empty(self) -> bool:
-        return not self.changes
-
-    def execute(self) -> NamingResult:
-        return self.catalog.execute(self)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"action": self.action, "id": self.target.id, "slug": self.slug, "changes": list(self.changes)}
 
 
 # --- the catalog -------------------------------------------------------------------------------------

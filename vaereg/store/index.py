@@ -19,18 +19,36 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vaereg.errors import IndexUnreadableError, IndexVersionError, StateError
 from vaereg.identity.report import (
     FILE_HASH_NAMES,
-    FileHashes,
     SPEC_VERSION,
+    FileHashes,
     HashReport,
     TensorDigest,
     VaeIdentity,
+)
+from vaereg.store.database import (
+    MIGRATIONS,
+    REBUILD_HINT,
+    SCHEMA_VERSION,
+    TEXT_PARAM,
+    bind_text,
+    connect,
+)
+from vaereg.store.rows import (
+    U64,
+    HashHit,
+    IdentitySummary,
+    IndexedFile,
+    IndexedVae,
+    IndexStats,
+    lower_hex,
+    sql_int,
 )
 
 #: What `Index.lookup` searches, in the order its hits are listed: canonical ids, then whole-file hashes.
@@ -39,262 +57,8 @@ FILE_KINDS = ("sha256", "autov1", "autov2", "autov3", "blake3")
 LOOKUP_KINDS = VAE_KINDS + FILE_KINDS
 #: Shorter prefixes would match too much to be useful (AutoV1, the shortest hash, has 8 digits).
 MIN_PREFIX = 6
-#: How long a writer waits for another process's transaction before giving up (seconds).
-BUSY_TIMEOUT = 10.0
-
 _HEX = re.compile(r"[0-9a-f]*")
-_U64 = 1 << 64
 
-#: Schema migrations: entry n takes the index from `user_version` n to n + 1. Forward only: a released
-#: entry never changes; a new schema appends one. Statements run one by one inside the caller's transaction
-#: (`executescript` would commit it).
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE vaes (
-            exact_id TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            encoder_id TEXT NOT NULL,
-            decoder_id TEXT NOT NULL,
-            family TEXT NOT NULL,
-            latent_channels INTEGER,
-            dtype TEXT NOT NULL,
-            layout TEXT NOT NULL,
-            tensors INTEGER NOT NULL,
-            params INTEGER NOT NULL,
-            sketch BLOB NOT NULL
-        )""",
-        """CREATE TABLE tensors (
-            exact_id TEXT NOT NULL REFERENCES vaes (exact_id) ON DELETE CASCADE,
-            name TEXT NOT NULL,
-            dtype TEXT NOT NULL,
-            shape TEXT NOT NULL,
-            digest TEXT NOT NULL,
-            exact_digest TEXT NOT NULL,
-            PRIMARY KEY (exact_id, name)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE files (
-            path TEXT PRIMARY KEY,
-            dev INTEGER NOT NULL,
-            inode INTEGER NOT NULL,
-            size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL,
-            format TEXT,
-            error TEXT,
-            exact_id TEXT REFERENCES vaes (exact_id),
-            embedded INTEGER NOT NULL DEFAULT 0,
-            prefix TEXT,
-            indexed_at REAL NOT NULL,
-            sha256 TEXT,
-            autov1 TEXT,
-            autov2 TEXT,
-            autov3 TEXT,
-            blake3 TEXT,
-            crc32 TEXT,
-            hashed_at REAL
-        )""",
-        "CREATE INDEX vaes_id ON vaes (id)",
-        "CREATE INDEX vaes_encoder_id ON vaes (encoder_id)",
-        "CREATE INDEX vaes_decoder_id ON vaes (decoder_id)",
-        "CREATE INDEX vaes_family ON vaes (family)",
-        "CREATE INDEX files_inode ON files (dev, inode)",
-        "CREATE INDEX files_exact_id ON files (exact_id)",
-        "CREATE INDEX files_sha256 ON files (sha256)",
-        "CREATE INDEX files_autov1 ON files (autov1)",
-        "CREATE INDEX files_autov2 ON files (autov2)",
-        "CREATE INDEX files_autov3 ON files (autov3)",
-        "CREATE INDEX files_blake3 ON files (blake3)",
-    ),
-    (
-        # Identity spec v2: which model a checkpoint is for, and which spec a row's identity follows (rows
-        # from before are v1, re-identified or carried forward by the next scan: store/ingest.py).
-        "ALTER TABLE files ADD COLUMN base TEXT",
-        "ALTER TABLE files ADD COLUMN spec INTEGER NOT NULL DEFAULT 1",
-        "CREATE INDEX files_base ON files (base)",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-def _fold64(value: int) -> int:
-    """st_dev/st_ino in at most 64 bits: Windows ReFS file ids (Python >= 3.12) have 128, folded here."""
-    return (value ^ (value >> 64)) % _U64 if value >= _U64 else value
-
-
-def _sql_int(value: int) -> int:
-    """A stat number as SQLite's signed 64-bit INTEGER (two's complement: `% 2**64` gives it back)."""
-    value = _fold64(value)
-    return value - _U64 if value >= 1 << 63 else value
-
-
-def _lower(value: str | None) -> str | None:
-    return value.lower() if value else None
-
-
-@dataclass(frozen=True)
-class IndexedVae:
-    """One exact VAE (one `exact_id`) the index knows of."""
-
-    exact_id: str
-    id: str
-    encoder_id: str
-    decoder_id: str
-    family: str
-    latent_channels: int | None
-    dtype: str
-    layout: str
-    tensors: int
-    params: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "exact_id": self.exact_id,
-            "id": self.id,
-            "encoder_id": self.encoder_id,
-            "decoder_id": self.decoder_id,
-            "family": self.family,
-            "latent_channels": self.latent_channels,
-            "dtype": self.dtype,
-            "layout": self.layout,
-            "tensors": self.tensors,
-            "params": self.params,
-        }
-
-
-@dataclass(frozen=True)
-class IndexedFile:
-    """One indexed path: its stat key, what reading it gave and, joined in, the VAE it holds (None if none)."""
-
-    path: str
-    dev: int
-    inode: int
-    size: int
-    mtime_ns: int
-    format: str | None
-    error: str | None
-    exact_id: str | None
-    embedded: bool  # the VAE sits under a non-empty key prefix, i.e. inside a full checkpoint
-    prefix: str | None
-    indexed_at: float
-    sha256: str | None
-    autov1: str | None
-    autov2: str | None
-    autov3: str | None
-    blake3: str | None
-    crc32: str | None
-    hashed_at: float | None
-    base: str | None  # the model a checkpoint is for (identity/base.py)
-    spec: int  # the identity spec version the row was identified under
-    id: str | None
-    encoder_id: str | None
-    decoder_id: str | None
-    family: str | None
-    latent_channels: int | None
-    dtype: str | None
-    layout: str | None
-    tensors: int | None
-    params: int | None
-
-    @property
-    def hashes(self) -> FileHashes | None:
-        """The whole-file hashes, None until they are computed."""
-        if self.hashed_at is None:
-            return None
-        return FileHashes(size=self.size, **{name: getattr(self, name) for name in FILE_HASH_NAMES})
-
-    def report(self) -> HashReport:
-        """The report this row stands for (without per-tensor digests), for events about indexed files."""
-        vae = None
-        if self.exact_id is not None:
-            vae = VaeIdentity(
-                id=self.id or "",
-                exact_id=self.exact_id,
-                encoder_id=self.encoder_id or "",
-                decoder_id=self.decoder_id or "",
-                family=self.family or "unknown",
-                latent_channels=self.latent_channels,
-                dtype=self.dtype or "",
-                layout=self.layout or "",
-                prefix=self.prefix or "",
-                tensors=self.tensors or 0,
-                params=self.params or 0,
-            )
-        hashes = self.hashes or FileHashes(self.size)
-        return HashReport(path=self.path, format=self.format, error=self.error, vae=vae, file=hashes, base=self.base)
-
-    def unchanged(self, size: int, mtime_ns: int, inode: int) -> bool:
-        """Whether a file of this inode, size and mtime is the one indexed here, unchanged (the inode folded
-        as the index stores it; the device may differ between mounts of one disk, so it is not asked)."""
-        return self.mtime_ns == mtime_ns and self.size == size and self.inode == _fold64(inode)
-
-    def matches(self, st: os.stat_result) -> bool:
-        """Whether `st` describes the file as it was indexed (same file, same size, same mtime)."""
-        return self.unchanged(st.st_size, st.st_mtime_ns, st.st_ino) and self.dev == _fold64(st.st_dev)
-
-    def to_json(self) -> dict[str, Any]:
-        """A copy as lookup and ls show it: the documented path/format/size/embedded, then ids and hashes."""
-        return {
-            "path": self.path,
-            "format": self.format,
-            "size": self.size,
-            "embedded": self.embedded,
-            "exact_id": self.exact_id,
-            "dtype": self.dtype,
-            **{name: getattr(self, name) for name in FILE_HASH_NAMES},
-        }
-
-
-@dataclass(frozen=True)
-class HashHit:
-    """One match of a lookup: which kind of hash matched, its full value, the VAE and the file it leads to."""
-
-    kind: str
-    value: str
-    vae_id: str | None
-    path: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "value": self.value, "vae_id": self.vae_id, "path": self.path}
-
-
-@dataclass(frozen=True)
-class IdentitySummary:
-    """One canonical id and every indexed file holding it (any exact variant, standalone or embedded)."""
-
-    id: str
-    family: str
-    latent_channels: int | None
-    copies: tuple[IndexedFile, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "family": self.family,
-            "latent_channels": self.latent_channels,
-            "copies": [copy.to_json() for copy in self.copies],
-        }
-
-
-@dataclass(frozen=True)
-class IndexStats:
-    """Counts for `vaereg status` and the daemon."""
-
-    files: int
-    errors: int
-    pending_file_hashes: int
-    vaes: int  # distinct exact_ids
-    identities: int  # distinct canonical ids
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "files": self.files,
-            "errors": self.errors,
-            "pending_file_hashes": self.pending_file_hashes,
-            "vaes": self.vaes,
-            "identities": self.identities,
-        }
-
-
-#: The whole-file hashes and when they were stored: written together, kept or cleared together.
 _HASH_COLUMNS = (*FILE_HASH_NAMES, "hashed_at")
 _FILE_COLUMNS = (
     *("path", "dev", "inode", "size", "mtime_ns", "format", "error", "exact_id", "embedded", "prefix"),
@@ -312,13 +76,10 @@ _SELECT_FILE = (
     f"SELECT {', '.join([f'f.{c}' for c in _FILE_COLUMNS] + [f'v.{c}' for c in _VAE_COLUMNS[1:]])}"
     " FROM files f LEFT JOIN vaes v ON v.exact_id = f.exact_id"
 )
-#: A bound path (or other text that may hold a file name) as TEXT: a name with undecodable bytes is bound as
-#: those bytes (`_text`), which SQLite then keeps as TEXT, byte for byte; reading decodes them back.
-_TEXT = "CAST(? AS TEXT)"
 _TEXT_COLUMNS = ("path", "error")
 _UPSERT_FILE = (
     f"INSERT INTO files ({', '.join(_FILE_COLUMNS)})"
-    f" VALUES ({', '.join(_TEXT if c in _TEXT_COLUMNS else '?' for c in _FILE_COLUMNS)})"
+    f" VALUES ({', '.join(TEXT_PARAM if c in _TEXT_COLUMNS else '?' for c in _FILE_COLUMNS)})"
     f" ON CONFLICT (path) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _FILE_COLUMNS[1:])}"
 )
 _INSERT_VAE = (
@@ -345,8 +106,8 @@ _FILE_FIELDS = tuple(f.name for f in fields(IndexedFile))
 
 def _file(row: tuple) -> IndexedFile:
     values = list(row)
-    values[1] %= _U64  # dev and inode back to unsigned
-    values[2] %= _U64
+    values[1] %= U64  # dev and inode back to unsigned
+    values[2] %= U64
     values[8] = bool(values[8])
     # Filling __dict__ skips the frozen __init__'s object.__setattr__ per field, which is half the cost of
     # the 100k rows a rescan reads through paths_under. The row's columns are the fields, in order.
@@ -373,67 +134,7 @@ def _below(folder: str) -> tuple[str, list[str]]:
     """
     sep = "\\" if "\\" in folder else "/"
     base = folder.rstrip(sep)
-    return f"f.path >= {_TEXT} AND f.path < {_TEXT}", [_text(base + sep), _text(base + chr(ord(sep) + 1))]
-
-
-#: The remedy for an index this vaereg cannot use: it is a cache; the registry (names, notes) is kept apart.
-REBUILD_HINT = "`vaereg scan --rebuild-index DIR...` moves it aside and builds a new one (names are kept)"
-
-
-def move_aside(path: Path) -> Path | None:
-    """Rename the index at `path` (and its WAL and shared-memory files) to ``<name>.broken-<n>`` beside it, so
-    a new one can be built; nothing is deleted. Returns the new name, None when there was no index."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    n = 1
-    while any(Path(f"{path}.broken-{n}{tail}").exists() for tail in ("", "-wal", "-shm")):
-        n += 1
-    aside = Path(f"{path}.broken-{n}")
-    for tail in ("-wal", "-shm", ""):  # the main file last: while it is there, the others belong to it
-        if Path(f"{path}{tail}").exists():
-            os.replace(f"{path}{tail}", f"{aside}{tail}")
-    return aside
-
-
-def _text(value: str | None) -> str | bytes | None:
-    """`value` as bound to `_TEXT`: itself, or for a surrogate-escaped file name (bytes that are not UTF-8,
-    as os.listdir gives them) the bytes of the name."""
-    if value is None:
-        return None
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape")
-
-
-def _decode_text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: the module opens no transactions of its own; every write says BEGIN IMMEDIATE.
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    conn.text_factory = _decode_text  # paths stored as undecodable bytes come back surrogate-escaped
-    try:
-        deadline = time.monotonic() + BUSY_TIMEOUT
-        while True:
-            # Switching a new file to WAL needs an exclusive lock and may fail without waiting when another
-            # process opens the same new index at this moment; once the file is in WAL this is a no-op.
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return f"f.path >= {TEXT_PARAM} AND f.path < {TEXT_PARAM}", [bind_text(base + sep), bind_text(base + chr(ord(sep) + 1))]
 
 
 class Index:
@@ -445,7 +146,7 @@ class Index:
         self._pid = os.getpid()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = _connect(self.path)
+            self._conn = connect(self.path)
         except OSError as exc:
             from vaereg._fs import os_error_text
 
@@ -520,7 +221,7 @@ class Index:
                     f"{self.path}: index schema {version} is newer than this vaereg's ({SCHEMA_VERSION}):"
                     f" upgrade vaereg, or {REBUILD_HINT}"
                 )
-            for steps in _MIGRATIONS[version:]:
+            for steps in MIGRATIONS[version:]:
                 for statement in steps:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -535,7 +236,7 @@ class Index:
 
     @staticmethod
     def _add_vae(conn: sqlite3.Connection, vae: VaeIdentity) -> None:
-        row = [_lower(getattr(vae, c)) if c in VAE_KINDS else getattr(vae, c) for c in _VAE_COLUMNS]
+        row = [lower_hex(getattr(vae, c)) if c in VAE_KINDS else getattr(vae, c) for c in _VAE_COLUMNS]
         if conn.execute(_INSERT_VAE, (*row, vae.sketch)).rowcount == 0:
             return  # known exact_id: its tensors are already there and identical by definition
         conn.executemany(
@@ -553,14 +254,14 @@ class Index:
     # -- files
 
     def get(self, path: str) -> IndexedFile | None:
-        found = self._files(f"WHERE f.path = {_TEXT}", (_text(path),))
+        found = self._files(f"WHERE f.path = {TEXT_PARAM}", (bind_text(path),))
         return found[0] if found else None
 
     def by_inode(self, dev: int, inode: int, size: int, mtime_ns: int) -> list[IndexedFile]:
         """Rows of the same file under other names: a rename shows as a new path with a known stat key."""
         return self._files(
             "WHERE f.dev = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ? ORDER BY f.path",
-            (_sql_int(dev), _sql_int(inode), size, mtime_ns),
+            (sql_int(dev), sql_int(inode), size, mtime_ns),
         )
 
     def record(self, path: str, st: os.stat_result, report: HashReport) -> None:
@@ -570,16 +271,16 @@ class Index:
         hashes later) keeps the row's old ones only if the file is unchanged, so no row shows stale hashes.
         """
         vae, now = report.vae, time.time()
-        stat_key = (_sql_int(st.st_dev), _sql_int(st.st_ino), st.st_size, st.st_mtime_ns)
+        stat_key = (sql_int(st.st_dev), sql_int(st.st_ino), st.st_size, st.st_mtime_ns)
         with self._write() as conn:
             old = conn.execute(
                 f"SELECT exact_id, dev, inode, size, mtime_ns, {', '.join(_HASH_COLUMNS)}"
-                f" FROM files WHERE path = {_TEXT}",
-                (_text(path),),
+                f" FROM files WHERE path = {TEXT_PARAM}",
+                (bind_text(path),),
             ).fetchone()
             hashes: tuple[Any, ...]
             if report.file is not None and report.file.sha256 is not None:
-                hashes = (*(_lower(getattr(report.file, n)) for n in FILE_HASH_NAMES), now)
+                hashes = (*(lower_hex(getattr(report.file, n)) for n in FILE_HASH_NAMES), now)
             elif old is not None and tuple(old[1:5]) == stat_key:
                 hashes = tuple(old[5:])
             else:
@@ -589,11 +290,11 @@ class Index:
             conn.execute(
                 _UPSERT_FILE,
                 (
-                    _text(path),
+                    bind_text(path),
                     *stat_key,
                     report.format,
-                    _text(report.error),
-                    _lower(vae.exact_id) if vae else None,
+                    bind_text(report.error),
+                    lower_hex(vae.exact_id) if vae else None,
                     int(bool(vae and vae.prefix)),
                     vae.prefix if vae else None,
                     now,
@@ -612,7 +313,7 @@ class Index:
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE files SET base = ?, spec = ? WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
-                (base, SPEC_VERSION, path, st.st_size, st.st_mtime_ns, _sql_int(st.st_ino)),
+                (base, SPEC_VERSION, path, st.st_size, st.st_mtime_ns, sql_int(st.st_ino)),
             )
             return cursor.rowcount == 1
 
@@ -633,12 +334,12 @@ class Index:
     def set_file_hashes(self, path: str, hashes: FileHashes, *, expect_mtime_ns: int | None = None) -> bool:
         """Store whole-file hashes computed after `record`; refused (False) if the row is gone or, with
         `expect_mtime_ns`, if the file was re-recorded with another mtime since the hashing began."""
-        values = [_lower(getattr(hashes, n)) for n in FILE_HASH_NAMES]
+        values = [lower_hex(getattr(hashes, n)) for n in FILE_HASH_NAMES]
         with self._write() as conn:
             cursor = conn.execute(
                 f"UPDATE files SET {', '.join(f'{n} = ?' for n in FILE_HASH_NAMES)}, hashed_at = ?"
-                f" WHERE path = {_TEXT} AND (? IS NULL OR mtime_ns = ?)",
-                (*values, time.time(), _text(path), expect_mtime_ns, expect_mtime_ns),
+                f" WHERE path = {TEXT_PARAM} AND (? IS NULL OR mtime_ns = ?)",
+                (*values, time.time(), bind_text(path), expect_mtime_ns, expect_mtime_ns),
             )
             return cursor.rowcount == 1
 
@@ -649,11 +350,11 @@ class Index:
         dev, inode, size, mtime_ns = was
         with self._write() as conn:
             cursor = conn.execute(
-                f"UPDATE files SET dev = ?, inode = ?, size = ?, mtime_ns = ? WHERE path = {_TEXT}"
+                f"UPDATE files SET dev = ?, inode = ?, size = ?, mtime_ns = ? WHERE path = {TEXT_PARAM}"
                 " AND (sha256 = ? OR (dev = ? AND inode = ? AND size = ? AND mtime_ns = ?))",
                 (
-                    _sql_int(st.st_dev), _sql_int(st.st_ino), st.st_size, st.st_mtime_ns, _text(path),
-                    sha256.lower(), _sql_int(dev), _sql_int(inode), size, mtime_ns,
+                    sql_int(st.st_dev), sql_int(st.st_ino), st.st_size, st.st_mtime_ns, bind_text(path),
+                    sha256.lower(), sql_int(dev), sql_int(inode), size, mtime_ns,
                 ),
             )
             return cursor.rowcount == 1
@@ -662,22 +363,22 @@ class Index:
         """Give the row of `old` the path `new`, hashes and all; a row already at `new` is replaced (the
         rename replaced that file). False when `old` is not indexed."""
         with self._write() as conn:
-            if conn.execute(f"SELECT 1 FROM files WHERE path = {_TEXT}", (_text(old),)).fetchone() is None:
+            if conn.execute(f"SELECT 1 FROM files WHERE path = {TEXT_PARAM}", (bind_text(old),)).fetchone() is None:
                 return False
             if old != new:
-                replaced = conn.execute(f"SELECT exact_id FROM files WHERE path = {_TEXT}", (_text(new),)).fetchone()
-                conn.execute(f"DELETE FROM files WHERE path = {_TEXT}", (_text(new),))
-                conn.execute(f"UPDATE files SET path = {_TEXT} WHERE path = {_TEXT}", (_text(new), _text(old)))
+                replaced = conn.execute(f"SELECT exact_id FROM files WHERE path = {TEXT_PARAM}", (bind_text(new),)).fetchone()
+                conn.execute(f"DELETE FROM files WHERE path = {TEXT_PARAM}", (bind_text(new),))
+                conn.execute(f"UPDATE files SET path = {TEXT_PARAM} WHERE path = {TEXT_PARAM}", (bind_text(new), bind_text(old)))
                 if replaced is not None:
                     self._drop_unheld(conn, [replaced[0]])
             return True
 
     def remove(self, path: str) -> bool:
         with self._write() as conn:
-            row = conn.execute(f"SELECT exact_id FROM files WHERE path = {_TEXT}", (_text(path),)).fetchone()
+            row = conn.execute(f"SELECT exact_id FROM files WHERE path = {TEXT_PARAM}", (bind_text(path),)).fetchone()
             if row is None:
                 return False
-            conn.execute(f"DELETE FROM files WHERE path = {_TEXT}", (_text(path),))
+            conn.execute(f"DELETE FROM files WHERE path = {TEXT_PARAM}", (bind_text(path),))
             self._drop_unheld(conn, [row[0]])
             return True
 
@@ -688,7 +389,7 @@ class Index:
         with self._write() as conn:
             rows = conn.execute(f"SELECT f.path, f.exact_id FROM files f WHERE {where}", params).fetchall()
             gone = sorted((path, exact_id) for path, exact_id in rows if path not in seen)
-            conn.executemany(f"DELETE FROM files WHERE path = {_TEXT}", [(_text(path),) for path, _ in gone])
+            conn.executemany(f"DELETE FROM files WHERE path = {TEXT_PARAM}", [(bind_text(path),) for path, _ in gone])
             self._drop_unheld(conn, [exact_id for _, exact_id in gone])
         return [path for path, _ in gone]
 

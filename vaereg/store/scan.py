@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Literal, 
 from vaereg._fs import inside_any
 from vaereg.errors import internal_error, is_not_read
 from vaereg.files.walk import FoundFile, Walk, walk_models
-from vaereg.store.ingest import Ingest
-
 from vaereg.identity.report import SPEC_VERSION
+from vaereg.store.ingest import Ingest
 
 if TYPE_CHECKING:
     from vaereg.store.index import Index, IndexedFile

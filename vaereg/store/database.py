@@ -1,0 +1,146 @@
+"""The index's SQLite database: its schema and forward-only migrations, how a connection is opened (WAL,
+busy timeout), how file names that are not UTF-8 are stored, and moving a broken index aside."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+#: How long a writer waits for another process's transaction before giving up (seconds).
+BUSY_TIMEOUT = 10.0
+
+#: Schema migrations: entry n takes the index from `user_version` n to n + 1. Forward only: a released
+#: entry never changes; a new schema appends one. Statements run one by one inside the caller's transaction
+#: (`executescript` would commit it).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE vaes (
+            exact_id TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            encoder_id TEXT NOT NULL,
+            decoder_id TEXT NOT NULL,
+            family TEXT NOT NULL,
+            latent_channels INTEGER,
+            dtype TEXT NOT NULL,
+            layout TEXT NOT NULL,
+            tensors INTEGER NOT NULL,
+            params INTEGER NOT NULL,
+            sketch BLOB NOT NULL
+        )""",
+        """CREATE TABLE tensors (
+            exact_id TEXT NOT NULL REFERENCES vaes (exact_id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            dtype TEXT NOT NULL,
+            shape TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            exact_digest TEXT NOT NULL,
+            PRIMARY KEY (exact_id, name)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            dev INTEGER NOT NULL,
+            inode INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            format TEXT,
+            error TEXT,
+            exact_id TEXT REFERENCES vaes (exact_id),
+            embedded INTEGER NOT NULL DEFAULT 0,
+            prefix TEXT,
+            indexed_at REAL NOT NULL,
+            sha256 TEXT,
+            autov1 TEXT,
+            autov2 TEXT,
+            autov3 TEXT,
+            blake3 TEXT,
+            crc32 TEXT,
+            hashed_at REAL
+        )""",
+        "CREATE INDEX vaes_id ON vaes (id)",
+        "CREATE INDEX vaes_encoder_id ON vaes (encoder_id)",
+        "CREATE INDEX vaes_decoder_id ON vaes (decoder_id)",
+        "CREATE INDEX vaes_family ON vaes (family)",
+        "CREATE INDEX files_inode ON files (dev, inode)",
+        "CREATE INDEX files_exact_id ON files (exact_id)",
+        "CREATE INDEX files_sha256 ON files (sha256)",
+        "CREATE INDEX files_autov1 ON files (autov1)",
+        "CREATE INDEX files_autov2 ON files (autov2)",
+        "CREATE INDEX files_autov3 ON files (autov3)",
+        "CREATE INDEX files_blake3 ON files (blake3)",
+    ),
+    (
+        # Identity spec v2: which model a checkpoint is for, and which spec a row's identity follows (rows
+        # from before are v1, re-identified or carried forward by the next scan: store/ingest.py).
+        "ALTER TABLE files ADD COLUMN base TEXT",
+        "ALTER TABLE files ADD COLUMN spec INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX files_base ON files (base)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+#: A bound path (or other text that may hold a file name) as TEXT: a name with undecodable bytes is bound as
+#: those bytes (`bind_text`), which SQLite then keeps as TEXT, byte for byte; reading decodes them back.
+TEXT_PARAM = "CAST(? AS TEXT)"
+
+
+#: The remedy for an index this vaereg cannot use: it is a cache; the registry (names, notes) is kept apart.
+REBUILD_HINT = "`vaereg scan --rebuild-index DIR...` moves it aside and builds a new one (names are kept)"
+
+
+def move_aside(path: Path) -> Path | None:
+    """Rename the index at `path` (and its WAL and shared-memory files) to ``<name>.broken-<n>`` beside it, so
+    a new one can be built; nothing is deleted. Returns the new name, None when there was no index."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    n = 1
+    while any(Path(f"{path}.broken-{n}{tail}").exists() for tail in ("", "-wal", "-shm")):
+        n += 1
+    aside = Path(f"{path}.broken-{n}")
+    for tail in ("-wal", "-shm", ""):  # the main file last: while it is there, the others belong to it
+        if Path(f"{path}{tail}").exists():
+            os.replace(f"{path}{tail}", f"{aside}{tail}")
+    return aside
+
+
+def bind_text(value: str | None) -> str | bytes | None:
+    """`value` as bound to `TEXT_PARAM`: itself, or for a surrogate-escaped file name (bytes that are not UTF-8,
+    as os.listdir gives them) the bytes of the name."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: the module opens no transactions of its own; every write says BEGIN IMMEDIATE.
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    conn.text_factory = _decode_text  # paths stored as undecodable bytes come back surrogate-escaped
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            # Switching a new file to WAL needs an exclusive lock and may fail without waiting when another
+            # process opens the same new index at this moment; once the file is in WAL this is a no-op.
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
