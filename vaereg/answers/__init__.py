@@ -1,0 +1,1 @@
+"""What vaereg answers about VAEs."""
