@@ -102,14 +102,23 @@ def render(tiles: Sequence[Tile]) -> Image.Image:
 
 
 def write_sheet(path: Path, image: Image.Image, title: str, trips: Sequence[RoundTrip]) -> Image.Image:
-    """Render the input and `trips` and save the PNG at `path` (through a temporary file, then renamed)."""
+    """Render the input and `trips` and save the PNG at `path` (through a temporary file, then renamed).
+
+    The PNG also carries the tiles as text (``vaereg.tiles``: a JSON list, input first, each decode's
+    figures as ``--json`` gives them), so a script can read what the picture shows."""
+    import json
     import os
 
+    from PIL.PngImagePlugin import PngInfo
+
     sheet = render([input_tile(image, title), *(trip_tile(t) for t in trips)])
+    info = PngInfo()
+    tiles = [{"label": title, "input": True}, *({k: v for k, v in t.to_json().items() if k != "path"} for t in trips)]
+    info.add_text("vaereg.tiles", json.dumps(tiles))
     path = Path(path)
     temp = path.with_name(f".{path.name}.vaereg-tmp")
     try:
-        sheet.save(temp, format="PNG", optimize=True)
+        sheet.save(temp, format="PNG", optimize=True, pnginfo=info)
         os.replace(temp, path)
     finally:
         if temp.exists():
