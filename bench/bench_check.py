@@ -41,13 +41,13 @@ def known_vaes(home: Path, count: int) -> list[str]:
     """Identify `count` full-size VAEs in memory, record them in the index, name them; return their ids."""
     from memsource import MemorySource
 
-    from vaereg.canonical import canonicalize, find_vae
     from vaereg.config import Config
-    from vaereg.identity import compute_identity
-    from vaereg.index import Index
-    from vaereg.plugins import Plugins
-    from vaereg.records import FileHashes, HashReport
-    from vaereg.registry import Registry
+    from vaereg.identity.digest import compute_identity
+    from vaereg.identity.locate import canonicalize, find_vae
+    from vaereg.identity.report import FileHashes, HashReport
+    from vaereg.plugin.manager import Plugins
+    from vaereg.store.index import Index
+    from vaereg.store.registry.read import Registry
 
     plugins = Plugins()
     config = Config.load({"VAEREG_HOME": str(home)})
@@ -91,12 +91,12 @@ def build_checkpoint(path: Path, size: int) -> None:
 def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float]:
     """Median seconds of the identity + stats pass alone, and of the whole check_model, in this process."""
     os.environ["VAEREG_HOME"] = str(home)
-    from vaereg.check import check_model
+    from vaereg.answers.check import check_model
     from vaereg.config import Config
-    from vaereg.identify import analyze
-    from vaereg.index import Index
-    from vaereg.plugins import Plugins
-    from vaereg.registry import Registry
+    from vaereg.identity.analyze import analyze
+    from vaereg.plugin.manager import Plugins
+    from vaereg.store.index import Index
+    from vaereg.store.registry.read import Registry
 
     plugins = Plugins()
     config = Config.load()

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from vaereg.index import LOOKUP_KINDS, Index
-from vaereg.records import FileHashes, HashReport, TensorDigest, VaeIdentity
+from vaereg.identity.report import FileHashes, HashReport, TensorDigest, VaeIdentity
+from vaereg.store.index import LOOKUP_KINDS, Index
 
 IDS = 1_000
 VARIANTS = ("F32", "F16", "BF16")

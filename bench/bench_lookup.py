@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_index import _hex, _ms, _time_each, build  # noqa: E402
 
-from vaereg.catalog import Catalog  # noqa: E402
 from vaereg.config import Config  # noqa: E402
-from vaereg.index import LOOKUP_KINDS, Index  # noqa: E402
-from vaereg.registry import Registry  # noqa: E402
+from vaereg.store.catalog import Catalog  # noqa: E402
+from vaereg.store.index import LOOKUP_KINDS, Index  # noqa: E402
+from vaereg.store.registry.read import Registry  # noqa: E402
 
 
 def _index(home: Path, rows: int, rng: random.Random) -> dict[str, list[str]]:

@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from factory import make_vae, save_safetensors  # noqa: E402
 
-import vaereg.ingest  # noqa: E402
-from vaereg.index import Index  # noqa: E402
-from vaereg.plugins import Plugins  # noqa: E402
-from vaereg.scan import plan_scan  # noqa: E402
+import vaereg.store.ingest  # noqa: E402
+from vaereg.plugin.manager import Plugins  # noqa: E402
+from vaereg.store.index import Index  # noqa: E402
+from vaereg.store.ingest import Ingest
+from vaereg.store.scan import plan_scan  # noqa: E402
 
 FOLDERS = 20
 DISTINCT = 10
@@ -63,16 +64,16 @@ def main() -> None:
         build_library(lib, args.files)
         plugins = Plugins()
         reads: list[str] = []
-        real_analyze = vaereg.ingest.analyze
+        real_analyze = vaereg.store.ingest.analyze
 
         def counting(path, plugins, **kwargs):
             reads.append(str(path))
             return real_analyze(path, plugins, **kwargs)
 
-        vaereg.ingest.analyze = counting
+        vaereg.store.ingest.analyze = counting
         with Index(home / "index.sqlite3") as index:
             start = time.perf_counter()
-            first = plan_scan([lib], index).execute(index, plugins)
+            first = plan_scan([lib], index).execute(Ingest(index, plugins))
             print(f"first scan: {first.new} files identified and hashed in {time.perf_counter() - start:.2f} s")
             assert first.new == args.files and first.ok, first.errors
 
@@ -80,7 +81,7 @@ def main() -> None:
             for _ in range(args.runs):
                 reads.clear()
                 start = time.perf_counter()
-                report = plan_scan([lib], index).execute(index, plugins)
+                report = plan_scan([lib], index).execute(Ingest(index, plugins))
                 times.append(time.perf_counter() - start)
                 assert (report.unchanged, report.bytes_read, reads) == (args.files, 0, []), report
             print(
@@ -112,7 +113,7 @@ def main() -> None:
         with Index(home / "index.sqlite3") as index:
             reads.clear()
             start = time.perf_counter()
-            report = plan_scan([lib], index).execute(index, plugins)
+            report = plan_scan([lib], index).execute(Ingest(index, plugins))
             elapsed = time.perf_counter() - start
         assert (report.moved, report.new, report.removed, reads) == (100, 0, 0, []), report
         print(f"rescan after 100 renames/moves: {report.moved} moved, 0 read, in {elapsed * 1000:.0f} ms")

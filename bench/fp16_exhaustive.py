@@ -1,4 +1,4 @@
-"""Check vaereg.fp16.round_to_fp16 against numpy's float32 -> float16 cast for all 2^32 bit patterns,
+"""Check vaereg.identity.fp16.round_to_fp16 against numpy's float32 -> float16 cast for all 2^32 bit patterns,
 and time both on weights-like data. Takes a few minutes.
 
 Usage: python bench/fp16_exhaustive.py
@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from vaereg.fp16 import round_to_fp16
+from vaereg.identity.fp16 import round_to_fp16
 
 STEP = 1 << 26
 

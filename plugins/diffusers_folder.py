@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
 from vaereg_plugins import safetensors_format, torch_zip
+
+from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
 
 #: Weight files in order of preference: full precision before the fp16 variant, safetensors before pickles.
 WEIGHT_NAMES = (

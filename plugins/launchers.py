@@ -21,7 +21,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-
 from vaereg.hookspecs import LauncherFolders, hookimpl
 
 __all__ = ["automatic_vae_candidates", "vaereg_locate_launcher"]

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Mapping
 
 from vaereg_plugins._filebytes import FileBytes
-from vaereg.hookspecs import ModelFormatError, TensorInfo, hookimpl
-from vaereg.types import DTYPE_BITS
+
+from vaereg.hookspecs import DTYPE_BITS, ModelFormatError, TensorInfo, hookimpl
 
 __all__ = [
     "MAX_HEADER_SIZE",

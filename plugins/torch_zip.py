@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
 import re
 import struct
@@ -28,10 +27,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, BinaryIO, ClassVar, NamedTuple
 
-
 from vaereg_plugins._filebytes import FileBytes
-from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
-from vaereg.types import DTYPE_BITS
+
+from vaereg.hookspecs import (
+    DTYPE_BITS,
+    ModelFormatError,
+    TensorInfo,
+    TensorSource,
+    hookimpl,
+)
 
 __all__ = ["INERT_GLOBALS", "TorchZipSource", "open_torch_zip", "vaereg_open_model"]
 
@@ -397,7 +401,7 @@ def _gather(span: bytes, ref: _TensorRef, itemsize: int) -> bytes:
 
 
 class TorchZipSource:
-    """An opened torch.save zip archive; see :class:`vaereg.types.TensorSource`.
+    """An opened torch.save zip archive; see :class:`vaereg.plugin.types.TensorSource`.
 
     Built by :func:`open_torch_zip`. Tensors are read one at a time from the uncompressed storage
     records; nothing is read up front but the zip directory and data.pkl.

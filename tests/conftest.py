@@ -20,7 +20,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def plugins():
-    from vaereg.plugins import Plugins
+    from vaereg.plugin.manager import Plugins
 
     return Plugins()
 
@@ -36,7 +36,7 @@ def config(_isolated_home):
 @pytest.fixture
 def index(config):
     """The index of this test's home, closed afterwards."""
-    from vaereg.index import Index
+    from vaereg.store.index import Index
 
     with Index(config.index) as index:
         yield index

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from vaereg.types import TensorInfo
+from vaereg.plugin.types import TensorInfo
 
 _DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64", "uint16": "BF16"}
 

@@ -14,14 +14,22 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_catalog import (  # noqa: F401
+    A_FILES,
+    B_FILES,
+    NO_VAE,
+    Library,
+    RegistryEvents,
+    library,
+    shipped,
+)
 
-from test_catalog import A_FILES, B_FILES, NO_VAE, Library, RegistryEvents, library, shipped  # noqa: F401
 from vaereg.api import Vaereg
-from vaereg.catalog import AmbiguousQueryError, NoMatchError
 from vaereg.cli import main
 from vaereg.config import Config
-from vaereg.plugins import Plugins
-from vaereg.registry import Registry
+from vaereg.errors import AmbiguousQueryError, NoMatchError
+from vaereg.plugin.manager import Plugins
+from vaereg.store.registry.read import Registry
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import factory
 import ml_dtypes
 import numpy as np
 import pytest
-
-import factory
 from memsource import MemorySource
-from vaereg.blend import MAX_MISFIT, Sketch, explain, nnls, rounding_step
-from vaereg.canonical import canonicalize, find_vae
-from vaereg.identity import compute_identity
+
+from vaereg.answers.blend import MAX_MISFIT, Sketch, explain, nnls, rounding_step
+from vaereg.identity.digest import compute_identity
+from vaereg.identity.locate import canonicalize, find_vae
 
 
 def sketch(arrays, plugins, dtype=None) -> Sketch:

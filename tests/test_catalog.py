@@ -16,16 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factory import make_checkpoint, make_vae, save_ckpt, save_safetensors
-from vaereg.catalog import AmbiguousQueryError, Catalog, NoMatchError, reclaimable_bytes
+
 from vaereg.config import Config
+from vaereg.errors import RegistryError
 from vaereg.hookspecs import hookimpl
-from vaereg.identify import identify
-from vaereg.index import Index
-from vaereg.plugins import Plugins, get_plugin_manager
-from vaereg.records import FileHashes, HashReport
-from vaereg.registry import Registry, RegistryError
+from vaereg.identity.analyze import identify
+from vaereg.identity.report import FileHashes, HashReport
+from vaereg.plugin.manager import Plugins, get_plugin_manager
+from vaereg.store.catalog import (
+    AmbiguousQueryError,
+    Catalog,
+    NoMatchError,
+    reclaimable_bytes,
+)
+from vaereg.store.index import Index
+from vaereg.store.ingest import Ingest
+from vaereg.store.registry.read import Registry
 
 A_FILES = (
     "vae.safetensors",
@@ -394,10 +401,10 @@ def test_a_shipped_entry_whose_file_is_not_here_still_matches(shipped_catalog: C
 def test_a_scan_teaches_the_shipped_entry_its_ids(
     library: Library, index: Index, config: Config, shipped: Path, plugins
 ) -> None:
-    from vaereg.scan import plan_scan
+    from vaereg.store.scan import plan_scan
 
     registry = Registry.load(config, shipped=shipped)
-    plan_scan([library.root], index).execute(index, plugins, registry=registry)
+    plan_scan([library.root], index).execute(Ingest(index, plugins, registry))
     fine_id = library.hash("finetune-fp16.safetensors", "id")
     assert registry.get("shipped-vae").id == fine_id  # learnt, into the local registry
     (match,) = Catalog(index, Registry.load(config, shipped=shipped)).lookup(fine_id).matches
@@ -467,7 +474,7 @@ def test_reclaimable_bytes_counts_each_inode_once(library: Library, index: Index
 
 def test_name_alias_and_unname_tell_the_plugins(library: Library, index: Index, registry: Registry) -> None:
     events = RegistryEvents()
-    pm = get_plugin_manager(entry_point_group=None)
+    pm = get_plugin_manager(entry_point_group=None, builtins=False)
     pm.register(events, name="test-registry-events")
     library.record(index)
     catalog = Catalog(index, registry, Plugins(pm))

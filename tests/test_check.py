@@ -6,21 +6,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import factory
 import numpy as np
 import pytest
 import torch
 
-import factory
-from vaereg.check import CheckReport, check_model
+from vaereg.answers.check import CheckReport, check_model
+from vaereg.answers.health import assess, expected_tensors
 from vaereg.cli import main
 from vaereg.config import Config
-from vaereg.health import assess, expected_tensors
-from vaereg.identify import identify
-from vaereg.identity import TensorStats
-from vaereg.index import Index
-from vaereg.registry import Registry
-from vaereg.scan import plan_scan
-from vaereg.types import LauncherFolders
+from vaereg.identity.analyze import identify
+from vaereg.identity.digest import TensorStats
+from vaereg.plugin.types import LauncherFolders
+from vaereg.store.index import Index
+from vaereg.store.ingest import Ingest
+from vaereg.store.registry.read import Registry
+from vaereg.store.scan import plan_scan
 
 
 @dataclass
@@ -61,7 +62,7 @@ def build_world(root: Path, plugins) -> World:
     config = Config(home=root / "home")  # where VAEREG_HOME=<root>/home finds them, for the CLI
     index = Index(config.index)
     registry = Registry.load(config)
-    report = plan_scan([root / "models"], index).execute(index, plugins, registry=registry)
+    report = plan_scan([root / "models"], index).execute(Ingest(index, plugins, registry))
     assert not report.errors
     ids = {name: identify(path, plugins, with_file_hashes=False).vae.id for name, path in paths.items()}
     for name in "ABCD":
@@ -172,7 +173,7 @@ def test_unknown_healthy_vae_is_kept(world, tmp_path):
 def test_the_checked_model_is_not_known_from_itself(world, tmp_path):
     own = checkpoint(tmp_path / "own.safetensors", world.vaes["A"])
     index = Index(tmp_path / "index.sqlite3")
-    plan_scan([tmp_path], index).execute(index, world.plugins)
+    plan_scan([tmp_path], index).execute(Ingest(index, world.plugins))
     try:
         report = check_model(own, plugins=world.plugins, index=index)
     finally:
@@ -207,7 +208,7 @@ def test_automatic_vae_beside_the_checkpoint(world, tmp_path):
     model = checkpoint(tmp_path / "mymodel.safetensors", world.vaes["A"])
     beside = factory.save_ckpt(world.vaes["C"], tmp_path / "mymodel.vae.pt")
     index = Index(tmp_path / "index.sqlite3")
-    plan_scan([tmp_path], index).execute(index, world.plugins)
+    plan_scan([tmp_path], index).execute(Ingest(index, world.plugins))
     try:
         report = check_model(model, plugins=world.plugins, index=index, registry=world.registry)
     finally:

@@ -25,20 +25,21 @@ from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import pytest
-
 from factory import make_vae, save_safetensors
+
 from vaereg.cli import main
-from vaereg.completion import Completion
 from vaereg.config import Config
-from vaereg.daemon import Daemon
-from vaereg.daemon_status import AlreadyRunning, read_status
+from vaereg.errors import AlreadyRunning
+from vaereg.files.walk import FoundFile
 from vaereg.hookspecs import hookimpl
-from vaereg.identify import identify
-from vaereg.index import Index
-from vaereg.plugins import Plugins
-from vaereg.scan import FoundFile
-from vaereg.types import LauncherFolders
-from vaereg.workqueue import JobQueue
+from vaereg.identity.analyze import identify
+from vaereg.plugin.manager import Plugins
+from vaereg.plugin.types import LauncherFolders
+from vaereg.store.index import Index
+from vaereg.watch.completion import Completion
+from vaereg.watch.daemon import Daemon
+from vaereg.watch.state import read_status
+from vaereg.watch.workqueue import JobQueue
 
 SETTLE = 0.3
 DEADLINE = 30.0  # generous: a loaded machine is slow, and a passing test never waits that long
@@ -295,17 +296,17 @@ def test_renames_moves_and_deletions_are_followed_without_a_read(tmp_path, lib, 
 
 def test_a_file_renamed_before_its_hashes_gets_them_under_its_new_name(tmp_path, lib, config, plugins_with, recorder,
                                                                         monkeypatch):
-    import vaereg.ingest
+    import vaereg.store.ingest
 
     gate = threading.Event()
-    real = vaereg.ingest.model_file_hashes
+    real = vaereg.store.ingest.model_file_hashes
 
     def held(path, plugins):
         if path.name == "a.safetensors":
             gate.wait(DEADLINE)
         return real(path, plugins)
 
-    monkeypatch.setattr(vaereg.ingest, "model_file_hashes", held)
+    monkeypatch.setattr(vaereg.store.ingest, "model_file_hashes", held)
     a, b = lib / "a.safetensors", lib / "b.safetensors"
     with running(config, plugins_with, [lib]) as daemon:
         a.write_bytes(vae_bytes(tmp_path))
@@ -421,9 +422,9 @@ def test_an_exception_while_handling_a_file_is_logged_and_the_daemon_goes_on(
 
 
 def test_a_dead_observer_is_restarted(tmp_path, lib, config, plugins_with, monkeypatch):
-    import vaereg.daemon
+    import vaereg.watch.daemon
 
-    monkeypatch.setattr(vaereg.daemon, "CHECK_INTERVAL", 0.1)
+    monkeypatch.setattr(vaereg.watch.daemon, "CHECK_INTERVAL", 0.1)
     with running(config, plugins_with, [lib]) as daemon:
         watch = next(iter(daemon.watcher._watches.values()))
         watch.observer.stop()
@@ -692,8 +693,8 @@ def test_the_daemon_never_imports_torch(tmp_path, lib, home):
         f"""
         import sys, time
         from vaereg.config import Config
-        from vaereg.daemon import Daemon
-        from vaereg.plugins import Plugins
+        from vaereg.watch.daemon import Daemon
+        from vaereg.plugin.manager import Plugins
         daemon = Daemon(Config.load(), Plugins(), [{str(lib)!r}])
         daemon.start()
         open({str(lib / "a.safetensors")!r}, "wb").write(open({str(tmp_path / "source-0.safetensors")!r}, "rb").read())

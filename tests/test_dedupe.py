@@ -9,14 +9,14 @@ import shutil
 import time
 from pathlib import Path
 
+import factory
 import numpy as np
 import pytest
 
-import factory
+from vaereg.actions.dedupe import FileState, _group, plan_dedupe
 from vaereg.cli import main
-from vaereg.dedupe import FileState, _group, plan_dedupe
-from vaereg.records import FileHashes, HashReport
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
+from vaereg.identity.report import FileHashes, HashReport
 
 HOUR_NS = 3600 * 10**9
 
@@ -241,7 +241,7 @@ def test_reflink_clones_or_says_what_to_do(models, plugins):
 
 
 def test_fresh_index_rows_are_used_and_stale_ones_are_not(tmp_path, plugins):
-    from vaereg.index import Index
+    from vaereg.store.index import Index
 
     vae = factory.save_safetensors(factory.make_vae(ch=4), tmp_path / "stage.safetensors")
     root = tmp_path / "m"

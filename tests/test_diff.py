@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 
+import factory
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from memsource import MemorySource
 from safetensors.torch import save_file
 
-import factory
-from memsource import MemorySource
-from vaereg.canonical import canonicalize, find_vae
+from vaereg.answers.diff import diff_models
+from vaereg.answers.relation import relation, sketch_agreement, values_agree
 from vaereg.cli import main
-from vaereg.compare import diff_models, relation, sketch_agreement, values_agree
-from vaereg.identity import compute_identity
+from vaereg.identity.digest import compute_identity
+from vaereg.identity.locate import canonicalize, find_vae
 
 
 def save_torch(sd, path, dtype):

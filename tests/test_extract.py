@@ -6,15 +6,16 @@ import json
 import re
 from pathlib import Path
 
+import factory
 import numpy as np
 import pytest
 from safetensors import safe_open
 
-import factory
+from vaereg.actions.extract import plan_extract
 from vaereg.cli import main
-from vaereg.extract import ExtractError, plan_extract
-from vaereg.identify import identify
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
+from vaereg.errors import ExtractError
+from vaereg.identity.analyze import identify
 
 _DIFFUSERS_ATTN = {"q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0", "norm": "group_norm"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaereg.fp16 import CHUNK, round_to_fp16
+from vaereg.identity.fp16 import CHUNK, round_to_fp16
 
 
 def reference(values: np.ndarray) -> np.ndarray:

@@ -9,13 +9,13 @@ import shutil
 import zlib
 from pathlib import Path
 
+import factory
 import numpy as np
 import pytest
 import torch
 
-import factory
 from vaereg.cli import main
-from vaereg.identify import identify
+from vaereg.identity.analyze import identify
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def addnet_hash_safetensors(path: Path) -> str:
 def test_file_hashes_match_reference(tmp_path, size):
     import blake3
 
-    from vaereg.filehash import file_hashes
+    from vaereg.identity.filehash import file_hashes
 
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
     path = tmp_path / "blob.bin"
@@ -290,7 +290,7 @@ def test_cli_no_file_hashes_and_table(vae, tmp_path, capsys):
 def test_layout_hook_of_a_third_party_wins(tmp_path):
     """vaereg_map_layout: a plugin's own layout is consulted before the built-in one (which runs last)."""
     from vaereg.hookspecs import LayoutMapping, hookimpl
-    from vaereg.plugins import Plugins, get_plugin_manager
+    from vaereg.plugin.manager import Plugins, get_plugin_manager
 
     sd = {k.replace("encoder.down.", "encoder.stage."): v for k, v in factory.make_vae().items()}
 
@@ -311,7 +311,7 @@ def test_layout_hook_of_a_third_party_wins(tmp_path):
 
 def test_read_into_gives_what_read_gives(vae, tmp_path, plugins):
     """The identity pass reads into reused buffers; every source must give the same bytes either way."""
-    from vaereg.identify import open_model
+    from vaereg.identity.analyze import open_model
 
     sd = factory.to_torch(vae)
     sd["view"] = torch.arange(64, dtype=torch.float32).reshape(8, 8)[:, ::2]  # not contiguous

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import factory
 import numpy as np
 import pytest
 import torch
-
-import factory
 from memsource import MemorySource, bf16
-from vaereg.canonical import canonicalize, find_vae
-from vaereg.identity import compute_identity
+
+from vaereg.identity.digest import compute_identity
+from vaereg.identity.locate import canonicalize, find_vae
 
 
 def identify(arrays, plugins, dtypes=None):

@@ -15,8 +15,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from vaereg.index import LOOKUP_KINDS, SCHEMA_VERSION, HashHit, Index, IndexStats, IndexVersionError
-from vaereg.records import FileHashes, HashReport, TensorDigest, VaeIdentity
+from vaereg.identity.report import FileHashes, HashReport, TensorDigest, VaeIdentity
+from vaereg.store.index import (
+    LOOKUP_KINDS,
+    SCHEMA_VERSION,
+    HashHit,
+    Index,
+    IndexStats,
+    IndexVersionError,
+)
 
 
 def hexof(seed: str, digits: int) -> str:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
-from vaereg.hookspecs import LauncherFolders, hookimpl
-from vaereg.plugins import Plugins, get_plugin_manager
 from vaereg_plugins import launchers
 from vaereg_plugins.launchers import automatic_vae_candidates
+
+from vaereg.hookspecs import LauncherFolders, hookimpl
+from vaereg.plugin.manager import Plugins, get_plugin_manager
 
 Locate = Callable[[Path], LauncherFolders | None]
 Logged = Callable[[], list[str]]
@@ -46,7 +46,7 @@ def install(root: Path, files: tuple[str, ...], model_folders: tuple[str, ...]) 
 @pytest.fixture
 def locate() -> Locate:
     """Ask the hook through a fresh manager holding only the launcher plugin, as the core would."""
-    pm = get_plugin_manager(entry_point_group=None)
+    pm = get_plugin_manager(entry_point_group=None, builtins=False)
     pm.register(launchers)
     return Plugins(pm).locate_launcher
 
@@ -459,7 +459,7 @@ class MyLauncher:
 
 
 def test_third_party_plugin_wins_for_its_layout_only(tmp_path: Path) -> None:
-    pm = get_plugin_manager(entry_point_group=None)
+    pm = get_plugin_manager(entry_point_group=None, builtins=False)
     pm.register(MyLauncher(), name="myplugin.launcher")
     pm.register(launchers, name="vaereg.launchers")
     plugins = Plugins(pm)

@@ -10,13 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from test_catalog import A_FILES, B_FILES, KINDS, NO_VAE, Library, library  # noqa: F401
+
 from vaereg.cli import main
 from vaereg.cli.common import human_size
 from vaereg.config import Config
-from vaereg.index import Index
-from vaereg.records import FileHashes
+from vaereg.identity.report import FileHashes
+from vaereg.store.index import Index
 
 LOOKUP_KEYS = ["query", "matches", "ambiguous"]
 MATCH_KEYS = ["id", "name", "aliases", "family", "latent_channels", "notes", "flags", "matched", "copies"]

@@ -45,7 +45,7 @@ def test_shipped_registry_found_from_a_source_checkout(config):
 
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
-        "from vaereg.config import Config; from vaereg.registry import Registry;"
+        "from vaereg.config import Config; from vaereg.store.registry.read import Registry;"
         "import vaereg; r = Registry.load(Config.load());"
         "print(json.dumps([vaereg.__file__, r.layers[0].error, sorted(r.entries)]))"
     )

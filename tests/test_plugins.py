@@ -7,14 +7,16 @@ import json
 import re
 from pathlib import Path
 
+import factory
 import numpy as np
+import pluggy
 import pytest
 
-import factory
 from vaereg import hookspecs
 from vaereg.cli import main
-from vaereg.identify import identify
-from vaereg.plugins import Plugins, get_plugin_manager
+from vaereg.identity.analyze import identify
+from vaereg.hookspecs import hookimpl
+from vaereg.plugin.manager import Plugins, get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = {"vaereg.safetensors", "vaereg.torch_zip", "vaereg.diffusers", "vaereg.layouts", "vaereg.launchers"}
@@ -54,12 +56,61 @@ def test_builtins_load_through_entry_points():
 
 
 def test_blocked_by_environment(monkeypatch, tmp_path):
-    path = factory.save_safetensors(factory.make_vae(), tmp_path / "vae.safetensors")
-    monkeypatch.setenv("VAEREG_DISABLE_PLUGINS", "vaereg.safetensors")
+    path = factory.save_ckpt(factory.make_vae(), tmp_path / "vae.ckpt")
+    monkeypatch.setenv("VAEREG_DISABLE_PLUGINS", "vaereg.torch_zip")
     plugins = Plugins()
-    assert "vaereg.safetensors" not in {p.name for p in plugins.describe()}
+    assert "vaereg.torch_zip" not in {p.name for p in plugins.describe()}
     report = identify(path, plugins)
     assert report.error and "not a model file" in report.error
+
+
+def test_required_plugins_cannot_be_disabled_and_unknown_names_are_reported(monkeypatch, tmp_path):
+    path = factory.save_safetensors(factory.make_vae(), tmp_path / "vae.safetensors")
+    monkeypatch.setenv("VAEREG_DISABLE_PLUGINS", "vaereg.safetensors, vaereg.layouts,vaereg.nosuch")
+    plugins = Plugins()
+    loaded = {p.name for p in plugins.describe()}
+    assert {"vaereg.safetensors", "vaereg.layouts"} <= loaded
+    assert any("'vaereg.safetensors' cannot be disabled" in w for w in plugins.warnings)
+    assert any("'vaereg.nosuch', which is no plugin" in w for w in plugins.warnings)
+    assert identify(path, plugins).vae is not None
+    assert not plugins.load_errors  # warnings, not failures: `vaereg plugins` still exits 0
+
+
+def test_a_misspelt_hookimpl_fails_loudly(monkeypatch, tmp_path):
+    dist = tmp_path / "typoplugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: typoplugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[vaereg]\ntypoplugin.format = typoplugin_mod\n")
+    (tmp_path / "typoplugin_mod.py").write_text(
+        "from vaereg.hookspecs import hookimpl\n\n@hookimpl\ndef vaereg_open_modle(path, head):\n    return None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(pluggy.PluginValidationError, match="vaereg_open_modle"):
+        get_plugin_manager()
+
+
+def test_source_checkout_lists_every_builtin_without_install(tmp_path):
+    """`python -m vaereg plugins` from a copy of the source tree that pip never saw: every built-in loads."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    tree = tmp_path / "checkout"
+    for part in ("vaereg", "plugins", "registry"):
+        shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    # -S: no site processing, so no .pth file of an editable install maps vaereg_plugins anywhere; the
+    # libraries vaereg needs come from site-packages added as a plain folder.
+    site = sysconfig.get_paths()["purelib"]
+    code = f"import sys; sys.path.append({site!r}); from vaereg.cli import main; sys.exit(main(['plugins', '--json']))"
+    env = {"PATH": os.environ.get("PATH", ""), "VAEREG_HOME": str(tmp_path / "home")}
+    run = subprocess.run([sys.executable, "-S", "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert BUILTINS | {"vaereg.commands"} <= {p["name"] for p in json.loads(run.stdout)}
+    where = "import sys; sys.path.append({!r}); import vaereg, vaereg_plugins; print(vaereg.__file__, vaereg_plugins.__file__)"
+    try_import = subprocess.run([sys.executable, "-S", "-c", where.format(site)], cwd=tree, env=env, capture_output=True, text=True)
+    assert try_import.returncode != 0  # nothing installed: only vaereg's own loader finds plugins/
 
 
 def test_broken_plugin_is_reported_and_others_load(monkeypatch, tmp_path):
@@ -77,6 +128,7 @@ def test_broken_plugin_is_reported_and_others_load(monkeypatch, tmp_path):
 def test_third_party_format_plugin(tmp_path):
     """A plugin registered beside the built-ins claims its own format, and the core identifies what it reads."""
     from memsource import MemorySource
+
     from vaereg.hookspecs import hookimpl
 
     sd = factory.make_vae()

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from vaereg.config import Config
-from vaereg.registry import KnownFile, Registry, RegistryError
+from vaereg.errors import RegistryError
+from vaereg.store.registry.read import Registry
+from vaereg.store.registry.schema import KnownFile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -314,7 +316,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 from vaereg.config import Config
-from vaereg.registry import Registry
+from vaereg.store.registry.read import Registry
 home, go, n = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 registry = Registry.load(Config(home=home), lock_timeout=30)
 print("ready", flush=True)

@@ -19,11 +19,15 @@ import pluggy
 import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
+from vaereg_plugins import _filebytes, safetensors_format
+from vaereg_plugins.safetensors_format import (
+    MAX_HEADER_SIZE,
+    SafetensorsSource,
+    vaereg_open_model,
+)
 
 from vaereg import hookspecs
-from vaereg.types import ModelFormatError, TensorSource
-from vaereg_plugins import _filebytes, safetensors_format
-from vaereg_plugins.safetensors_format import MAX_HEADER_SIZE, SafetensorsSource, vaereg_open_model
+from vaereg.hookspecs import ModelFormatError, TensorSource
 
 
 def open_model(path: Path) -> SafetensorsSource | None:

@@ -7,16 +7,17 @@ import os
 from pathlib import Path
 
 import pytest
-
 from factory import make_checkpoint, make_vae, save_safetensors
+
 from vaereg.cli import main
-from vaereg.config import Config
+from vaereg.files.names import download_in_progress
+from vaereg.files.walk import walk_models
 from vaereg.hookspecs import hookimpl
-from vaereg.identify import identify
-from vaereg.index import Index
-from vaereg.plugins import Plugins
-from vaereg.registry import Registry
-from vaereg.scan import download_in_progress, plan_scan, walk_models
+from vaereg.identity.analyze import identify
+from vaereg.plugin.manager import Plugins
+from vaereg.store.ingest import Ingest
+from vaereg.store.registry.read import Registry
+from vaereg.store.scan import plan_scan
 
 
 class Events:
@@ -60,16 +61,16 @@ def plugins_with(events):
 @pytest.fixture
 def reads(monkeypatch):
     """Counts the files `analyze` reads during a scan."""
-    import vaereg.ingest
+    import vaereg.store.ingest
 
     seen: list[str] = []
-    real = vaereg.ingest.analyze
+    real = vaereg.store.ingest.analyze
 
     def counting(path, plugins, **kwargs):
         seen.append(str(path))
         return real(path, plugins, **kwargs)
 
-    monkeypatch.setattr(vaereg.ingest, "analyze", counting)
+    monkeypatch.setattr(vaereg.store.ingest, "analyze", counting)
     return seen
 
 
@@ -78,8 +79,8 @@ def vae_file(path: Path, seed: int = 0) -> Path:
     return save_safetensors(make_vae(ch=8, seed=seed), path)
 
 
-def scan(roots, index, plugins, **kwargs):
-    return plan_scan([str(r) for r in roots], index).execute(index, plugins, **kwargs)
+def scan(roots, index, plugins, registry=None, **kwargs):
+    return plan_scan([str(r) for r in roots], index).execute(Ingest(index, plugins, registry), **kwargs)
 
 
 # -- walking
@@ -263,19 +264,19 @@ def test_unreadable_files_are_errors_and_the_scan_goes_on(tmp_path, index, plugi
 
 
 def test_a_plugin_crash_is_one_file_error(tmp_path, index, monkeypatch, plugins):
-    import vaereg.ingest
+    import vaereg.store.ingest
 
     lib = tmp_path / "lib"
     vae_file(lib / "a.safetensors")
     good = vae_file(lib / "b.safetensors", seed=1)
-    real = vaereg.ingest.analyze
+    real = vaereg.store.ingest.analyze
 
     def crashing(path, plugins, **kwargs):
         if path.name == "a.safetensors":
             raise RuntimeError("plugin bug")
         return real(path, plugins, **kwargs)
 
-    monkeypatch.setattr(vaereg.ingest, "analyze", crashing)
+    monkeypatch.setattr(vaereg.store.ingest, "analyze", crashing)
     report = scan([lib], index, plugins)
 
     assert report.errors == (f"{lib / 'a.safetensors'}: unexpected RuntimeError: plugin bug",)
@@ -353,7 +354,7 @@ def test_progress_is_reported_in_bytes(tmp_path, index, plugins):
     b = vae_file(tmp_path / "lib" / "b.safetensors", seed=1)
     seen = []
 
-    plan_scan([str(tmp_path / "lib")], index).execute(index, plugins, on_progress=seen.append)
+    plan_scan([str(tmp_path / "lib")], index).execute(Ingest(index, plugins), on_progress=seen.append)
 
     total = a.stat().st_size + b.stat().st_size
     assert [(p.files_done, p.bytes_done) for p in seen] == [(0, 0), (1, a.stat().st_size), (2, total)]
@@ -418,5 +419,5 @@ def test_virtualenvs_and_vcs_folders_below_a_root_are_passed_over(tmp_path, conf
     assert found == [str(root / "models" / "VAE" / "vae.safetensors")]
     # a root is walked even when it is such a folder itself
     assert [f.path for f in walk_models([root / ".git"]).files] == [str(root / ".git" / "model.ckpt")]
-    report = plan_scan([root], index).execute(index, plugins, with_file_hashes=False)
+    report = plan_scan([root], index).execute(Ingest(index, plugins), with_file_hashes=False)
     assert report.errors == () and report.new == 1

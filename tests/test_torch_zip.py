@@ -25,7 +25,7 @@ from vaereg_plugins import _filebytes, torch_zip
 from vaereg_plugins.torch_zip import TorchZipSource, vaereg_open_model
 
 from vaereg.hookspecs import ModelFormatError, TensorSource
-from vaereg.types import DTYPE_BITS
+from vaereg.plugin.types import DTYPE_BITS
 
 SAFETENSORS_NAMES = {
     torch.float32: "F32",

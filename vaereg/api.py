@@ -17,15 +17,16 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from vaereg._fs import stat_key_of
 from vaereg.config import Config
 
 if TYPE_CHECKING:
-    from vaereg.catalog import Catalog, LookupResult, NamingResult, VaeSummary
-    from vaereg.index import Index, IndexedFile
-    from vaereg.ingest import Ingest
-    from vaereg.plugins import Plugins
-    from vaereg.records import HashReport
-    from vaereg.registry import Registry
+    from vaereg.identity.report import HashReport
+    from vaereg.plugin.manager import Plugins
+    from vaereg.store.catalog import Catalog, LookupResult, NamingResult, VaeSummary
+    from vaereg.store.index import Index, IndexedFile
+    from vaereg.store.ingest import Ingest
+    from vaereg.store.registry.read import Registry
 
 __all__ = ["Vaereg"]
 
@@ -36,18 +37,14 @@ class _FreshRegistry:
     """A registry re-read when the local file changed on disk (the daemon or another process wrote it)."""
 
     def __init__(self, config: Config, shipped: Path | None) -> None:
-        from vaereg.registry import Registry
+        from vaereg.store.registry.read import Registry
 
         self._path = config.registry
         self._stamp = self._stat()
         self.registry = Registry.load(config, shipped=shipped)
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return stat_key_of(self._path)
 
     def get(self, reload: Callable[[], None] | None = None) -> Registry:
         """The registry, re-read first (by `reload`, when its owner must do it under its lock) if the
@@ -96,7 +93,7 @@ class Vaereg:
     def plugins(self) -> Plugins:
         with self._lock:
             if self._plugins is None:
-                from vaereg.plugins import Plugins
+                from vaereg.plugin.manager import Plugins
 
                 self._plugins = Plugins()
             return self._plugins
@@ -107,7 +104,7 @@ class Vaereg:
             if self._closed:
                 raise RuntimeError("this Vaereg is closed")
             if self._index is None:
-                from vaereg.index import Index
+                from vaereg.store.index import Index
 
                 self._index = Index(self.config.index)
             return self._index
@@ -125,10 +122,10 @@ class Vaereg:
         """Registry layers or fields left out, as ``<file>:<line>:<col>: <problem>``."""
         return list(self.registry.warnings)
 
-    def _catalog(self, *, events: bool = False) -> Catalog:
-        """A catalog over the current index and registry; with `events`, plugins hear of registry writes
-        (loading them costs a few imports, which reads do without)."""
-        from vaereg.catalog import Catalog
+    def catalog(self, *, events: bool = False) -> Catalog:
+        """A catalog over the current index and registry, for one operation; with `events`, plugins hear of
+        registry writes (loading them costs a few imports, which reads do without)."""
+        from vaereg.store.catalog import Catalog
 
         return Catalog(self.index, self.registry, self.plugins if events else None)
 
@@ -136,7 +133,7 @@ class Vaereg:
 
     def identify(self, path: str | os.PathLike[str], *, with_file_hashes: bool = True) -> HashReport:
         """What ``vaereg hash --json PATH`` says of a file or folder; reads it, records nothing."""
-        from vaereg.identify import identify
+        from vaereg.identity.analyze import identify
 
         return identify(Path(path), self.plugins, with_file_hashes=with_file_hashes)
 
@@ -144,10 +141,10 @@ class Vaereg:
         """Identify a file and record it in the index as a scan would: the registry learns the ids of a file
         it lists by SHA-256, and plugins hear of it. A file that changed or vanished while it was read is not
         recorded; the report then says so in `error`."""
-        from vaereg.records import HashReport
+        from vaereg.identity.report import HashReport
 
         shown = os.path.abspath(path)
-        outcome = self._ingester().identify(shown, with_file_hashes=with_file_hashes)
+        outcome = self.ingester().identify(shown, with_file_hashes=with_file_hashes)
         if outcome.status == "recorded" and outcome.report is not None:
             return outcome.report
         reasons = {
@@ -157,12 +154,13 @@ class Vaereg:
         }
         return HashReport(path=shown, format=None, error=reasons[outcome.status])
 
-    def _ingester(self) -> Ingest:
+    def ingester(self) -> Ingest:
+        """The one ingest of this container (scan, daemon and `index_file` record through it)."""
         # Ingest writes the registry while it records (learnt ids) without this instance's lock, so it gets
         # a registry object of its own; lookups see its writes through the file's change.
         with self._lock:
             if self._ingest is None:
-                from vaereg.ingest import Ingest
+                from vaereg.store.ingest import Ingest
 
                 self._ingest_registry = _FreshRegistry(self.config, self._shipped)
                 self._ingest = Ingest(self.index, self.plugins, self._ingest_registry.registry)
@@ -175,17 +173,17 @@ class Vaereg:
     def lookup(self, query: str) -> LookupResult:
         """What ``vaereg lookup --json HASH`` says. Raises ValueError for a query that is not a hash."""
         with self._lock:
-            return self._catalog().lookup(query)
+            return self.catalog().lookup(query)
 
     def resolve(self, query: str) -> str:
         """The canonical id of the one VAE a hash or prefix names (catalog.NoMatchError/AmbiguousQueryError)."""
         with self._lock:
-            return self._catalog().resolve(query)
+            return self.catalog().resolve(query)
 
     def distinct_vaes(self) -> list[VaeSummary]:
         """What ``vaereg ls --json`` says, one summary per distinct VAE on this machine."""
         with self._lock:
-            return self._catalog().distinct_vaes()
+            return self.catalog().distinct_vaes()
 
     def copies(self, vae_id: str) -> list[IndexedFile]:
         """Every indexed file holding the canonical id `vae_id`, in any precision or container."""
@@ -210,7 +208,7 @@ class Vaereg:
         if row is None or row.id is None:
             return None  # unreadable, or holds no VAE
         with self._lock:
-            catalog = self._catalog()
+            catalog = self.catalog()
             entry = catalog.entry_for(row.id)
         return entry.name if entry else None
 
@@ -219,17 +217,17 @@ class Vaereg:
     def name(self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = ()) -> NamingResult:
         """Name the VAE `query` names, and every copy of it (``vaereg name``)."""
         with self._lock:
-            return self._catalog(events=True).name(query, name, note=note, flags=flags)
+            return self.catalog(events=True).name(query, name, note=note, flags=flags)
 
     def alias(self, query: str, aliases: Iterable[str]) -> NamingResult:
         """Add aliases to the VAE's registry entry (``vaereg alias``)."""
         with self._lock:
-            return self._catalog(events=True).alias(query, aliases)
+            return self.catalog(events=True).alias(query, aliases)
 
     def unname(self, query: str) -> NamingResult:
         """Remove the local name of the VAE (``vaereg unname``)."""
         with self._lock:
-            return self._catalog(events=True).unname(query)
+            return self.catalog(events=True).unname(query)
 
     def reload(self) -> None:
         """Re-read every registry layer (shared registries changed: they are not watched)."""

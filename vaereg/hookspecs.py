@@ -1,91 +1,53 @@
-"""The hooks vaereg offers plugins.
+"""The public face of vaereg's plugin interface: markers, hook specifications and the types plugins use.
 
-Format plugins (the built-ins in ``plugins/`` and third-party packages alike) register under the ``vaereg``
-entry-point group and implement these with ``@hookimpl``. Plugins need only this module and the small types
-it re-exports.
+Plugins (the built-ins in ``plugins/`` and third-party packages alike) import only from here::
+
+    from vaereg.hookspecs import hookimpl, ModelFormatError, TensorInfo
+
+and register under the ``vaereg`` entry-point group (docs/plugins.md). The hooks themselves are defined in
+:mod:`vaereg.plugin.spec`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
-
-import pluggy
-
-from vaereg.types import LauncherFolders, LayoutMapping, ModelFormatError, TensorInfo, TensorSource
-
-if TYPE_CHECKING:
-    from vaereg.records import HashReport
+from vaereg.plugin.spec import (
+    hookimpl,
+    hookspec,
+    vaereg_file_identified,
+    vaereg_file_moved,
+    vaereg_file_removed,
+    vaereg_locate_launcher,
+    vaereg_map_layout,
+    vaereg_open_model,
+    vaereg_register_commands,
+    vaereg_registry_changed,
+)
+from vaereg.plugin.types import (
+    DTYPE_BITS,
+    FLOAT_DTYPES,
+    LauncherFolders,
+    LayoutMapping,
+    ModelFormatError,
+    TensorInfo,
+    TensorSource,
+)
 
 __all__ = [
     "hookspec",
     "hookimpl",
+    "DTYPE_BITS",
+    "FLOAT_DTYPES",
     "LauncherFolders",
     "LayoutMapping",
     "ModelFormatError",
     "TensorInfo",
     "TensorSource",
+    "vaereg_open_model",
+    "vaereg_map_layout",
+    "vaereg_locate_launcher",
+    "vaereg_file_identified",
+    "vaereg_file_removed",
+    "vaereg_file_moved",
+    "vaereg_registry_changed",
+    "vaereg_register_commands",
 ]
-
-hookspec = pluggy.HookspecMarker("vaereg")
-hookimpl = pluggy.HookimplMarker("vaereg")
-
-
-@hookspec(firstresult=True)
-def vaereg_open_model(path: Path, head: bytes) -> TensorSource | None:
-    """Claim and open a model file or folder.
-
-    Called for every path vaereg is asked to identify, until one plugin returns a source. `head` holds the
-    first 64 bytes of a file (empty for a directory) so plugins can sniff magic numbers rather than trust
-    the extension. Return an open :class:`TensorSource`, or ``None`` when the path is not this plugin's
-    format. Raise :class:`ModelFormatError` with a one-line reason when it is this format but unreadable.
-    """
-
-
-@hookspec(firstresult=True)
-def vaereg_map_layout(keys: Sequence[str]) -> LayoutMapping | None:
-    """Map a VAE's key layout onto the canonical CompVis/LDM names.
-
-    Called once per identified VAE with its keys, the common prefix (``first_stage_model.``, ``vae.``...)
-    already removed. Return a :class:`LayoutMapping` when the keys are in a layout this plugin knows, else
-    ``None``. With no answer the keys are kept as they are and the VAE's family is "unknown".
-    """
-
-
-@hookspec(firstresult=True)
-def vaereg_locate_launcher(root: Path) -> LauncherFolders | None:
-    """Say where the launcher installed at `root` keeps its VAEs and checkpoints.
-
-    Called for each launcher root the user configured (``daemon.launchers``, ``--launcher``). Return the
-    folders (existing ones only) when `root` is an installation of a launcher this plugin knows, else
-    ``None``.
-    """
-
-
-@hookspec
-def vaereg_file_identified(report: HashReport) -> None:
-    """A model file was identified and recorded in the index.
-
-    Called by the daemon (and ``vaereg scan``) once per new or changed file, after the index commit, with the
-    same record ``vaereg hash --json`` prints. ``report.file`` may lack the whole-file hashes: they follow
-    later, in a second call with them filled in. Return value ignored; exceptions are logged and swallowed.
-    """
-
-
-@hookspec
-def vaereg_file_removed(path: str) -> None:
-    """An indexed model file disappeared (deleted, or moved out of every watched folder)."""
-
-
-@hookspec
-def vaereg_file_moved(src: str, dest: str) -> None:
-    """An indexed model file was renamed or moved within the watched folders; its identity is unchanged."""
-
-
-@hookspec
-def vaereg_registry_changed(slug: str, entry: dict | None) -> None:
-    """A registry entry was written by vaereg (named, aliased, ids learnt) or removed (`entry` is None).
-
-    `entry` is the merged entry's ``Entry.to_json()`` (docs/registry.md). Called in the writing process only;
-    other processes learn of it by re-reading the registry.
-    """

@@ -1,58 +1,67 @@
 """The ``vaereg`` command: parses arguments, calls the library, formats what it returns.
 
-Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args, ctx) -> int``.
+Subcommands come from the ``vaereg_register_commands`` hook: the built-ins (``vaereg.cli.commands``, one
+``cmd_<name>`` module each) and any plugin's.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
+from typing import TYPE_CHECKING
 
 from vaereg import __version__
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
-#: The order `--help` lists subcommands in; every ``cmd_<name>`` module of this package is one.
-ORDER = ("hash", "lookup", "ls", "scan", "check", "diff", "dedupe", "extract", "name", "alias", "unname",
-         "daemon", "status", "plugins", "info")
-
-
-def _commands() -> list[str]:
-    found = [m.name[4:] for m in pkgutil.iter_modules(__path__) if m.name.startswith("cmd_")]
-    return sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+if TYPE_CHECKING:
+    from vaereg.plugin.manager import Plugins
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+    from vaereg.plugin.manager import Plugins
+
+    plugins = plugins if plugins is not None else Plugins()
     parser = argparse.ArgumentParser(
         prog="vaereg",
         description="Know which VAEs you really have: identify VAE weights in model files, whatever the packing.",
     )
     parser.add_argument("--version", action="version", version=f"vaereg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _commands():
-        module = importlib.import_module(f"vaereg.cli.cmd_{name}")
-        module.add_parser(sub)
+    for add_parser in plugins.commands().values():
+        add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vaereg.cli.common import Context, fail
+    from vaereg.cli.common import Context, report_error
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "run", None):
-        parser.print_help()
-        return ExitStatus.USAGE
     ctx = Context()
     try:
+        parser = build_parser(ctx.plugins)
+        args = parser.parse_args(argv)
+        ctx.debug = args.debug
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return ExitStatus.USAGE
         return int(args.run(args, ctx))
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:  # `vaereg ls | head`
-        sys.stderr.close()
+        _quiet_stdout()
         return ExitStatus.OK
-    except ctx.user_errors as exc:
-        return fail(str(exc), ExitStatus.USAGE)
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line (a traceback only with --debug)
+        return report_error(exc, debug=ctx.debug)
     finally:
         ctx.close()
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: point stdout at devnull so the interpreter's final flush says nothing."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaereg.cli.common import Context, emit_json, short, warn
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
-    from vaereg.check import CheckReport
+    from vaereg.answers.check import CheckReport
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.check import check_model
+    from vaereg.answers.check import check_model
 
     launchers = [found for root in ctx.config.launchers if (found := ctx.plugins.locate_launcher(root))]
     report = check_model(
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _print(report: CheckReport) -> None:
-    from vaereg.check import describe
+    from vaereg.answers.check import describe
 
     print(report.path)
     if report.error:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from vaereg.cli.common import Context, fail
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -57,9 +57,8 @@ def _setup_logging(log_file: Path | None, home: Path) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.daemon import Daemon, serve
-    from vaereg.daemon_status import AlreadyRunning
-    from vaereg.index import IndexVersionError
+    from vaereg.errors import AlreadyRunning, IndexVersionError
+    from vaereg.watch.daemon import Daemon, serve
 
     config = ctx.config
     for root in args.roots:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaereg.cli.common import Context, console, emit_json, fail, human_size, short, warn
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
-    from vaereg.dedupe import DedupePlan, DedupeResult
+    from vaereg.actions.dedupe import DedupePlan, DedupeResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,12 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run, mode=None)
 
 
-def _open_index(ctx: Context):  # -> vaereg.index.Index | None
+def _open_index(ctx: Context):  # -> vaereg.store.index.Index | None
     """The local index when one exists: its fresh SHA-256s and ids save reading files. Never created here."""
     path = ctx.config.index
     if not path.is_file():
         return None
-    from vaereg.index import Index
+    from vaereg.store.index import Index
 
     try:
         return Index(path)
@@ -45,7 +45,7 @@ def _open_index(ctx: Context):  # -> vaereg.index.Index | None
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.dedupe import plan_dedupe
+    from vaereg.actions.dedupe import plan_dedupe
 
     dirs = list(args.dirs) or list(ctx.config.watch)
     if not dirs:

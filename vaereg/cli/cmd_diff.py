@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaereg.cli.common import Context, emit_json, short
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
-    from vaereg.compare import DiffReport
+    from vaereg.answers.diff import DiffReport
 
 #: What each relation means, for people.
 MEANING = {
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.compare import diff_models
+    from vaereg.answers.diff import diff_models
 
     report = diff_models(args.a, args.b, ctx.plugins)
     if args.json:

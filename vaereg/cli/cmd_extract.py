@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from vaereg.cli.common import Context, console, emit_json, fail, human_size, short, warn
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.extract import ExtractError, plan_extract
+    from vaereg.actions.extract import plan_extract
+    from vaereg.errors import ExtractError
 
     try:
         plan = plan_extract(args.model, args.output, args.dtype, plugins=ctx.plugins, force=args.force)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vaereg.cli.common import Context, emit_json, human_size, print_table, short
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.identify import identify
+    from vaereg.identity.analyze import identify
 
     failed = False
     reports = []

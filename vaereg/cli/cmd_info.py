@@ -6,7 +6,7 @@ import argparse
 
 from vaereg import __version__
 from vaereg.cli.common import Context, emit_json
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,9 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def collect(ctx: Context) -> dict:
     cfg = ctx.config
-    from vaereg.registry import Registry
-
-    registry = Registry.load(cfg)
+    registry = ctx.vaereg.registry
     return {
         "version": __version__,
         "config": str(cfg.config_file) if cfg.config_file else None,
@@ -27,7 +25,7 @@ def collect(ctx: Context) -> dict:
         "registries": [{"path": str(layer.path), "writable": layer.writable} for layer in registry.layers],
         "index": str(cfg.index),
         "plugins": [p.to_json() for p in ctx.plugins.describe()],
-        "warnings": [*registry.warnings, *ctx.plugins.load_errors],
+        "warnings": [*registry.warnings, *ctx.plugins.load_errors, *ctx.plugins.warnings],
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from vaereg.cli.common import Context, emit_json, fail, human_size, print_table, short
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.catalog import Catalog
-
     try:
-        result = Catalog(ctx.index, ctx.registry).lookup(args.query)
+        result = ctx.catalog().lookup(args.query)
     except ValueError as exc:
         return fail(str(exc), ExitStatus.USAGE)
     if args.json:

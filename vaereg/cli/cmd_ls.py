@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from vaereg.cli.common import Context, emit_json_lines, human_size, print_table, short
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.catalog import Catalog
 
-    vaes = Catalog(ctx.index, ctx.registry).distinct_vaes()
+    vaes = ctx.catalog().distinct_vaes()
     if args.json:
         emit_json_lines(vae.to_json() for vae in vaes)
         return ExitStatus.OK

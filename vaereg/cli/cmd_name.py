@@ -11,7 +11,7 @@ import argparse
 from typing import Callable
 
 from vaereg.cli.common import Context, emit_json, fail
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +36,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 def apply(args: argparse.Namespace, ctx: Context, plan_with: Callable) -> int:
     """Plan with the catalog, then show the plan (--dry-run) or execute it and say what was written."""
-    from vaereg.catalog import Catalog, CatalogLookupError
+    from vaereg.errors import CatalogLookupError
 
-    catalog = Catalog(ctx.index, ctx.registry, ctx.plugins)
+    catalog = ctx.catalog(events=True)
     try:
         plan = plan_with(catalog)
     except ValueError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vaereg.cli.common import Context, emit_json
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, console, emit_json, fail, human_size, warn
-from vaereg.status import ExitStatus
+from vaereg.cli.common import Context, console, emit_json, fail, human_size
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,31 +34,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.index import Index, IndexVersionError
-    from vaereg.registry import Registry
-    from vaereg.scan import plan_scan
+    from vaereg.store.scan import plan_scan
 
     for root in args.roots:
         if not os.path.exists(root):
             return fail(f"{root}: no such file or directory", ExitStatus.USAGE)
     config = ctx.config
-    registry = Registry.load(config)
-    for message in registry.warnings:
-        warn(message)
+    ctx.registry  # noqa: B018 - its warnings first
     with_file_hashes = args.file_hashes and config.file_hashes
     show_progress = not args.json and sys.stdout.isatty()
-    try:
-        index = Index(config.index)
-    except IndexVersionError as exc:
-        return fail(str(exc), ExitStatus.USAGE)
-    with index:
-        if show_progress:
-            with console().status("looking at the folders..."):
-                plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
-            report = _execute_with_bar(plan, index, ctx, registry, with_file_hashes)
-        else:
+    index, ingest = ctx.index, ctx.vaereg.ingester()
+    if show_progress:
+        with console().status("looking at the folders..."):
             plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
-            report = plan.execute(index, ctx.plugins, registry=registry, with_file_hashes=with_file_hashes)
+        report = _execute_with_bar(plan, ingest, with_file_hashes)
+    else:
+        plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
+        report = plan.execute(ingest, with_file_hashes=with_file_hashes)
     if args.json:
         emit_json(report.to_json())
     else:
@@ -66,7 +58,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return ExitStatus.FAILED if report.errors else ExitStatus.OK
 
 
-def _execute_with_bar(plan, index, ctx: Context, registry, with_file_hashes: bool):
+def _execute_with_bar(plan, ingest, with_file_hashes: bool):
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -76,7 +68,7 @@ def _execute_with_bar(plan, index, ctx: Context, registry, with_file_hashes: boo
         TransferSpeedColumn,
     )
 
-    from vaereg.scan import ScanProgress
+    from vaereg.store.scan import ScanProgress
 
     columns = (
         TextColumn("{task.description}", table_column=None),
@@ -92,9 +84,7 @@ def _execute_with_bar(plan, index, ctx: Context, registry, with_file_hashes: boo
             name = os.path.basename(p.path) if p.path else "done"
             bar.update(task, completed=p.bytes_done, description=f"{p.files_done}/{p.files_total} {name}")
 
-        return plan.execute(
-            index, ctx.plugins, registry=registry, with_file_hashes=with_file_hashes, on_progress=on_progress
-        )
+        return plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
 
 
 def _print_summary(report) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from vaereg.cli.common import Context, console, emit_json
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.daemon_status import read_status
+    from vaereg.watch.state import read_status
 
     reading = read_status(ctx.config.home)
     if args.json:

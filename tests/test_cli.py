@@ -1,0 +1,50 @@
+"""The command line as a whole: commands from plugins, one voice for problems, exit statuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from vaereg.cli import main
+from vaereg.hookspecs import hookimpl
+from vaereg.plugin import manager as manager_module
+from vaereg.plugin.manager import Plugins, get_plugin_manager
+
+
+def test_a_plugin_adds_a_command(monkeypatch, capsys, config):
+    """vaereg_register_commands: a third-party command is parsed, listed in --help and run with the context."""
+    from vaereg.cli import build_parser
+
+    class CountPlugin:
+        @hookimpl
+        def vaereg_register_commands(self, register):
+            def add_parser(sub):
+                p = sub.add_parser("count-vaes", help="how many distinct VAEs are indexed")
+                p.set_defaults(run=lambda args, ctx: print("distinct:", len(ctx.catalog().distinct_vaes())) or 0)
+
+            register("count-vaes", add_parser)
+
+    real = get_plugin_manager
+
+    def with_count(*args, **kwargs):
+        pm = real(*args, **kwargs)
+        pm.register(CountPlugin(), name="test.count")
+        return pm
+
+    monkeypatch.setattr(manager_module, "get_plugin_manager", with_count)
+    assert "count-vaes" in build_parser().format_help()
+    assert main(["count-vaes"]) == 0
+    assert capsys.readouterr().out == "distinct: 0\n"
+
+
+def test_a_command_name_taken_twice_is_an_error():
+    class Clash:
+        @hookimpl
+        def vaereg_register_commands(self, register):
+            register("hash", lambda sub: None)
+
+    pm = get_plugin_manager()
+    pm.register(Clash(), name="test.clash")
+    with pytest.raises(ValueError, match="'hash' is registered by both 'vaereg.commands' and 'test.clash'"):
+        Plugins(pm).commands()
+
+

@@ -1,0 +1,116 @@
+"""Small filesystem helpers every room shares: atomic replacement, containment, OS-error wording, stat keys."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+#: vaereg's words for the OS errors users meet; others use the OS's own text, lower-cased.
+_WORDS = {
+    errno.ENOENT: "no such file or directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a directory",
+    errno.ENOTDIR: "not a directory",
+    errno.ENOSPC: "no space left on device",
+    errno.EROFS: "read-only file system",
+    errno.ELOOP: "too many levels of symbolic links",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def os_error_text(exc: OSError) -> str:
+    """The reason an OS error gives, in the same words for the same cause (no ``[Errno 2]``)."""
+    if exc.errno in _WORDS:
+        return _WORDS[exc.errno]
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+def inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether `path` is `folder` or below it, comparing the names as given (no symlinks resolved)."""
+    path, folder = os.fspath(path), os.fspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def inside_any(path: str | os.PathLike[str], folders: Iterable[str | os.PathLike[str]]) -> bool:
+    return any(inside(path, f) for f in folders)
+
+
+def really_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether `path` is `folder` or below it once both are resolved (symlinks, ``..``)."""
+    return inside(os.path.realpath(path), os.path.realpath(folder))
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    """What says a file is unchanged: inode, size and modification time (ns)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def stat_key_of(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    try:
+        return stat_key(os.stat(path))
+    except OSError:
+        return None
+
+
+def temp_name_beside(path: str | os.PathLike[str]) -> str:
+    """A fresh hidden name in `path`'s folder, for a file that will be renamed over `path`."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.vaereg-{secrets.token_hex(4)}.tmp")
+
+
+@contextmanager
+def temp_beside(path: str | os.PathLike[str]) -> Iterator[str]:
+    """A temporary name beside `path`, removed if the block fails (or leaves it behind unrenamed)."""
+    temp = temp_name_beside(path)
+    try:
+        yield temp
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+
+
+def fsync_folder(folder: str | os.PathLike[str]) -> None:
+    if os.name == "nt":  # Windows cannot open a directory to fsync it
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    verify: Callable[[Path], None] | None = None,
+    durable: bool = True,
+) -> None:
+    """Replace `path` with `data` in one rename: a reader sees the old file or the new one, never half.
+
+    The new file keeps the old one's permissions. `verify(temp)` may check the written file before it
+    replaces anything (raise to keep the old one). With `durable`, the data and the folder are fsynced.
+    """
+    target = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with temp_beside(target) as temp:
+        with open(temp, "xb") as handle:
+            handle.write(payload)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        try:
+            os.chmod(temp, stat.S_IMODE(target.stat().st_mode))
+        except FileNotFoundError:
+            pass
+        if verify is not None:
+            verify(Path(temp))
+        os.replace(temp, target)
+    if durable:
+        fsync_folder(target.parent)

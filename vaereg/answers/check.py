@@ -1,0 +1,175 @@
+"""``vaereg check MODEL``: is the model's own VAE fit to use, or does it need an external one?
+
+One pass over the embedded VAE's tensors gives its identity, sketch and health stats. The known VAEs - the
+registry's entries and the index's identities, other than the model itself - then say what it is: the same
+as one of them, a precision variant, one with the same encoder or decoder, a blend of several (`blend`), or
+unknown. The verdict asks for an external VAE when there is no VAE, an unhealthy one, or a blend, and
+recommends the healthy known VAE the embedded one is closest to or made from, with its standalone copies.
+Nothing here writes: the index and registry are only read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from vaereg.answers.automatic import AutomaticVae, automatic_vae
+from vaereg.answers.health import Health, assess
+from vaereg.answers.known import KnownVae, KnownVaes
+from vaereg.answers.relation import relation_rank
+from vaereg.identity.report import VaeIdentity
+
+if TYPE_CHECKING:
+    from vaereg.plugin.manager import Plugins
+    from vaereg.plugin.types import LauncherFolders
+    from vaereg.store.index import Index
+    from vaereg.store.registry.read import Registry
+
+
+@dataclass(frozen=True)
+class BlendPart:
+    vae: KnownVae
+    weight: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.vae.id, "name": self.vae.name, "weight": round(self.weight, 4)}
+
+
+@dataclass(frozen=True)
+class EmbeddedVae:
+    """The model's own VAE: identity, name, relation to the known VAEs, health."""
+
+    vae: VaeIdentity
+    name: str | None
+    relation: str  # one of RELATION_ORDER, or "unknown"
+    health: Health
+    related: KnownVae | None = None  # the known VAE `relation` is about (None for blend and unknown)
+    blend: tuple[BlendPart, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.vae.id,
+            "name": self.name,
+            "relation": self.relation,
+            "health": str(self.health),
+            "blend": [part.to_json() for part in self.blend] if self.blend else None,
+            "related": self.related.to_json() if self.related else None,
+            "family": self.vae.family,
+            "dtype": self.vae.dtype,
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``vaereg check`` says of one model (docs/check.md has the JSON contract)."""
+
+    path: str
+    embedded: EmbeddedVae | None
+    needs_external_vae: bool
+    reason: str
+    recommended: KnownVae | None = None
+    automatic_vae: AutomaticVae | None = None
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "embedded": self.embedded.to_json() if self.embedded else None,
+            "needs_external_vae": self.needs_external_vae,
+            "reason": self.reason,
+            "recommended": self.recommended.to_json() if self.recommended else None,
+            "automatic_vae": self.automatic_vae.to_json() if self.automatic_vae else None,
+            "error": self.error,
+        }
+
+
+def check_model(
+    path: Path,
+    *,
+    plugins: Plugins,
+    index: Index | None = None,
+    registry: Registry | None = None,
+    launchers: Sequence[LauncherFolders] = (),
+    vae_folders: Sequence[Path] = (),
+) -> CheckReport:
+    """Check the VAE inside `path` against the known VAEs; see the module docstring.
+
+    `launchers` (their folders) and `vae_folders` tell where A1111/Forge would look for an "Automatic" VAE;
+    without a launcher holding the model, the model's own folder and `vae_folders` are searched.
+    """
+    from vaereg.identity.analyze import analyze
+
+    shown = str(path)
+    report, stats = analyze(path, plugins, with_file_hashes=False, with_stats=True)
+    if report.error:
+        return CheckReport(shown, None, False, f"unreadable: {report.error}", error=report.error)
+    automatic = automatic_vae(path, launchers, vae_folders, index, registry)
+    vae = report.vae
+    if vae is None:
+        return CheckReport(shown, None, True, "the model holds no VAE", automatic_vae=automatic)
+    known = KnownVaes.gather(vae, own_path=path, index=index, registry=registry)
+    embedded, ranked = _place(vae, known, stats)
+    needs, reason = _verdict(embedded)
+    recommended = None
+    if needs:
+        recommended = next((k for k in ranked if known.healthy(k.id) and k.id != vae.id), None)
+        if recommended is None:
+            reason += f"; no healthy known VAE is related to it: use a {vae.family} VAE you trust"
+    warnings = () if index is not None else ("no index (run `vaereg scan`): only registry ids were compared",)
+    return CheckReport(shown, embedded, needs, reason, recommended, automatic, warnings=warnings)
+
+
+def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tuple[EmbeddedVae, list[KnownVae]]:
+    """The embedded VAE's relation to the known ones, and the known ones worth recommending, best first."""
+    relations = known.relations(vae)
+    health = assess({n: t.shape for n, t in vae.tensor_digests.items()}, stats, vae.family, known.flags(vae.id))
+    name = known.name(vae.id)
+    # Closest first: by relation, then by how far the sketches are apart; a copy on disk breaks ties.
+    related = sorted(relations, key=lambda i: (relation_rank(relations[i][0]), relations[i][1], not known.paths(i), i))
+    best = relations[related[0]][0] if related else None
+    fit = known.blend(vae) if best not in ("same", "precision-variant") else None
+    # Recommend what the embedded VAE derives from most directly: blend components by weight, then the
+    # related VAEs; a lone near-copy found by the fit comes last.
+    ranked_ids = [p.id for p in fit.parts] if fit and fit.is_blend else []
+    ranked_ids += related
+    ranked_ids += [p.id for p in fit.parts] if fit and not fit.is_blend else []
+    ranked = [known.vae(i) for i in dict.fromkeys(ranked_ids)]
+    if fit and fit.is_blend:
+        parts = tuple(BlendPart(known.vae(p.id), p.weight) for p in fit.parts)
+        return EmbeddedVae(vae, name, "blend", health, blend=parts), ranked
+    if best is None:
+        return EmbeddedVae(vae, name, "unknown", health), ranked
+    return EmbeddedVae(vae, name, best, health, related=known.vae(related[0])), ranked
+
+
+def _verdict(embedded: EmbeddedVae) -> tuple[bool, str]:
+    what = describe(embedded)
+    if not embedded.health.ok:
+        return True, f"its VAE ({what}) is unhealthy: {embedded.health}"
+    if embedded.blend:
+        return True, f"its VAE is {what}, not a VAE trained as such"
+    return False, f"its VAE ({what}) is healthy"
+
+
+def describe(embedded: EmbeddedVae) -> str:
+    """The embedded VAE in a few words: "SDXL VAE", "a BF16 copy of SDXL VAE", "a merge of A (0.70) and B"."""
+    if embedded.blend:
+        parts = [f"{p.vae.label} ({p.weight:.2f})" for p in embedded.blend]
+        return "a merge of " + (", ".join(parts[:-1]) + " and " + parts[-1])
+    related = embedded.related.label if embedded.related else None
+    own = embedded.name or "an unknown VAE"
+    if embedded.relation == "same":
+        return embedded.name or related or own
+    if embedded.relation == "precision-variant":
+        return f"a {embedded.vae.dtype} copy of {related}"
+    if embedded.relation == "same-encoder":
+        return f"{own} with the encoder of {related} and another decoder"
+    if embedded.relation == "same-decoder":
+        return f"{own} with the decoder of {related} and another encoder"
+    return own

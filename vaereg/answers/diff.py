@@ -1,0 +1,225 @@
+"""How far apart two VAEs' weights are, tensor by tensor (``vaereg diff``, docs/check.md).
+
+`diff_models` streams two model files tensor by tensor - memory bounded by the largest tensor pair - for
+the relation (`answers.relation`) and the per-group and per-tensor differences that ``vaereg diff`` shows.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
+
+from vaereg.answers.relation import (
+    GROUPS,
+    digests_decide,
+    incompatibility,
+    relation,
+    relative_gap,
+    values_agree,
+)
+from vaereg.identity.locate import group_of
+from vaereg.identity.report import VaeIdentity
+
+if TYPE_CHECKING:
+    from vaereg.plugin.manager import Plugins
+
+#: How many of the most different tensors a diff lists.
+TOP_TENSORS = 5
+
+# --- full-tensor differences ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """How one canonical tensor of B differs from A's, from raw sums: ||a||, ||b - a|| and max |b - a|.
+
+    NaN where a value is NaN on either side; `agrees` is the precision rule over every element.
+    """
+
+    name: str
+    norm: float
+    gap: float
+    max_abs: float
+    agrees: bool
+
+    @property
+    def group(self) -> str:
+        return group_of(self.name)
+
+    @property
+    def differs(self) -> bool:
+        return not (self.gap == 0 and self.max_abs == 0)
+
+    @property
+    def rel_l2(self) -> float:
+        """||b - a|| / ||a||."""
+        return relative_gap(self.gap, self.norm)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "rel_l2": _number(self.rel_l2), "max_abs": _number(self.max_abs)}
+
+
+@dataclass(frozen=True)
+class GroupDiff:
+    """One tensor group (encoder, decoder, other): how many tensors differ and by how much overall."""
+
+    group: str
+    tensors: int
+    differing: int
+    rel_l2: float
+    max_abs: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tensors": self.tensors,
+            "differing": self.differing,
+            "rel_l2": _number(self.rel_l2),
+            "max_abs": _number(self.max_abs),
+        }
+
+
+def _number(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None  # JSON has no NaN
+
+
+def _widen(dtype: str, raw: bytes | memoryview) -> np.ndarray:
+    from vaereg.identity.digest import (
+        widen_float32,  # the one exact widening of stored floats
+    )
+
+    values = widen_float32(dtype, raw)
+    if values is None:
+        raise ValueError(f"no float values to compare in dtype {dtype}")
+    return values.astype(np.float64)
+
+
+def tensor_differences(
+    a: VaeIdentity,
+    read_a: Callable[[str], bytes | memoryview],
+    b: VaeIdentity,
+    read_b: Callable[[str], bytes | memoryview],
+) -> list[TensorDiff]:
+    """Read the canonical tensors of two compatible VAEs one pair at a time and measure B against A.
+
+    `read_*` read by canonical name. B's tensor is not read where the exact digests say it equals A's.
+    """
+    diffs = []
+    for name in sorted(a.tensor_digests):
+        da, db = a.tensor_digests[name], b.tensor_digests[name]
+        x = _widen(da.dtype, read_a(name))
+        with np.errstate(invalid="ignore", over="ignore"):
+            norm = float(np.linalg.norm(x))
+            if da.exact_digest == db.exact_digest and da.dtype == db.dtype:
+                diffs.append(TensorDiff(name, norm, 0.0, 0.0, True))
+                continue
+            y = _widen(db.dtype, read_b(name))
+            delta = np.abs(y - x)
+            gap = float(np.linalg.norm(delta))
+            biggest = float(delta.max()) if delta.size else 0.0
+        agrees = digests_decide(da, db)
+        if agrees is None:
+            agrees = bool(values_agree(x, da.dtype, y, db.dtype).all())
+        diffs.append(TensorDiff(name, norm, gap, biggest, agrees))
+    return diffs
+
+
+def group_differences(diffs: Iterable[TensorDiff]) -> list[GroupDiff]:
+    """Per-tensor differences summed by group (relative L2 over the whole group)."""
+    out = []
+    diffs = list(diffs)
+    for group in GROUPS:
+        members = [d for d in diffs if d.group == group]
+        if not members:
+            continue
+        gap = math.sqrt(sum(d.gap**2 for d in members))
+        norm = math.sqrt(sum(d.norm**2 for d in members))
+        differing = sum(1 for d in members if d.differs)
+        biggest = [d.max_abs for d in members]
+        max_abs = math.nan if any(map(math.isnan, biggest)) else max(biggest)  # max() skips NaN by order
+        out.append(GroupDiff(group, len(members), differing, relative_gap(gap, norm), max_abs))
+    return out
+
+
+# --- diffing two files --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """What ``vaereg diff A B`` says: the relation, and for compatible VAEs the measured differences."""
+
+    a: str
+    b: str
+    relation: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    vae_a: VaeIdentity | None = None
+    vae_b: VaeIdentity | None = None
+    groups: tuple[GroupDiff, ...] = ()
+    tensors: tuple[TensorDiff, ...] = field(default=(), repr=False)
+
+    @property
+    def top(self) -> list[TensorDiff]:
+        """The tensors that differ most, those with NaNs first."""
+        differing = [t for t in self.tensors if t.differs]
+        return sorted(differing, key=lambda t: -t.rel_l2 if not math.isnan(t.rel_l2) else -math.inf)[:TOP_TENSORS]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "relation": self.relation,
+            "reason": self.reason,
+            "error": self.error,
+            "vae_a": self.vae_a.to_json() if self.vae_a else None,
+            "vae_b": self.vae_b.to_json() if self.vae_b else None,
+            "groups": {g.group: g.to_json() for g in self.groups},
+            "top": [t.to_json() for t in self.top],
+        }
+
+
+def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
+    """Identify the VAEs of two model files and compare them; every failure becomes `error`.
+
+    Each file's VAE is read twice - once for its identity, once for the differences - so memory stays at
+    one tensor pair; the second read comes from the page cache.
+    """
+    from vaereg.errors import ModelFormatError
+    from vaereg.identity.analyze import open_model
+    from vaereg.identity.digest import compute_identity
+
+    shown = (str(path_a), str(path_b))
+    with ExitStack() as stack:
+        models = []
+        for path in (path_a, path_b):
+            try:
+                model = stack.enter_context(open_model(path, plugins))
+            except ModelFormatError as exc:
+                return DiffReport(*shown, error=f"{path}: {exc}")
+            except OSError as exc:
+                return DiffReport(*shown, error=f"{path}: {(exc.strerror or str(exc)).lower()}")
+            if model.vae is None:
+                return DiffReport(*shown, error=f"{path}: holds no VAE")
+            models.append(model)
+        ma, mb = models
+        try:
+            va, _ = compute_identity(ma.vae, ma.source.read)
+            vb, _ = compute_identity(mb.vae, mb.source.read)
+            why = incompatibility(va, vb)
+            if why:
+                return DiffReport(*shown, relation="incompatible", reason=why, vae_a=va, vae_b=vb)
+            diffs = tensor_differences(va, ma.read, vb, mb.read)
+        except (ModelFormatError, OSError, ValueError, KeyError) as exc:  # data contradicting its header
+            return DiffReport(*shown, error=f"unreadable: {exc}")
+    return DiffReport(
+        *shown,
+        relation=relation(va, vb, {d.name: d.agrees for d in diffs}),
+        vae_a=va,
+        vae_b=vb,
+        groups=tuple(group_differences(diffs)),
+        tensors=tuple(diffs),
+    )

@@ -1,0 +1,492 @@
+"""What is known about VAEs: the registry's names, aliases, notes and flags joined to the copies on this machine.
+
+`vaereg lookup`, `vaereg ls`, `vaereg name`/`alias`/`unname` and the Python API (`vaereg.api`) all answer
+from here, with the same records, so the CLI's ``--json`` and the API cannot drift apart. The logic is pure
+over an `Index` and a `Registry` passed in; registry writes go through the registry's own API.
+
+Names attach to canonical ids (`id`, the identity at fp16 precision): naming one copy names every copy of
+that VAE, fp32, fp16 or inside a checkpoint. A registry entry belongs to an identity by its `id`, or, while
+its ids are not learnt yet, by the SHA-256 of a file it lists that some copy on this machine has.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+
+from vaereg.errors import AmbiguousQueryError, NoMatchError, RegistryError
+from vaereg.store.index import LOOKUP_KINDS, Index, IndexedFile
+from vaereg.store.registry.read import Registry
+from vaereg.store.registry.schema import Entry
+
+if TYPE_CHECKING:
+    from vaereg.plugin.manager import Plugins
+
+#: What a lookup lists first: canonical ids, then whole-file hashes (the index's order).
+_KIND_RANK = {kind: rank for rank, kind in enumerate(LOOKUP_KINDS)}
+_FAMILY = re.compile(r"kl-f\d+-(\d+)ch")
+
+#: A group of hits: the canonical id, or (for a registry entry whose id is not known) None and its slug.
+_Key = tuple[str | None, str | None]
+
+
+def latent_channels_of(family: str | None) -> int | None:
+    """The latent channels a family name states (``kl-f8-16ch`` -> 16); None for ``unknown`` or no family."""
+    found = _FAMILY.fullmatch(family or "")
+    return int(found[1]) if found else None
+
+
+def reclaimable_bytes(copies: Iterable[IndexedFile]) -> int:
+    """Bytes that byte-identical standalone copies waste: n files with one SHA-256 hold n - 1 needless copies.
+
+    Each inode counts once (hard links already share their bytes). Files not hashed yet do not count, nor do
+    copies inside checkpoints: those hold more than the VAE, so no other file can stand in for them.
+    """
+    groups: dict[str, dict[tuple[int, int], int]] = {}
+    for copy in copies:
+        if not copy.embedded and copy.sha256 is not None:
+            groups.setdefault(copy.sha256, {})[(copy.dev, copy.inode)] = copy.size
+    return sum((len(sizes) - 1) * next(iter(sizes.values())) for sizes in groups.values())
+
+
+def _preferred(entries: Sequence[Entry]) -> Entry:
+    # Several entries for one VAE: a named one; of those the last merged, since entries only the local layer
+    # declares come after the shipped and shared ones.
+    named = [entry for entry in entries if entry.name]
+    return (named or list(entries))[-1]
+
+
+# --- records -----------------------------------------------------------------------------------------
+
+
+class _Described:
+    """What the registry entry says, for records that carry one as `entry`."""
+
+    entry: Entry | None
+
+    @property
+    def name(self) -> str | None:
+        return self.entry.name if self.entry else None
+
+    @property
+    def label(self) -> str:
+        """What to call the VAE in front of a person."""
+        return self.name or "unnamed"
+
+    @property
+    def slug(self) -> str | None:
+        return self.entry.slug if self.entry else None
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return self.entry.aliases if self.entry else ()
+
+    @property
+    def notes(self) -> str | None:
+        return self.entry.notes if self.entry else None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self.entry.flags if self.entry else ()
+
+
+@dataclass(frozen=True)
+class MatchedHash:
+    """One hash value a query matched, and which kind it is (``id``, ``encoder_id``, ``sha256``, ``autov2``...)."""
+
+    kind: str
+    value: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value}
+
+
+@dataclass(frozen=True)
+class LookupMatch(_Described):
+    """One VAE a query leads to: its canonical id (None while only a registry entry knows of it, by file
+    hash), the entry, the hashes that matched and every indexed copy."""
+
+    id: str | None
+    entry: Entry | None
+    family: str | None
+    latent_channels: int | None
+    matched: tuple[MatchedHash, ...]
+    copies: tuple[IndexedFile, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "family": self.family,
+            "latent_channels": self.latent_channels,
+            "notes": self.notes,
+            "flags": list(self.flags),
+            "matched": [hit.to_json() for hit in self.matched],
+            "copies": [copy.to_json() for copy in self.copies],
+            "slug": self.slug,
+        }
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """What `vaereg lookup HASH` says. `ambiguous`: a prefix that hit several values of one kind, or hashes
+    leading to different VAEs; `matches` are then the candidates."""
+
+    query: str
+    matches: tuple[LookupMatch, ...]
+    ambiguous: bool
+
+    @property
+    def found(self) -> bool:
+        """One answer: something matched, and unambiguously."""
+        return bool(self.matches) and not self.ambiguous
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "matches": [match.to_json() for match in self.matches],
+            "ambiguous": self.ambiguous,
+        }
+
+
+@dataclass(frozen=True)
+class VaeSummary(_Described):
+    """One distinct VAE (canonical id) on this machine, as `vaereg ls` shows it."""
+
+    id: str
+    entry: Entry | None
+    family: str
+    latent_channels: int | None
+    copies: tuple[IndexedFile, ...]
+    reclaimable_bytes: int
+
+    @property
+    def standalone(self) -> int:
+        return sum(not copy.embedded for copy in self.copies)
+
+    @property
+    def embedded(self) -> int:
+        return sum(copy.embedded for copy in self.copies)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "family": self.family,
+            "latent_channels": self.latent_channels,
+            "copies": [copy.to_json() for copy in self.copies],
+            "reclaimable_bytes": self.reclaimable_bytes,
+            "slug": self.slug,
+            "aliases": list(self.aliases),
+            "flags": list(self.flags),
+            "standalone": self.standalone,
+            "embedded": self.embedded,
+        }
+
+
+Action = Literal["name", "alias", "unname"]
+
+
+@dataclass(frozen=True)
+class NamingResult:
+    """A naming change as written: the entry as it now stands (None when the change removed it)."""
+
+    action: Action
+    id: str | None
+    slug: str
+    entry: Entry | None
+    changed: bool  # False when the registry already said so and nothing was written
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "id": self.id,
+            "slug": self.slug,
+            "changed": self.changed,
+            "entry": self.entry.to_json() if self.entry else None,
+        }
+
+
+@dataclass(frozen=True)
+class NamingPlan:
+    """A change to the local registry about one VAE. Nothing is written until `execute`, which applies it
+    to the registry as it is then (another process may have written meanwhile)."""
+
+    action: Action
+    target: LookupMatch
+    slug: str  # the entry written; for a new entry the slug planned, which a concurrent write may shift
+    changes: tuple[str, ...]  # for people, in the registry's words ("vae.<slug>: name = '...'")
+    catalog: Catalog = field(repr=False, compare=False)
+    name: str | None = None
+    aliases: tuple[str, ...] = ()
+    note: str | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def execute(self) -> NamingResult:
+        return self.catalog.execute(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "id": self.target.id, "slug": self.slug, "changes": list(self.changes)}
+
+
+# --- the catalog -------------------------------------------------------------------------------------
+
+
+class Catalog:
+    """Lookups, listings and naming over one index and one registry.
+
+    `plugins`, when given, hears of every registry change (`vaereg_registry_changed`).
+    """
+
+    def __init__(self, index: Index, registry: Registry, plugins: Plugins | None = None) -> None:
+        self.index = index
+        self.registry = registry
+        self.plugins = plugins
+        self._unlearnt: tuple[object, frozenset[str]] = (None, frozenset())
+
+    # -- what is known
+
+    def lookup(self, query: str) -> LookupResult:
+        """Every VAE whose ids or file hashes are `query` or start with it (any case, >= 6 hex digits),
+        on this machine or in the registry. Raises ValueError for a query that is not such a hash."""
+        hits = self.index.lookup(query)  # checks the query first, so its message is the one people see
+        targets: dict[tuple[str, str], set[_Key]] = {}
+        hinted: dict[_Key, Entry] = {}
+        for hit in hits:
+            if hit.vae_id is not None:  # else a file that holds no VAE (a UNet, a LoRA): nothing to name
+                targets.setdefault((hit.kind, hit.value), set()).add((hit.vae_id, None))
+        for found in self.registry.search_prefix(query):
+            keys = self._keys_of(found.entry)
+            targets.setdefault((found.field, found.value), set()).update(keys)
+            for key in keys:
+                hinted.setdefault(key, found.entry)
+        matched: dict[_Key, list[MatchedHash]] = {}
+        for (kind, value), keys in targets.items():
+            for key in keys:
+                matched.setdefault(key, []).append(MatchedHash(kind, value))
+        matches = [
+            self._match(key, sorted(hashes, key=lambda h: (_KIND_RANK[h.kind], h.value)), hinted.get(key))
+            for key, hashes in matched.items()
+        ]
+        matches.sort(key=lambda m: (_KIND_RANK[m.matched[0].kind], m.id or "", m.slug or ""))
+        # An encoder_id shared by several VAEs leads to all of them without being ambiguous; a prefix is
+        # when it hits two values of one kind, or values that lead to different VAEs.
+        per_kind = Counter(kind for kind, _ in targets)
+        ambiguous = max(per_kind.values(), default=0) > 1 or len({frozenset(k) for k in targets.values()}) > 1
+        return LookupResult(query, tuple(matches), ambiguous)
+
+    def resolve(self, query: str) -> str:
+        """The canonical id of the one VAE `query` names; NoMatchError / AmbiguousQueryError otherwise."""
+        match = self.one(query)
+        if match.id is None:
+            raise NoMatchError(
+                f"{query} is registry entry vae.{match.slug}, but no copy of it has been scanned: its id is not known"
+            )
+        return match.id
+
+    def one(self, query: str) -> LookupMatch:
+        """The one VAE `query` leads to (several matched values may lead to it)."""
+        result = self.lookup(query)
+        if not result.matches:
+            raise NoMatchError(f"nothing matches {query}")
+        if len(result.matches) > 1:
+            raise AmbiguousQueryError(query, result.matches)
+        return result.matches[0]
+
+    def entry_for(self, vae_id: str, copies: Sequence[IndexedFile] | None = None) -> Entry | None:
+        """The registry entry of a canonical id: the one with that `id`, else one listing a copy's SHA-256
+        whose ids are not learnt yet (a shipped entry before the scan that teaches them)."""
+        by_id = self.registry.find_by_id(vae_id)
+        if by_id:
+            return _preferred(by_id)
+        unlearnt = self._unlearnt_files()
+        for copy in self.index.copies(vae_id) if copies is None else copies:
+            if copy.sha256 in unlearnt:
+                listed = [entry for entry in self.registry.find_by_sha256(copy.sha256) if entry.id is None]
+                if listed:
+                    return _preferred(listed)
+        return None
+
+    def distinct_vaes(self) -> list[VaeSummary]:
+        """One summary per canonical id on this machine: named ones by name, then the unnamed ones by id."""
+        summaries = [
+            self._summary(found.id, found.family, found.latent_channels, found.copies)
+            for found in self.index.identities()
+        ]
+        return sorted(summaries, key=lambda s: (s.name is None, (s.name or "").casefold(), s.id))
+
+    def vae(self, vae_id: str) -> VaeSummary | None:
+        """The summary of one canonical id, None when no indexed file holds it."""
+        copies = tuple(self.index.copies(vae_id))
+        if not copies:
+            return None
+        return self._summary(copies[0].id or vae_id, copies[0].family or "unknown", copies[0].latent_channels, copies)
+
+    def copies(self, vae_id: str) -> list[IndexedFile]:
+        """Every indexed file holding the canonical id, whatever its precision or container."""
+        return self.index.copies(vae_id)
+
+    # -- naming: plan, then execute
+
+    def plan_name(self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = ()) -> NamingPlan:
+        """Plan giving the VAE `query` names the name `name` (and a note, flags) in the local registry."""
+        target, registry = self.one(query), self.registry
+        name, flags = (name or "").strip(), tuple(flags)
+        if not name:
+            raise RegistryError("a name cannot be empty")
+        entry = target.entry
+        if target.id is None:
+            assert entry is not None  # a match without an id comes from a registry entry
+            slug, changes = entry.slug, registry.plan_update(entry.slug, {"name": name}).describe()
+        elif entry is not None and entry.id is None:
+            # An entry joined by a file's SHA-256: it learns the ids first, so the name lands on it.
+            identity = self._identity(target.id)
+            learnt = {key: value for key, value in identity.items() if value and not getattr(entry, key)}
+            slug = entry.slug
+            changes = registry.plan_update(slug, {"id": target.id, **learnt, "name": name}).describe()
+        else:
+            plan = registry.plan_set_name(target.id, name, **self._identity(target.id))
+            slug = plan.edits[0].slug if plan.edits else (entry.slug if entry else "")
+            changes = plan.describe()
+        if flags:
+            changes += registry.plan_update(slug, {"flags": flags}).describe()
+        note = (note or "").strip() or None
+        current = registry.get(slug)
+        if note and note not in ((current.notes or "") if current else "").split("\n"):
+            changes.append(f"vae.{slug}: add note {note!r}")
+        return NamingPlan("name", target, slug, tuple(changes), self, name=name, note=note, flags=flags)
+
+    def plan_alias(self, query: str, aliases: Iterable[str]) -> NamingPlan:
+        """Plan adding aliases to the entry of the VAE `query` names (it must have one: name it first)."""
+        target, aliases = self.one(query), tuple(aliases)
+        if target.entry is None:
+            raise RegistryError(f"{target.id} has no registry entry to add aliases to: name it first (vaereg name)")
+        slug = target.entry.slug
+        changes = self.registry.plan_update(slug, {"aliases": aliases}).describe()
+        return NamingPlan("alias", target, slug, tuple(changes), self, aliases=aliases)
+
+    def plan_unname(self, query: str) -> NamingPlan:
+        """Plan removing the local name of the VAE `query` names, so a lower layer's name (if any) shows."""
+        target = self.one(query)
+        entry = target.entry
+        if entry is None or entry.name is None:
+            raise RegistryError(f"{target.id or query} has no name")
+        if target.id is not None and entry.id == target.id:
+            changes = self.registry.plan_remove_name(target.id).describe()  # refuses a name not written locally
+        else:
+            changes = self.registry.plan_update(entry.slug, {"name": None}).describe()
+            if not changes:
+                raise RegistryError(
+                    f"the name of vae.{entry.slug} does not come from the local registry "
+                    f"{self.registry.local_path}, the only one vaereg writes"
+                )
+        return NamingPlan("unname", target, entry.slug, tuple(changes), self)
+
+    def execute(self, plan: NamingPlan) -> NamingResult:
+        """Write `plan` through the registry's API and tell the plugins when something changed."""
+        registry, target = self.registry, plan.target
+        before = registry.get(plan.slug) if plan.slug else None
+        entry: Entry | None
+        if plan.action == "name":
+            assert plan.name is not None
+            entry = self._write_name(target, plan.slug, plan.name)
+            if plan.note:
+                entry = registry.add_note(entry.slug, plan.note)
+            if plan.flags:
+                entry = registry.add_flags(entry.slug, plan.flags)
+        elif plan.action == "alias":
+            entry = registry.add_aliases(plan.slug, plan.aliases)
+        elif target.id is not None and before is not None and before.id == target.id:
+            entry = registry.remove_name(target.id)
+        else:
+            entry = registry.update(plan.slug, {"name": None})
+        slug = entry.slug if entry else plan.slug
+        changed = entry != before
+        if changed and self.plugins is not None:
+            self.plugins.registry_changed(slug, entry.to_json() if entry else None)
+        return NamingResult(plan.action, target.id, slug, entry, changed)
+
+    def name(self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = ()) -> NamingResult:
+        return self.plan_name(query, name, note=note, flags=flags).execute()
+
+    def alias(self, query: str, aliases: Iterable[str]) -> NamingResult:
+        return self.plan_alias(query, aliases).execute()
+
+    def unname(self, query: str) -> NamingResult:
+        return self.plan_unname(query).execute()
+
+    # -- helpers
+
+    def _write_name(self, target: LookupMatch, slug: str, name: str) -> Entry:
+        registry = self.registry
+        if target.id is None:
+            return registry.update(slug, {"name": name})
+        identity = self._identity(target.id)
+        if target.entry is not None and target.entry.id is None:
+            # joined by a copy's SHA-256: the entry learns the ids first, so set_name finds it by id
+            registry.learn_ids(target.entry.slug, target.id, **identity)
+        return registry.set_name(target.id, name, **identity)
+
+    def _identity(self, vae_id: str) -> dict[str, str | None]:
+        """What the index knows of a canonical id that the registry keeps beside a name."""
+        vaes = self.index.vaes_by_id(vae_id)
+        if not vaes:
+            return {"family": None, "encoder_id": None, "decoder_id": None}
+        vae = vaes[0]
+        family = vae.family if vae.family != "unknown" else None  # "unknown" says nothing worth keeping
+        return {"family": family, "encoder_id": vae.encoder_id, "decoder_id": vae.decoder_id}
+
+    def _unlearnt_files(self) -> frozenset[str]:
+        """The SHA-256 of every file listed by an entry without an id: the only ones worth a registry query
+        when `ls` joins thousands of copies. Rebuilt when the registry was re-read (its dict is replaced)."""
+        entries = self.registry.entries
+        if self._unlearnt[0] is not entries:
+            listed = frozenset(known.sha256 for entry in entries.values() if entry.id is None for known in entry.files)
+            self._unlearnt = (entries, listed)
+        return self._unlearnt[1]
+
+    def _keys_of(self, entry: Entry) -> list[_Key]:
+        """The VAEs a registry entry stands for: its id, else the ids of the indexed files it lists."""
+        if entry.id:
+            return [(entry.id, None)]
+        ids = {
+            hit.vae_id
+            for known in entry.files
+            for hit in self.index.lookup(known.sha256)
+            if hit.kind == "sha256" and hit.value == known.sha256 and hit.vae_id is not None
+        }
+        return [(vae_id, None) for vae_id in sorted(ids)] or [(None, entry.slug)]
+
+    def _match(self, key: _Key, matched: list[MatchedHash], hinted: Entry | None) -> LookupMatch:
+        vae_id, slug = key
+        if vae_id is None:
+            entry = self.registry.get(slug or "") or hinted
+            family = entry.family if entry else None
+            return LookupMatch(None, entry, family, latent_channels_of(family), tuple(matched), ())
+        copies = tuple(self.index.copies(vae_id))
+        entry = self.entry_for(vae_id, copies) or hinted
+        if copies:
+            family, latent = copies[0].family, copies[0].latent_channels
+        else:
+            family = entry.family if entry else None
+            latent = latent_channels_of(family)
+        return LookupMatch(vae_id, entry, family, latent, tuple(matched), copies)
+
+    def _summary(
+        self, vae_id: str, family: str, latent_channels: int | None, copies: Sequence[IndexedFile]
+    ) -> VaeSummary:
+        return VaeSummary(
+            id=vae_id,
+            entry=self.entry_for(vae_id, copies),
+            family=family,
+            latent_channels=latent_channels,
+            copies=tuple(copies),
+            reclaimable_bytes=reclaimable_bytes(copies),
+        )

@@ -1,0 +1,636 @@
+"""The local index: which files on this machine hold which VAE identities, kept in SQLite.
+
+Three tables: ``files`` (one row per indexed path, with its stat key, format or error, the exact VAE it
+holds and its whole-file hashes), ``vaes`` (one row per distinct ``exact_id``) and ``tensors`` (the
+per-tensor digests of each ``exact_id``, written once). A ``vaes`` row lives as long as some file holds
+it, so every identity the index knows is one this machine has.
+
+Several threads of one process share one connection behind a lock; several processes (the daemon and
+CLI calls) share the file through WAL mode and a busy timeout. Every logical change is one
+``BEGIN IMMEDIATE`` transaction, so a process killed at any moment leaves the index as it was before or
+after that change. ``synchronous=NORMAL`` may lose the last commits on power loss, never consistency.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from vaereg.errors import IndexVersionError
+from vaereg.identity.report import (
+    FILE_HASH_NAMES,
+    FileHashes,
+    HashReport,
+    TensorDigest,
+    VaeIdentity,
+)
+
+#: What `Index.lookup` searches, in the order its hits are listed: canonical ids, then whole-file hashes.
+VAE_KINDS = ("id", "exact_id", "encoder_id", "decoder_id")
+FILE_KINDS = ("sha256", "autov1", "autov2", "autov3", "blake3")
+LOOKUP_KINDS = VAE_KINDS + FILE_KINDS
+#: Shorter prefixes would match too much to be useful (AutoV1, the shortest hash, has 8 digits).
+MIN_PREFIX = 6
+#: How long a writer waits for another process's transaction before giving up (seconds).
+BUSY_TIMEOUT = 10.0
+
+_HEX = re.compile(r"[0-9a-f]*")
+_U64 = 1 << 64
+
+#: Schema migrations: entry n takes the index from `user_version` n to n + 1. Forward only: a released
+#: entry never changes; a new schema appends one. Statements run one by one inside the caller's transaction
+#: (`executescript` would commit it).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE vaes (
+            exact_id TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            encoder_id TEXT NOT NULL,
+            decoder_id TEXT NOT NULL,
+            family TEXT NOT NULL,
+            latent_channels INTEGER,
+            dtype TEXT NOT NULL,
+            layout TEXT NOT NULL,
+            tensors INTEGER NOT NULL,
+            params INTEGER NOT NULL,
+            sketch BLOB NOT NULL
+        )""",
+        """CREATE TABLE tensors (
+            exact_id TEXT NOT NULL REFERENCES vaes (exact_id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            dtype TEXT NOT NULL,
+            shape TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            exact_digest TEXT NOT NULL,
+            PRIMARY KEY (exact_id, name)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            dev INTEGER NOT NULL,
+            inode INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            format TEXT,
+            error TEXT,
+            exact_id TEXT REFERENCES vaes (exact_id),
+            embedded INTEGER NOT NULL DEFAULT 0,
+            prefix TEXT,
+            indexed_at REAL NOT NULL,
+            sha256 TEXT,
+            autov1 TEXT,
+            autov2 TEXT,
+            autov3 TEXT,
+            blake3 TEXT,
+            crc32 TEXT,
+            hashed_at REAL
+        )""",
+        "CREATE INDEX vaes_id ON vaes (id)",
+        "CREATE INDEX vaes_encoder_id ON vaes (encoder_id)",
+        "CREATE INDEX vaes_decoder_id ON vaes (decoder_id)",
+        "CREATE INDEX vaes_family ON vaes (family)",
+        "CREATE INDEX files_inode ON files (dev, inode)",
+        "CREATE INDEX files_exact_id ON files (exact_id)",
+        "CREATE INDEX files_sha256 ON files (sha256)",
+        "CREATE INDEX files_autov1 ON files (autov1)",
+        "CREATE INDEX files_autov2 ON files (autov2)",
+        "CREATE INDEX files_autov3 ON files (autov3)",
+        "CREATE INDEX files_blake3 ON files (blake3)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _fold64(value: int) -> int:
+    """st_dev/st_ino in at most 64 bits: Windows ReFS file ids (Python >= 3.12) have 128, folded here."""
+    return (value ^ (value >> 64)) % _U64 if value >= _U64 else value
+
+
+def _sql_int(value: int) -> int:
+    """A stat number as SQLite's signed 64-bit INTEGER (two's complement: `% 2**64` gives it back)."""
+    value = _fold64(value)
+    return value - _U64 if value >= 1 << 63 else value
+
+
+def _lower(value: str | None) -> str | None:
+    return value.lower() if value else None
+
+
+@dataclass(frozen=True)
+class IndexedVae:
+    """One exact VAE (one `exact_id`) the index knows of."""
+
+    exact_id: str
+    id: str
+    encoder_id: str
+    decoder_id: str
+    family: str
+    latent_channels: int | None
+    dtype: str
+    layout: str
+    tensors: int
+    params: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """One indexed path: its stat key, what reading it gave and, joined in, the VAE it holds (None if none)."""
+
+    path: str
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+    format: str | None
+    error: str | None
+    exact_id: str | None
+    embedded: bool  # the VAE sits under a non-empty key prefix, i.e. inside a full checkpoint
+    prefix: str | None
+    indexed_at: float
+    sha256: str | None
+    autov1: str | None
+    autov2: str | None
+    autov3: str | None
+    blake3: str | None
+    crc32: str | None
+    hashed_at: float | None
+    id: str | None
+    encoder_id: str | None
+    decoder_id: str | None
+    family: str | None
+    latent_channels: int | None
+    dtype: str | None
+    layout: str | None
+    tensors: int | None
+    params: int | None
+
+    @property
+    def hashes(self) -> FileHashes | None:
+        """The whole-file hashes, None until they are computed."""
+        if self.hashed_at is None:
+            return None
+        return FileHashes(size=self.size, **{name: getattr(self, name) for name in FILE_HASH_NAMES})
+
+    def report(self) -> HashReport:
+        """The report this row stands for (without per-tensor digests), for events about indexed files."""
+        vae = None
+        if self.exact_id is not None:
+            vae = VaeIdentity(
+                id=self.id or "",
+                exact_id=self.exact_id,
+                encoder_id=self.encoder_id or "",
+                decoder_id=self.decoder_id or "",
+                family=self.family or "unknown",
+                latent_channels=self.latent_channels,
+                dtype=self.dtype or "",
+                layout=self.layout or "",
+                prefix=self.prefix or "",
+                tensors=self.tensors or 0,
+                params=self.params or 0,
+            )
+        hashes = self.hashes or FileHashes(self.size)
+        return HashReport(path=self.path, format=self.format, error=self.error, vae=vae, file=hashes)
+
+    def unchanged(self, size: int, mtime_ns: int, inode: int) -> bool:
+        """Whether a file of this inode, size and mtime is the one indexed here, unchanged (the inode folded
+        as the index stores it; the device may differ between mounts of one disk, so it is not asked)."""
+        return self.mtime_ns == mtime_ns and self.size == size and self.inode == _fold64(inode)
+
+    def matches(self, st: os.stat_result) -> bool:
+        """Whether `st` describes the file as it was indexed (same file, same size, same mtime)."""
+        return self.unchanged(st.st_size, st.st_mtime_ns, st.st_ino) and self.dev == _fold64(st.st_dev)
+
+    def to_json(self) -> dict[str, Any]:
+        """A copy as lookup and ls show it: the documented path/format/size/embedded, then ids and hashes."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "size": self.size,
+            "embedded": self.embedded,
+            "exact_id": self.exact_id,
+            "dtype": self.dtype,
+            **{name: getattr(self, name) for name in FILE_HASH_NAMES},
+        }
+
+
+@dataclass(frozen=True)
+class HashHit:
+    """One match of a lookup: which kind of hash matched, its full value, the VAE and the file it leads to."""
+
+    kind: str
+    value: str
+    vae_id: str | None
+    path: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class IdentitySummary:
+    """One canonical id and every indexed file holding it (any exact variant, standalone or embedded)."""
+
+    id: str
+    family: str
+    latent_channels: int | None
+    copies: tuple[IndexedFile, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "family": self.family,
+            "latent_channels": self.latent_channels,
+            "copies": [copy.to_json() for copy in self.copies],
+        }
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """Counts for `vaereg status` and the daemon."""
+
+    files: int
+    errors: int
+    pending_file_hashes: int
+    vaes: int  # distinct exact_ids
+    identities: int  # distinct canonical ids
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+#: The whole-file hashes and when they were stored: written together, kept or cleared together.
+_HASH_COLUMNS = (*FILE_HASH_NAMES, "hashed_at")
+_FILE_COLUMNS = (
+    *("path", "dev", "inode", "size", "mtime_ns", "format", "error", "exact_id", "embedded", "prefix"),
+    "indexed_at",
+    *_HASH_COLUMNS,
+)
+_VAE_COLUMNS = (
+    *("exact_id", "id", "encoder_id", "decoder_id", "family", "latent_channels", "dtype", "layout"),
+    *("tensors", "params"),
+)
+
+# IndexedFile's fields in order: the file row, then the VAE fields it does not repeat (exact_id it does).
+_SELECT_FILE = (
+    f"SELECT {', '.join([f'f.{c}' for c in _FILE_COLUMNS] + [f'v.{c}' for c in _VAE_COLUMNS[1:]])}"
+    " FROM files f LEFT JOIN vaes v ON v.exact_id = f.exact_id"
+)
+_UPSERT_FILE = (
+    f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({', '.join('?' for _ in _FILE_COLUMNS)})"
+    f" ON CONFLICT (path) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _FILE_COLUMNS[1:])}"
+)
+_INSERT_VAE = (
+    f"INSERT INTO vaes ({', '.join(_VAE_COLUMNS)}, sketch) VALUES ({', '.join('?' for _ in _VAE_COLUMNS)}, ?)"
+    " ON CONFLICT (exact_id) DO NOTHING"
+)
+# One range scan per kind; `:hi` is the prefix followed by "g", the first character above every hex digit.
+_LOOKUP = " UNION ALL ".join(
+    [
+        f"SELECT '{kind}', v.{kind}, v.id, f.path FROM vaes v LEFT JOIN files f ON f.exact_id = v.exact_id"
+        f" WHERE v.{kind} >= :lo AND v.{kind} < :hi"
+        for kind in VAE_KINDS
+    ]
+    + [
+        f"SELECT '{kind}', f.{kind}, v.id, f.path FROM files f LEFT JOIN vaes v ON v.exact_id = f.exact_id"
+        f" WHERE f.{kind} >= :lo AND f.{kind} < :hi"
+        for kind in FILE_KINDS
+    ]
+)
+
+
+_FILE_FIELDS = tuple(f.name for f in fields(IndexedFile))
+
+
+def _file(row: tuple) -> IndexedFile:
+    values = list(row)
+    values[1] %= _U64  # dev and inode back to unsigned
+    values[2] %= _U64
+    values[8] = bool(values[8])
+    # Filling __dict__ skips the frozen __init__'s object.__setattr__ per field, which is half the cost of
+    # the 100k rows a rescan reads through paths_under. The row's columns are the fields, in order.
+    file = object.__new__(IndexedFile)
+    file.__dict__.update(zip(_FILE_FIELDS, values, strict=True))
+    return file
+
+
+def _hex_prefix(query: str) -> str:
+    text = query.strip().lower()
+    if not _HEX.fullmatch(text):
+        raise ValueError(f"{query!r} is not a hash: use only the hex digits 0-9 and a-f")
+    if len(text) < MIN_PREFIX:
+        raise ValueError(f"{query!r} is too short: give at least {MIN_PREFIX} hex digits of a hash")
+    return text
+
+
+def _below(folder: str) -> tuple[str, list[str]]:
+    """A WHERE clause on `f.path` for the paths strictly inside `folder`, as an index range scan.
+
+    A prefix alone is not a folder boundary (`/a/b` is a prefix of `/a/bc`), so the range starts at
+    folder + separator. The separator is the one `folder` is spelled with: a folder with a backslash is a
+    Windows one; otherwise `/` (a backslash may be part of a POSIX file name).
+    """
+    sep = "\\" if "\\" in folder else "/"
+    base = folder.rstrip(sep)
+    return "f.path >= ? AND f.path < ?", [base + sep, base + chr(ord(sep) + 1)]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: the module opens no transactions of its own; every write says BEGIN IMMEDIATE.
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            # Switching a new file to WAL needs an exclusive lock and may fail without waiting when another
+            # process opens the same new index at this moment; once the file is in WAL this is a no-op.
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Index:
+    """The local index at `path` (`Config.index`); see the module docstring for the guarantees."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn = _connect(self.path)
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- plumbing
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if os.getpid() != self._pid:
+                # SQLite connections must not cross fork(): parent and child would share one file's locks
+                raise RuntimeError("an Index cannot be used across fork(); open a new one in the child")
+            yield self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction holding the write lock from its start, so its reads see what it then changes."""
+        with self._read() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, taking the write lock only when there is something to do
+        (a CLI call opening the index must not wait for the daemon's transactions)."""
+        with self._read() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
+            if version > SCHEMA_VERSION:
+                raise IndexVersionError(
+                    f"{self.path}: index schema {version} is newer than this vaereg's ({SCHEMA_VERSION});"
+                    " upgrade vaereg or point paths.index elsewhere"
+                )
+            for steps in _MIGRATIONS[version:]:
+                for statement in steps:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _drop_unheld(conn: sqlite3.Connection, exact_ids: Iterable[str | None]) -> None:
+        """Forget the VAEs (and, by cascade, their tensors) that no file holds any more."""
+        conn.executemany(
+            "DELETE FROM vaes WHERE exact_id = ?1 AND NOT EXISTS (SELECT 1 FROM files WHERE exact_id = ?1)",
+            [(e,) for e in set(exact_ids) if e],
+        )
+
+    @staticmethod
+    def _add_vae(conn: sqlite3.Connection, vae: VaeIdentity) -> None:
+        row = [_lower(getattr(vae, c)) if c in VAE_KINDS else getattr(vae, c) for c in _VAE_COLUMNS]
+        if conn.execute(_INSERT_VAE, (*row, vae.sketch)).rowcount == 0:
+            return  # known exact_id: its tensors are already there and identical by definition
+        conn.executemany(
+            "INSERT INTO tensors (exact_id, name, dtype, shape, digest, exact_digest) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (row[0], name, t.dtype, ",".join(map(str, t.shape)), t.digest.lower(), t.exact_digest.lower())
+                for name, t in vae.tensor_digests.items()
+            ],
+        )
+
+    def _files(self, where: str, params: Iterable[Any] = ()) -> list[IndexedFile]:
+        with self._read() as conn:
+            return [_file(row) for row in conn.execute(f"{_SELECT_FILE} {where}", tuple(params))]
+
+    # -- files
+
+    def get(self, path: str) -> IndexedFile | None:
+        found = self._files("WHERE f.path = ?", (path,))
+        return found[0] if found else None
+
+    def by_inode(self, dev: int, inode: int, size: int, mtime_ns: int) -> list[IndexedFile]:
+        """Rows of the same file under other names: a rename shows as a new path with a known stat key."""
+        return self._files(
+            "WHERE f.dev = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ? ORDER BY f.path",
+            (_sql_int(dev), _sql_int(inode), size, mtime_ns),
+        )
+
+    def record(self, path: str, st: os.stat_result, report: HashReport) -> None:
+        """Insert or replace the row of `path` from what `identify` said of it, stat'ed as `st`.
+
+        Whole-file hashes come from the report when it has them; a report without them (identity first,
+        hashes later) keeps the row's old ones only if the file is unchanged, so no row shows stale hashes.
+        """
+        vae, now = report.vae, time.time()
+        stat_key = (_sql_int(st.st_dev), _sql_int(st.st_ino), st.st_size, st.st_mtime_ns)
+        with self._write() as conn:
+            old = conn.execute(
+                f"SELECT exact_id, dev, inode, size, mtime_ns, {', '.join(_HASH_COLUMNS)}"
+                " FROM files WHERE path = ?",
+                (path,),
+            ).fetchone()
+            hashes: tuple[Any, ...]
+            if report.file is not None and report.file.sha256 is not None:
+                hashes = (*(_lower(getattr(report.file, n)) for n in FILE_HASH_NAMES), now)
+            elif old is not None and tuple(old[1:5]) == stat_key:
+                hashes = tuple(old[5:])
+            else:
+                hashes = (None,) * len(_HASH_COLUMNS)
+            if vae is not None:
+                self._add_vae(conn, vae)
+            conn.execute(
+                _UPSERT_FILE,
+                (
+                    path,
+                    *stat_key,
+                    report.format,
+                    report.error,
+                    _lower(vae.exact_id) if vae else None,
+                    int(bool(vae and vae.prefix)),
+                    vae.prefix if vae else None,
+                    now,
+                    *hashes,
+                ),
+            )
+            if old is not None:
+                self._drop_unheld(conn, [old[0]])
+
+    def set_file_hashes(self, path: str, hashes: FileHashes, *, expect_mtime_ns: int | None = None) -> bool:
+        """Store whole-file hashes computed after `record`; refused (False) if the row is gone or, with
+        `expect_mtime_ns`, if the file was re-recorded with another mtime since the hashing began."""
+        values = [_lower(getattr(hashes, n)) for n in FILE_HASH_NAMES]
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE files SET {', '.join(f'{n} = ?' for n in FILE_HASH_NAMES)}, hashed_at = ?"
+                " WHERE path = ? AND (? IS NULL OR mtime_ns = ?)",
+                (*values, time.time(), path, expect_mtime_ns, expect_mtime_ns),
+            )
+            return cursor.rowcount == 1
+
+    def move(self, old: str, new: str) -> bool:
+        """Give the row of `old` the path `new`, hashes and all; a row already at `new` is replaced (the
+        rename replaced that file). False when `old` is not indexed."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM files WHERE path = ?", (old,)).fetchone() is None:
+                return False
+            if old != new:
+                replaced = conn.execute("SELECT exact_id FROM files WHERE path = ?", (new,)).fetchone()
+                conn.execute("DELETE FROM files WHERE path = ?", (new,))
+                conn.execute("UPDATE files SET path = ? WHERE path = ?", (new, old))
+                if replaced is not None:
+                    self._drop_unheld(conn, [replaced[0]])
+            return True
+
+    def remove(self, path: str) -> bool:
+        with self._write() as conn:
+            row = conn.execute("SELECT exact_id FROM files WHERE path = ?", (path,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM files WHERE path = ?", (path,))
+            self._drop_unheld(conn, [row[0]])
+            return True
+
+    def remove_missing(self, under: str, seen: set[str]) -> list[str]:
+        """Delete the rows inside folder `under` whose path is not in `seen` (what a scan found there);
+        returns their paths, sorted."""
+        where, params = _below(under)
+        with self._write() as conn:
+            rows = conn.execute(f"SELECT f.path, f.exact_id FROM files f WHERE {where}", params).fetchall()
+            gone = sorted((path, exact_id) for path, exact_id in rows if path not in seen)
+            conn.executemany("DELETE FROM files WHERE path = ?", [(path,) for path, _ in gone])
+            self._drop_unheld(conn, [exact_id for _, exact_id in gone])
+        return [path for path, _ in gone]
+
+    def paths_under(self, folder: str) -> dict[str, IndexedFile]:
+        """Every row inside `folder`, by path: what a stat-only rescan compares the disk against."""
+        where, params = _below(folder)
+        return {row.path: row for row in self._files(f"WHERE {where}", params)}
+
+    def pending_file_hashes(self, limit: int) -> list[IndexedFile]:
+        """Readable rows still without whole-file hashes, in the order they were first recorded."""
+        # rowid order is the order of the NULL entries in files_sha256, so this needs no sort
+        return self._files("WHERE f.sha256 IS NULL AND f.error IS NULL ORDER BY f.rowid LIMIT ?", (limit,))
+
+    # -- identities
+
+    def lookup(self, query: str) -> list[HashHit]:
+        """Everything whose id or file hash is `query` or starts with it (any case, >= 6 hex digits).
+
+        One hit per (value, file); an id no file holds cannot occur, since unheld VAEs are dropped.
+        Raises ValueError for a query that is not hex or is too short.
+        """
+        prefix = _hex_prefix(query)
+        with self._read() as conn:
+            rows = conn.execute(_LOOKUP, {"lo": prefix, "hi": prefix + "g"}).fetchall()
+        hits = [HashHit(*row) for row in rows]
+        order = {kind: i for i, kind in enumerate(LOOKUP_KINDS)}
+        return sorted(hits, key=lambda h: (order[h.kind], h.value, h.path or ""))
+
+    def vae(self, exact_id: str) -> IndexedVae | None:
+        found = self._vaes("WHERE exact_id = ?", (exact_id.lower(),))
+        return found[0] if found else None
+
+    def vaes_by_id(self, id: str) -> list[IndexedVae]:
+        """Every exact variant (fp32, fp16, bf16 copies...) of the canonical `id`."""
+        return self._vaes("WHERE id = ? ORDER BY exact_id", (id.lower(),))
+
+    def _vaes(self, where: str, params: tuple[Any, ...]) -> list[IndexedVae]:
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {', '.join(_VAE_COLUMNS)} FROM vaes {where}", params).fetchall()
+        return [IndexedVae(*row) for row in rows]
+
+    def copies(self, id: str) -> list[IndexedFile]:
+        """Every indexed file holding the canonical `id`, whatever its precision or container."""
+        return self._files("WHERE v.id = ? ORDER BY f.path", (id.lower(),))
+
+    def identities(self) -> list[IdentitySummary]:
+        """Every canonical id on this machine with its copies, by id (what `vaereg ls` shows)."""
+        groups: dict[str, list[IndexedFile]] = {}
+        for row in self._files("WHERE f.exact_id IS NOT NULL ORDER BY v.id, f.path"):
+            groups.setdefault(row.id or "", []).append(row)
+        return [
+            IdentitySummary(id, rows[0].family or "", rows[0].latent_channels, tuple(rows))
+            for id, rows in groups.items()
+        ]
+
+    def tensor_digests(self, exact_id: str) -> dict[str, TensorDigest]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, dtype, shape, digest, exact_digest FROM tensors WHERE exact_id = ? ORDER BY name",
+                (exact_id.lower(),),
+            ).fetchall()
+        return {
+            name: TensorDigest(dtype, tuple(int(n) for n in shape.split(",") if n), digest, exact_digest)
+            for name, dtype, shape, digest, exact_digest in rows
+        }
+
+    def sketches(self, family: str) -> list[tuple[str, str, bytes]]:
+        """(id, exact_id, sketch) of every exact VAE of `family`, for blend detection."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, exact_id, sketch FROM vaes WHERE family = ? ORDER BY id, exact_id", (family,)
+            ).fetchall()
+        return [(id, exact_id, bytes(sketch)) for id, exact_id, sketch in rows]
+
+    def stats(self) -> IndexStats:
+        with self._read() as conn:  # one statement, so the counts come from one snapshot
+            row = conn.execute(
+                "SELECT count(*), count(error), count(CASE WHEN sha256 IS NULL AND error IS NULL THEN 1 END),"
+                " (SELECT count(*) FROM vaes), (SELECT count(DISTINCT id) FROM vaes) FROM files"
+            ).fetchone()
+        return IndexStats(*row)

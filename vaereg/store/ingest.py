@@ -1,0 +1,228 @@
+"""From one complete file to the index, the registry and the hooks: the step `vaereg scan` and the daemon share.
+
+A read is bracketed by two stats, and a file that changed in between (still being written, replaced) is not
+recorded: the event or scan that follows the change brings it back. When a file's SHA-256 is one the
+registry lists for an entry that does not know its ids yet, the ids are learnt, so every other copy of that
+VAE, in any container or precision, gets the entry's name.
+
+Index and registry writes happen under one lock, and after `close()` none happens any more: a stopping
+daemon closes the index while a worker may still be reading a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal, TypeVar
+
+from vaereg._fs import stat_key_of
+from vaereg.identity.analyze import analyze, model_file_hashes
+from vaereg.identity.report import HashReport
+
+if TYPE_CHECKING:
+    from vaereg.plugin.manager import Plugins
+    from vaereg.store.index import Index
+    from vaereg.store.registry.read import Registry
+    from vaereg.store.registry.schema import Entry
+
+T = TypeVar("T")
+
+#: recorded: in the index, events fired; vanished: the file is gone; unsettled: it changed while it was
+#: read, nothing recorded; closed: the index was closed meanwhile, nothing recorded.
+Status = Literal["recorded", "vanished", "unsettled", "closed"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    report: HashReport | None = None
+    st: os.stat_result | None = None
+    #: registry problems met while learning ids, "<path>: <reason>"
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def error(self) -> str | None:
+        """Why the recorded file could not be identified, if it could not."""
+        return self.report.error if self.report is not None and self.status == "recorded" else None
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+_NOT_YET = object()
+
+
+def slim(report: HashReport) -> HashReport:
+    """The report without the per-tensor digests and sketch (tens of KB) that only the index needs."""
+    if report.vae is None:
+        return report
+    return dataclasses.replace(report, vae=dataclasses.replace(report.vae, tensor_digests={}, sketch=b""))
+
+
+class Ingest:
+    """Records what reading files gave, and tells the registry and the plugins."""
+
+    def __init__(self, index: Index, plugins: Plugins, registry: Registry | None = None) -> None:
+        self.index = index
+        self.plugins = plugins
+        self.registry = registry
+        # When the registry was read is not known here, so the first look re-reads it.
+        self._registry_stamp: object = _NOT_YET
+        self._lock = threading.Lock()
+        self._closed = False
+        #: bytes of the files opened so far (read whole when whole-file hashes were computed)
+        self.bytes_read = 0
+
+    def close(self) -> None:
+        """Stop writing; waits for a write in progress. The caller closes the index afterwards."""
+        with self._lock:
+            self._closed = True
+
+    def identify(self, path: str, *, with_file_hashes: bool) -> Outcome:
+        """Read `path`, record what it holds and fire `file_identified`."""
+        problem, report, st = self._read(
+            path, lambda: analyze(Path(path), self.plugins, with_file_hashes=with_file_hashes)[0]
+        )
+        if problem is not None or report is None or st is None:
+            return Outcome(problem or "vanished", report, st)
+
+        def record() -> bool:
+            self.index.record(path, st, report)
+            return True
+
+        return self._commit(record, report, st)
+
+    def add_file_hashes(self, path: str, report: HashReport, expect_mtime_ns: int) -> Outcome:
+        """Compute the whole-file hashes of a file recorded without them, store them, fire
+        `file_identified` again with them. Nothing is stored if the file changed since it was recorded."""
+        problem, hashes, st = self._read(path, lambda: model_file_hashes(Path(path), self.plugins), expect_mtime_ns)
+        if problem is not None or hashes is None or st is None:
+            return Outcome(problem or "vanished", report, st)
+        full = dataclasses.replace(report, file=hashes)
+        return self._commit(lambda: self.index.set_file_hashes(path, hashes, expect_mtime_ns=expect_mtime_ns), full, st)
+
+    def _read(
+        self, path: str, read: Callable[[], T], expect_mtime_ns: int | None = None
+    ) -> tuple[Status | None, T | None, os.stat_result | None]:
+        """`read()` between two stats of `path`: (None, result, stat) when the file held still, else
+        ("vanished" | "unsettled", ...). With `expect_mtime_ns`, a file of another mtime is not read."""
+        before = _stat_or_none(path)
+        if before is None:
+            return "vanished", None, None
+        if expect_mtime_ns is not None and before.st_mtime_ns != expect_mtime_ns:
+            return "unsettled", None, before
+        try:
+            result = read()
+        except FileNotFoundError:
+            return "vanished", None, None
+        with self._lock:
+            self.bytes_read += before.st_size
+        after = _stat_or_none(path)
+        if after is None:
+            return "vanished", result, None
+        if stat_key(after) != stat_key(before):
+            return "unsettled", result, after
+        return None, result, before
+
+    def _commit(self, write: Callable[[], bool], report: HashReport, st: os.stat_result) -> Outcome:
+        """Write (unless closed), learn ids, then tell the plugins: the events follow the commit."""
+        with self._lock:
+            if self._closed:
+                return Outcome("closed", report, st)
+            if not write():
+                return Outcome("unsettled", report, st)
+            warnings, learnt = self._learn(report)
+        self._announce(learnt)
+        self.plugins.file_identified(report)
+        return Outcome("recorded", report, st, warnings)
+
+    def moved(self, old: str, new: str) -> bool:
+        """An indexed file was renamed: its row follows it (no read) and `file_moved` fires."""
+        with self._lock:
+            if self._closed or not self.index.move(old, new):
+                return False
+        self.plugins.file_moved(old, new)
+        return True
+
+    def removed(self, path: str) -> bool:
+        """An indexed file is gone: its row goes and `file_removed` fires."""
+        with self._lock:
+            if self._closed or not self.index.remove(path):
+                return False
+        self.plugins.file_removed(path)
+        return True
+
+    def folder_moved(self, old: str, new: str) -> int:
+        """A folder was renamed: every row below it follows. Returns how many rows moved."""
+        with self._lock:
+            if self._closed:
+                return 0
+            rows = self.index.paths_under(old)
+        count = 0
+        for path in sorted(rows):
+            count += self.moved(path, new + path[len(old) :])
+        return count
+
+    def folder_removed(self, folder: str) -> int:
+        """A folder was deleted (or moved out of sight): every row below it goes."""
+        with self._lock:
+            if self._closed:
+                return 0
+            rows = self.index.paths_under(folder)
+        return sum(self.removed(path) for path in sorted(rows))
+
+    def reload_registry(self) -> None:
+        """Re-read the registry layers (another process may have named, aliased or learnt meanwhile)."""
+        if self.registry is not None:
+            with self._lock:
+                self.registry.reload()
+
+    def _learn(self, report: HashReport) -> tuple[tuple[str, ...], list[Entry]]:
+        """Teach the registry the ids of a file it lists by SHA-256 (called under the lock).
+
+        Returns the warnings and the entries as they now stand, whose change the caller announces once the
+        lock is released.
+        """
+        from vaereg.errors import RegistryError
+
+        vae, sha256 = report.vae, report.file.sha256 if report.file else None
+        if self.registry is None or vae is None or sha256 is None:
+            return (), []
+        self._refresh_registry()
+        warnings: list[str] = []
+        changed: list[Entry] = []
+        for entry in self.registry.find_by_sha256(sha256):
+            known = (entry.id, entry.encoder_id, entry.decoder_id, entry.family)
+            if known == (vae.id, vae.encoder_id, vae.decoder_id, vae.family):
+                continue
+            try:
+                learnt = self.registry.learn_ids(entry.slug, vae.id, vae.encoder_id, vae.decoder_id, vae.family)
+            except RegistryError as exc:
+                warnings.append(f"{report.path}: {exc}")
+                continue
+            if learnt != entry:
+                changed.append(learnt)
+        return tuple(warnings), changed
+
+    def _refresh_registry(self) -> None:
+        """Re-read the registry when its local file changed (`vaereg name` in another process, say)."""
+        assert self.registry is not None
+        stamp = stat_key_of(self.registry.local_path)
+        if stamp != self._registry_stamp:
+            self.registry.reload()
+            self._registry_stamp = stamp
+
+    def _announce(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.plugins.registry_changed(entry.slug, entry.to_json())

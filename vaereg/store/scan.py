@@ -1,0 +1,222 @@
+"""Walk model folders and reconcile them with the index: plan first (stat only), then act.
+
+`plan_scan` lists the model files below some folders and compares each one's stat with its index row.
+An unchanged file costs one stat and nothing more; a file without a row whose device, inode, size and
+mtime match a row whose path is gone was renamed or moved, and its row follows it without a read; rows
+below the folders that nothing on disk answers were deleted. Only `ScanPlan.execute` touches the index,
+and it reads only the new and changed files. The daemon reconciles with the same plan.
+
+Files still being downloaded are never looked at: their names end in a partial suffix, or a sibling says
+so (Firefox keeps an empty ``x.safetensors`` beside ``x.safetensors.part``; aria2 fills a preallocated
+file and keeps ``x.safetensors.aria2`` beside it until it is done).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Literal, Sequence
+
+from vaereg._fs import inside_any
+from vaereg.files.walk import FoundFile, Walk, walk_models
+from vaereg.store.ingest import Ingest
+
+if TYPE_CHECKING:
+    from vaereg.store.index import Index, IndexedFile
+
+def same_file(row: IndexedFile, found: FoundFile) -> bool:
+    """Whether the index row still describes the file: same inode, size and mtime."""
+    return row.unchanged(found.size, found.mtime_ns, found.inode)
+
+
+def moved_from(index: Index, found: FoundFile, *, taken: Collection[str] = ()) -> str | None:
+    """The indexed path `found` was renamed from: a row with its device, inode, size and mtime whose path
+    no longer exists (and is not in `taken`, the paths a scan saw or already gave away), else None."""
+    for row in index.by_inode(found.dev, found.inode, found.size, found.mtime_ns):
+        if row.path != found.path and row.path not in taken and not os.path.lexists(row.path):
+            return row.path
+    return None
+
+
+Verdict = Literal["unchanged", "changed", "new", "moved"]
+
+
+def classify(
+    found: FoundFile, row: IndexedFile | None, index: Index, *, taken: Collection[str] = ()
+) -> tuple[Verdict, str | None]:
+    """What a stat says of a file against its index row: the verdict, and for "moved" the old path."""
+    if row is not None:
+        return ("unchanged" if same_file(row, found) else "changed"), None
+    old = moved_from(index, found, taken=taken)
+    return ("new", None) if old is None else ("moved", old)
+
+
+@dataclass(frozen=True)
+class Move:
+    old: str
+    new: FoundFile
+
+
+@dataclass(frozen=True)
+class ScanProgress:
+    """Where an execution stands; `path` is the file being read (None once done)."""
+
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    path: str | None
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What a scan did. `errors` are files that could not be identified ("<path>: <reason>"); `warnings`
+    are problems met on the way that are not a file's (unreadable folders, broken links, registry)."""
+
+    roots: tuple[str, ...]
+    new: int
+    changed: int
+    moved: int
+    removed: int
+    unchanged: int
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    bytes_read: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "roots": list(self.roots),
+            "new": self.new,
+            "changed": self.changed,
+            "moved": self.moved,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "errors": list(self.errors),
+            "warnings": list(self.warnings),
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """What a rescan would do; `execute` does it. Built by `plan_scan`, which only stats."""
+
+    walk: Walk
+    new: tuple[FoundFile, ...]
+    changed: tuple[FoundFile, ...]
+    moved: tuple[Move, ...]
+    removed: tuple[str, ...]
+    unchanged: int
+    planned_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return self.walk.roots
+
+    @property
+    def to_identify(self) -> tuple[FoundFile, ...]:
+        return tuple(sorted((*self.new, *self.changed), key=lambda f: f.path))
+
+    @property
+    def bytes_to_read(self) -> int:
+        return sum(f.size for f in self.to_identify)
+
+    def execute(
+        self,
+        ingest: Ingest,
+        *,
+        with_file_hashes: bool = True,
+        on_progress: Callable[[ScanProgress], None] | None = None,
+    ) -> ScanReport:
+        """Apply moves and removals, identify and record the new and changed files (through `ingest`, which
+        writes the index and the registry and fires the events)."""
+        for move in self.moved:
+            ingest.moved(move.old, move.new.path)
+        for path in self.removed:
+            ingest.removed(path)
+        todo = self.to_identify
+        total = sum(f.size for f in todo)
+        done_bytes = 0
+        errors: list[str] = []
+        warnings: list[str] = list(self.walk.warnings)
+        for n, found in enumerate(todo):
+            if on_progress:
+                on_progress(ScanProgress(n, len(todo), done_bytes, total, found.path))
+            try:
+                outcome = ingest.identify(found.path, with_file_hashes=with_file_hashes)
+            except Exception as exc:  # a plugin's bug is this file's error, not the end of the scan
+                errors.append(f"{found.path}: unexpected {type(exc).__name__}: {exc}")
+                continue
+            finally:
+                done_bytes += found.size
+            if outcome.error:
+                errors.append(f"{found.path}: {outcome.error}")
+            elif outcome.status == "unsettled":
+                warnings.append(f"{found.path}: changed while it was read; left for the next scan")
+            warnings.extend(outcome.warnings)
+        if on_progress:
+            on_progress(ScanProgress(len(todo), len(todo), done_bytes, total, None))
+        return ScanReport(
+            roots=self.roots,
+            new=len(self.new),
+            changed=len(self.changed),
+            moved=len(self.moved),
+            removed=len(self.removed),
+            unchanged=self.unchanged,
+            errors=tuple(errors),
+            warnings=tuple(warnings),
+            bytes_read=ingest.bytes_read,
+            seconds=time.monotonic() - self.planned_at,
+        )
+
+
+def plan_scan(roots: Sequence[str | Path], index: Index, *, exclude: Iterable[str | Path] = ()) -> ScanPlan:
+    """Walk `roots` and compare what is there with the index. Reads no file, writes nothing."""
+    started = time.monotonic()
+    walk = walk_models(roots, exclude=exclude)
+    rows: dict[str, IndexedFile] = {}
+    for root in walk.roots:
+        if root in walk.unreadable:
+            continue
+        rows.update(index.paths_under(root))
+        row = index.get(root)  # a root naming a file
+        if row is not None:
+            rows[root] = row
+    seen = {f.path for f in walk.files}
+    taken = set(seen)
+    new: list[FoundFile] = []
+    changed: list[FoundFile] = []
+    moved: list[Move] = []
+    unchanged = 0
+    for found in walk.files:
+        verdict, old = classify(found, rows.get(found.path), index, taken=taken)
+        if verdict == "unchanged":
+            unchanged += 1
+        elif verdict == "changed":
+            changed.append(found)
+        elif verdict == "new":
+            new.append(found)
+        else:
+            assert old is not None
+            taken.add(old)
+            moved.append(Move(old, found))
+    removed = tuple(
+        sorted(path for path in rows if path not in taken and not inside_any(path, walk.unreadable))
+    )
+    return ScanPlan(
+        walk=walk,
+        new=tuple(new),
+        changed=tuple(changed),
+        moved=tuple(moved),
+        removed=removed,
+        unchanged=unchanged,
+        planned_at=started,
+    )
