@@ -69,7 +69,7 @@ def test_conversion_is_exact_against_from_pretrained(tmp_path, plugins):
     latent and decode as diffusers' own from_pretrained of the folder."""
     from diffusers import AutoencoderKL
 
-    from vaereg.extract import plan_extract
+    from vaereg.actions.extract import plan_extract
 
     torch.manual_seed(0)
     reference = AutoencoderKL(
@@ -217,10 +217,10 @@ def test_preview_by_family_and_name_from_the_index(vaes, tmp_path, capsys):
         ids[name] = json.loads(capsys.readouterr().out.splitlines()[-1])["vae"]["id"]
     assert main(["name", ids["healthy"], "Good VAE"]) == 0
     capsys.readouterr()
-    from vaereg.catalog import Catalog
+    from vaereg.store.catalog import Catalog
     from vaereg.config import Config
-    from vaereg.index import Index
-    from vaereg.registry import Registry
+    from vaereg.store.index import Index
+    from vaereg.store.registry.read import Registry
 
     config = Config.load()
     with Index(config.index) as index:
@@ -248,3 +248,84 @@ def test_cli_start_up_imports_no_torch():
     code = "import sys, vaereg.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'diffusers', 'PIL') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- check --decode ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checked(vaes, tmp_path_factory, plugins):
+    """Checkpoints embedding the healthy, washed-out and overflowing VAEs, checked with --decode against an
+    index holding the healthy VAE's standalone file (named "Good VAE")."""
+    from vaereg.answers.check import check_model
+    from vaereg.config import Config
+    from vaereg.store.index import Index
+    from vaereg.store.ingest import Ingest
+    from vaereg.store.registry.read import Registry
+    from vaereg.store.scan import plan_scan
+
+    root = tmp_path_factory.mktemp("check")
+    (root / "VAE").mkdir()
+    (root / "VAE" / "good.safetensors").write_bytes(Path(vaes["healthy"]).read_bytes())
+    models = {}
+    for name, sd in (
+        ("healthy", decodable.make_decodable_vae(seed=0)),
+        ("washed", decodable.washed_out(decodable.make_decodable_vae(seed=0), 0.3)),
+        ("overflow", decodable.overflowing(decodable.make_decodable_vae(seed=0))),
+    ):
+        models[name] = factory.save_safetensors(factory.make_checkpoint(sd), root / f"{name}-model.safetensors")
+    config = Config(home=root / "home")
+    registry = Registry.load(config)
+    with Index(config.index) as index:
+        assert not plan_scan([root / "VAE"], index).execute(Ingest(index, plugins, registry)).errors
+        [copy] = index.copies(next(iter(index.identities())).id)
+        registry.set_name(copy.id, "Good VAE", family="kl-f8-4ch")
+        warnings = []
+        decode = dec.checker(plugins, warnings.append, size=SIZE)
+        reports = {
+            name: check_model(path, plugins=plugins, index=index, registry=registry, decode=decode)
+            for name, path in models.items()
+        }
+    assert not warnings
+    return reports
+
+
+def test_check_decode_passes_the_healthy_vae(checked):
+    report = checked["healthy"]
+    assert report.decode is not None
+    assert not report.decode.problems and not report.decode.washed_out
+    assert not report.needs_external_vae
+    assert report.to_json()["decode"]["fp16_overflow"] is None
+
+
+def test_check_decode_flags_washed_out_against_the_closest_known_vae(checked):
+    report = checked["washed"]
+    found = report.decode
+    assert found.washed_out
+    assert found.reference is not None and found.reference.label == "Good VAE"
+    assert report.needs_external_vae and "washed-out" in report.reason
+    assert report.recommended is not None and report.recommended.name == "Good VAE"
+    assert found.fp16_overflow is None
+
+
+def test_check_decode_flags_fp16_overflow_with_its_layer(checked):
+    report = checked["overflow"]
+    found = report.decode
+    assert found.fp16_overflow.layer == "decoder.up.2.upsample.conv"
+    assert any(p.startswith("fp16-overflow: ") and "decoder.up.2.upsample.conv" in p for p in found.problems)
+    assert "the registry does not flag it fp16-nan-prone" in " ".join(found.notes)
+    assert report.needs_external_vae and "fp16-overflow" in report.reason
+    assert not found.washed_out
+
+
+def test_check_decode_reports_a_registry_flag_the_measure_contradicts(vaes, plugins, chart):
+    found = dec.decode_check(vaes["healthy"], [], plugins=plugins, flags=("fp16-nan-prone",), size=SIZE)
+    assert found.fp16_overflow is None
+    assert "the registry flags it fp16-nan-prone, but this 64 px round trip peaks at" in found.notes[0]
+
+
+def test_check_decode_cli(vaes, capsys):
+    assert main(["check", "--decode", "--json", str(vaes["overflow"])]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["decode"]["fp16_overflow"]["layer"] == "decoder.up.2.upsample.conv"
+    assert report["needs_external_vae"] is True

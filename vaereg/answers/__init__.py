@@ -1,1 +1,0 @@
-"""What vaereg answers about VAEs."""

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from vaereg.errors import FileProblem, UserError
+
 if TYPE_CHECKING:
     from PIL import Image
 
-    from vaereg.canonical import CanonicalVae
-    from vaereg.plugins import Plugins
-    from vaereg.records import VaeIdentity
+    from vaereg.identity.locate import CanonicalVae
+    from vaereg.plugin.manager import Plugins
+    from vaereg.identity.report import VaeIdentity
 
 #: fp16's largest finite value: an activation beyond it is inf in an fp16 decode.
 FP16_MAX = 65504.0
@@ -42,14 +44,14 @@ _KL_FAMILY = re.compile(r"^kl-f(\d+)-(\d+)ch$")
 NORM_GROUPS = 32
 
 
-class DecodeUnavailable(Exception):
+class DecodeUnavailable(UserError):
     """torch, diffusers or Pillow is not installed: the one line says how to get them."""
 
     def __init__(self, command: str = "vaereg preview") -> None:
         super().__init__(f"{command} needs the decode extra: pip install 'vaereg[decode]'")
 
 
-class NotRunnable(Exception):
+class NotRunnable(FileProblem):
     """A VAE vaereg can identify but not run (another family, or a file without a VAE). One line, no path."""
 
 
@@ -96,8 +98,8 @@ def runnable(family: str, layout: str) -> str | None:
 def read_vae(path: Path, plugins: Plugins) -> LoadedVae:
     """Identify the VAE in `path` and read its tensors widened to float32 (two passes over the VAE's tensors
     only: identity, then values). Raises NotRunnable, ModelFormatError or OSError."""
-    from vaereg.identify import open_model
-    from vaereg.identity import compute_identity, widen_float32
+    from vaereg.identity.analyze import open_model
+    from vaereg.identity.digest import compute_identity, widen_float32
 
     with open_model(Path(path), plugins) as model:
         vae = model.vae
@@ -443,7 +445,7 @@ def round_trips(
 ) -> list[RoundTrip | Failure]:
     """Decode `image` with every VAE of `wanted`, in order. The image is encoded once per distinct
     `encoder_id` (by the first VAE that has it); one network is in memory at a time."""
-    from vaereg.types import ModelFormatError
+    from vaereg.errors import ModelFormatError
 
     on = on or device()
     latents: dict[str, tuple[Any, Pass]] = {}
@@ -593,7 +595,7 @@ def decode_check(
 # --- which VAEs: files, ids, names, a family ------------------------------------------------------------
 
 
-class UnknownVae(LookupError):
+class UnknownVae(UserError, LookupError):
     """A VAE argument that is neither a file nor an id, hash or name the index and registry know."""
 
 
@@ -646,3 +648,18 @@ def wanted_from(queries: Sequence[str], family: str | None, catalog: Any) -> lis
             if path is not None:
                 wanted.append(Wanted(Path(path), summary.name or Path(path).name))
     return wanted
+
+
+def checker(plugins: Plugins, warn: Callable[[str], None], size: int = 256) -> Callable[[Path, Sequence[Any], tuple[str, ...]], DecodeFindings | None]:
+    """The `decode` step ``check_model`` takes: known VAEs (``KnownVae``, closest first) become references
+    by their first standalone copy; a VAE that cannot run is a warning, and the check goes on without it."""
+
+    def run(model: Path, known: Sequence[Any], flags: tuple[str, ...]) -> DecodeFindings | None:
+        references = [Wanted(Path(k.paths[0]), k.label) for k in known if k.paths]
+        try:
+            return decode_check(model, references, plugins=plugins, flags=flags, size=size)
+        except NotRunnable as exc:
+            warn(f"{model}: not decoded: {exc}")
+            return None
+
+    return run

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, short, warn
+from vaereg.cli.common import Context, emit_json, fail, short, warn
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -26,12 +26,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the configured launchers')",
     )
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also run the VAE on a test chart: fp16 overflow and washed-out colours, measured (the decode extra)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.check import check_model
 
+    decoder = None
+    if args.decode:
+        from vaereg.answers.decode import DecodeUnavailable, checker, require_extra
+
+        try:
+            require_extra("vaereg check --decode")
+        except DecodeUnavailable as exc:
+            return fail(str(exc), ExitStatus.USAGE)
+        decoder = checker(ctx.plugins, warn)
     launchers = [found for root in ctx.config.launchers if (found := ctx.plugins.locate_launcher(root))]
     report = check_model(
         args.model,
@@ -41,6 +55,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         registry=ctx.registry,
         launchers=launchers,
         vae_folders=args.vae_folders,
+        decode=decoder,
     )
     for message in report.warnings:
         warn(message)
@@ -75,3 +90,13 @@ def _print(report: CheckReport) -> None:
         print(f"  embedded:    {describe(embedded)}; {vae.family} {vae.dtype}, id {short(vae.id)}")
         print(f"  relation:    {embedded.relation}")
         print(f"  health:      {embedded.health}")
+    if report.decode:
+        found = report.decode
+        trip = found.trip
+        peak = f"; largest activation {trip.peak}" if trip.peak else ""
+        print(f"  decode:      PSNR {trip.psnr:.1f} dB, saturation {trip.saturation:.2f}x, contrast {trip.contrast:.2f}x of the input{peak}")
+        if found.reference:
+            ref = found.reference
+            print(f"               {ref.label}: saturation {ref.saturation:.2f}x, contrast {ref.contrast:.2f}x")
+        for line in (*found.problems, *found.notes):
+            print(f"               {line}")

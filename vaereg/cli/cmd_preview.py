@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vaereg.cli.common import Context, emit_json_lines, fail
-from vaereg.status import ExitStatus
+from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return fail(f"{args.output.parent}: no such folder", ExitStatus.USAGE)
     catalog = None
     if ctx.config.index.is_file():
-        from vaereg.catalog import Catalog
+        from vaereg.store.catalog import Catalog
 
         catalog = Catalog(ctx.index, ctx.registry)
     try:
