@@ -368,9 +368,10 @@ class RoundTrip:
     psnr: float
     saturation: float  # relative to the input's (1.0: the same)
     contrast: float  # relative to the input's
-    encoder: Pass
+    encoder: Pass  # shared by the VAEs with this encoder_id: `encoded` says whether this one ran it
     decoder: Pass
     device: str
+    encoded: bool = True
 
     @property
     def peak(self) -> Activation | None:
@@ -395,7 +396,8 @@ class RoundTrip:
             "contrast": round(self.contrast, 4),
             "max_activation": self.peak.to_json() if self.peak else None,
             "fp16_overflow": self.fp16_overflow.to_json() if self.fp16_overflow else None,
-            "encode_seconds": round(self.encoder.seconds, 3),
+            "encoded": self.encoded,
+            "encode_seconds": round(self.encoder.seconds, 3) if self.encoded else 0.0,
             "decode_seconds": round(self.decoder.seconds, 3),
             "device": self.device,
         }
@@ -457,7 +459,8 @@ def round_trips(
             network = build_network(loaded.tensors, on)
             del loaded.tensors  # the network holds them now
             encoder_id = loaded.identity.encoder_id
-            if encoder_id not in latents:
+            fresh = encoder_id not in latents
+            if fresh:
                 latents[encoder_id] = encode(network, image)
             latent, encoded = latents[encoder_id]
             decoded, decoder_pass = decode(network, latent)
@@ -474,6 +477,7 @@ def round_trips(
                 encoder=encoded,
                 decoder=decoder_pass,
                 device=on,
+                encoded=fresh,
             )
         except (NotRunnable, ModelFormatError) as exc:
             result = Failure(str(want.path), want.label, str(exc))

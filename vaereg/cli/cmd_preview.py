@@ -69,8 +69,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if isinstance(result, Failure):
             print(f"vaereg: {result.path}: {result.reason}", file=sys.stderr)
             return
-        seconds = result.encoder.seconds + result.decoder.seconds
-        print(f"[{n}/{total}] {result.label} ({result.identity.id[:12]}): {seconds:.1f} s", file=sys.stderr)
+        took = f"decoded in {result.decoder.seconds:.1f} s"
+        took = f"encoded in {result.encoder.seconds:.1f} s, {took}" if result.encoded else f"{took} (same encoder: same latent)"
+        print(f"[{n}/{total}] {result.label} ({result.identity.id[:12]}): {took}", file=sys.stderr)
 
     results = round_trips(wanted, image, ctx.plugins, on=on, progress=progress)
     trips = [r for r in results if not isinstance(r, Failure)]
