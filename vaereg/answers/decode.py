@@ -186,7 +186,12 @@ def build_network(tensors: Mapping[str, np.ndarray], on: str | None = None) -> N
 def _ldm_names(checkpoint: Mapping[str, Any], converted: Mapping[str, Any]) -> dict[str, str]:
     """diffusers key -> LDM key. The converter renames and takes views, never copies: the storage says."""
     by_storage = {(t.untyped_storage().data_ptr(), t.storage_offset()): name for name, t in checkpoint.items()}
-    return {k: by_storage[key] for k, t in converted.items() if (key := (t.untyped_storage().data_ptr(), t.storage_offset())) in by_storage}
+    names = {}
+    for key, tensor in converted.items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if where in by_storage:
+            names[key] = by_storage[where]
+    return names
 
 
 def _module_names(model: Any, ldm_of: Mapping[str, str]) -> dict[str, str]:
@@ -501,6 +506,10 @@ WASHED_OUT_VS_INPUT = 0.80
 WASHED_OUT_VS_KNOWN = 0.85
 
 
+#: Fields of a round trip's JSON that `check` already gives for the embedded VAE.
+_IDENTITY_FIELDS = ("path", "label", "id", "encoder_id", "decoder_id", "family")
+
+
 @dataclass(frozen=True)
 class DecodeFindings:
     """What ``check --decode`` measured: the round trip, fp16 overflow, washed out, and notes."""
@@ -518,7 +527,7 @@ class DecodeFindings:
     def to_json(self) -> dict[str, Any]:
         ref = self.reference
         return {
-            **{k: v for k, v in self.trip.to_json().items() if k not in ("path", "label", "id", "encoder_id", "decoder_id", "family")},
+            **{k: v for k, v in self.trip.to_json().items() if k not in _IDENTITY_FIELDS},
             "washed_out": self.washed_out,
             "reference": None if ref is None else {
                 "id": ref.identity.id,
@@ -539,7 +548,8 @@ def washed_out(trip: RoundTrip, reference: RoundTrip | None) -> bool:
         return False
     if reference is None:
         return True
-    return min(ratio(trip.saturation, reference.saturation), ratio(trip.contrast, reference.contrast)) < WASHED_OUT_VS_KNOWN
+    against = min(ratio(trip.saturation, reference.saturation), ratio(trip.contrast, reference.contrast))
+    return against < WASHED_OUT_VS_KNOWN
 
 
 def decode_check(
@@ -635,7 +645,8 @@ def wanted_from(queries: Sequence[str], family: str | None, catalog: Any) -> lis
             key = query.casefold()
             named = [s for s in summaries if key in {n.casefold() for n in (s.name, s.slug, *s.aliases) if n}]
             if len(named) != 1:
-                raise UnknownVae(f"{query}: no such file, and {'several VAEs have' if named else 'nothing has'} that id, hash or name") from None
+                who = "several VAEs have" if named else "nothing has"
+                raise UnknownVae(f"{query}: no such file, and {who} that id, hash or name") from None
             label, copies = named[0].name, named[0].copies
         path = _copy_path(copies)
         if path is None:
@@ -654,7 +665,9 @@ def wanted_from(queries: Sequence[str], family: str | None, catalog: Any) -> lis
     return wanted
 
 
-def checker(plugins: Plugins, warn: Callable[[str], None], size: int = 256) -> Callable[[Path, Sequence[Any], tuple[str, ...]], DecodeFindings | None]:
+def checker(
+    plugins: Plugins, warn: Callable[[str], None], size: int = 256
+) -> Callable[[Path, Sequence[Any], tuple[str, ...]], DecodeFindings | None]:
     """The `decode` step ``check_model`` takes: known VAEs (``KnownVae``, closest first) become references
     by their first standalone copy; a VAE that cannot run is a warning, and the check goes on without it."""
 

@@ -36,7 +36,8 @@ def input_tile(image: Image.Image, title: str) -> Tile:
     from vaereg.answers.decode import figures
 
     got = figures(image)
-    return Tile(image, ((title, INK), ("input", INK), (f"saturation {got.saturation:.3f}", INK), (f"contrast {got.contrast:.3f}", INK)))
+    lines = (title, "input", f"saturation {got.saturation:.3f}", f"contrast {got.contrast:.3f}")
+    return Tile(image, tuple((line, INK) for line in lines))
 
 
 def trip_tile(trip: RoundTrip) -> Tile:

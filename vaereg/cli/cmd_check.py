@@ -94,7 +94,8 @@ def _print(report: CheckReport) -> None:
         found = report.decode
         trip = found.trip
         peak = f"; largest activation {trip.peak}" if trip.peak else ""
-        print(f"  decode:      PSNR {trip.psnr:.1f} dB, saturation {trip.saturation:.2f}x, contrast {trip.contrast:.2f}x of the input{peak}")
+        figures = f"saturation {trip.saturation:.2f}x, contrast {trip.contrast:.2f}x of the input"
+        print(f"  decode:      PSNR {trip.psnr:.1f} dB, {figures}{peak}")
         if found.reference:
             ref = found.reference
             print(f"               {ref.label}: saturation {ref.saturation:.2f}x, contrast {ref.contrast:.2f}x")

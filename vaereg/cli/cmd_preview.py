@@ -70,7 +70,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             print(f"vaereg: {result.path}: {result.reason}", file=sys.stderr)
             return
         took = f"decoded in {result.decoder.seconds:.1f} s"
-        took = f"encoded in {result.encoder.seconds:.1f} s, {took}" if result.encoded else f"{took} (same encoder: same latent)"
+        if result.encoded:
+            took = f"encoded in {result.encoder.seconds:.1f} s, {took}"
+        else:
+            took += " (same encoder: same latent)"
         print(f"[{n}/{total}] {result.label} ({result.identity.id[:12]}): {took}", file=sys.stderr)
 
     results = round_trips(wanted, image, ctx.plugins, on=on, progress=progress)
