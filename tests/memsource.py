@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from vaereg.plugin.types import TensorInfo
+from vaereg.hookspecs import TensorInfo
 
 _DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64", "uint16": "BF16"}
 
@@ -40,3 +40,15 @@ def bf16(array: np.ndarray) -> np.ndarray:
     bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32).astype(np.uint64)
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
     return rounded.astype(np.uint16)
+
+
+def identify_arrays(arrays: Mapping[str, np.ndarray], plugins, dtypes: Mapping[str, str] | None = None):
+    """The identity of a VAE given as arrays (after the plugins' layout mapping), read from memory."""
+    from vaereg.identity.digest import compute_identity
+    from vaereg.identity.locate import canonicalize, find_vae
+
+    src = MemorySource(arrays, dtypes)
+    location = find_vae(list(src.tensors))
+    assert location is not None, "no VAE among the arrays"
+    vae = canonicalize(location, src.tensors, plugins.map_layout)
+    return compute_identity(vae, src.read)[0]

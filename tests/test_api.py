@@ -14,12 +14,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from events import Events
 from test_catalog import (  # noqa: F401
     A_FILES,
     B_FILES,
     NO_VAE,
     Library,
-    RegistryEvents,
     library,
     shipped,
 )
@@ -47,8 +47,8 @@ def vr():
 
 
 @pytest.fixture
-def events() -> RegistryEvents:
-    return RegistryEvents()
+def events() -> Events:
+    return Events()
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_identify_reads_and_records_nothing(library: Library, vr: Vaereg) -> Non
 
 
 def test_index_file_records_and_name_of_follows_the_name_into_every_copy(
-    library: Library, listening: Plugins, events: RegistryEvents
+    library: Library, listening: Plugins, events: Events
 ) -> None:
     with Vaereg(plugins=listening) as vr:
         report = vr.index_file(library.path("vae.safetensors"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from events import Events
 from factory import make_checkpoint, make_vae, save_ckpt, save_safetensors
 
 from vaereg.config import Config
@@ -113,17 +114,6 @@ def catalog(library, index, registry) -> Catalog:
 def write_shipped(path: Path, text: str) -> Path:
     path.write_text("schema = 1\n" + text, encoding="utf-8")
     return path
-
-
-class RegistryEvents:
-    """A plugin that writes down the registry changes it is told of."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict | None]] = []
-
-    @hookimpl
-    def vaereg_registry_changed(self, slug, entry):
-        self.seen.append((slug, entry))
 
 
 # --- the library is what the tests say it is ----------------------------------------------------------
@@ -473,7 +463,7 @@ def test_reclaimable_bytes_counts_each_inode_once(library: Library, index: Index
 
 
 def test_name_alias_and_unname_tell_the_plugins(library: Library, index: Index, registry: Registry) -> None:
-    events = RegistryEvents()
+    events = Events()
     pm = get_plugin_manager(entry_point_group=None, builtins=False)
     pm.register(events, name="test-registry-events")
     library.record(index)

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import pytest
+from events import Events
 from factory import make_vae, save_safetensors
 
 from vaereg.cli import main
@@ -46,44 +47,6 @@ DEADLINE = 30.0  # generous: a loaded machine is slow, and a passing test never 
 
 
 # -- helpers
-
-
-class Recorder:
-    """A plugin writing down every event; hooks are called from the daemon's worker threads."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.identified: list = []
-        self.moved: list[tuple[str, str]] = []
-        self.removed: list[str] = []
-
-    @hookimpl
-    def vaereg_file_identified(self, report):
-        with self.lock:
-            self.identified.append(report)
-
-    @hookimpl
-    def vaereg_file_moved(self, src, dest):
-        with self.lock:
-            self.moved.append((src, dest))
-
-    @hookimpl
-    def vaereg_file_removed(self, path):
-        with self.lock:
-            self.removed.append(path)
-
-    def identities(self, path) -> list:
-        """The first-pass reports of `path` (identity, no whole-file hashes yet)."""
-        with self.lock:
-            return [r for r in self.identified if r.path == str(path) and not (r.file and r.file.sha256)]
-
-    def hashed(self, path) -> list:
-        with self.lock:
-            return [r for r in self.identified if r.path == str(path) and r.file and r.file.sha256]
-
-    def paths(self) -> set[str]:
-        with self.lock:
-            return {r.path for r in self.identified}
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
@@ -141,8 +104,9 @@ def write_slowly(path: Path, data: bytes, *, chunks: int, pause: float) -> None:
 
 
 @pytest.fixture
-def config(_isolated_home) -> Config:
-    return dataclasses.replace(Config.load(), settle_seconds=SETTLE, reconcile_interval=3600.0, workers=2)
+def config(config: Config) -> Config:
+    """The test home's config (conftest), with a short settle time for the watcher."""
+    return dataclasses.replace(config, settle_seconds=SETTLE, reconcile_interval=3600.0, workers=2)
 
 
 @pytest.fixture
@@ -153,8 +117,8 @@ def lib(tmp_path) -> Path:
 
 
 @pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
+def recorder() -> Events:
+    return Events()
 
 
 @pytest.fixture
@@ -531,7 +495,7 @@ def test_reconcile_on_start_catches_up_with_what_happened_meanwhile(tmp_path, li
     a.rename(lib / "a2.safetensors")
     b.unlink()
     (lib / "c.safetensors").write_bytes(vae_bytes(tmp_path, seed=2))
-    later = Recorder()
+    later = Events()
     plugins = Plugins()
     plugins.pm.register(later)
 

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from memsource import MemorySource
+from memsource import MemorySource, identify_arrays
 from safetensors.torch import save_file
 
 from vaereg.answers.diff import diff_models
@@ -28,10 +28,6 @@ def save_torch(sd, path, dtype):
     return path
 
 
-def identify(arrays, plugins, dtypes=None):
-    src = MemorySource(arrays, dtypes)
-    vae = canonicalize(find_vae(list(src.tensors)), src.tensors, plugins.map_layout)
-    return compute_identity(vae, src.read)[0]
 
 
 @pytest.fixture(scope="module")
@@ -179,23 +175,23 @@ def test_cli_error_exit_status(tmp_path, capsys, base):
 
 
 def test_sketches_tell_a_bf16_copy_from_a_changed_value(plugins, base):
-    a = identify(base, plugins)
-    bf16 = identify({k: v.astype(ml_dtypes.bfloat16).view(np.uint16) for k, v in base.items()}, plugins,
+    a = identify_arrays(base, plugins)
+    bf16 = identify_arrays({k: v.astype(ml_dtypes.bfloat16).view(np.uint16) for k, v in base.items()}, plugins,
                     dtypes={k: "BF16" for k in base})
     assert relation(a, bf16) == "precision-variant"
     # A value changed outside the sampled positions: same dtype, so the digest alone says "other weights".
     changed = dict(base)
     changed["decoder.conv_out.weight"] = base["decoder.conv_out.weight"].copy()
     changed["decoder.conv_out.weight"].flat[:] += 1e-3
-    other = identify(changed, plugins)
+    other = identify_arrays(changed, plugins)
     agreement = sketch_agreement(a, other)
     assert agreement is not None and agreement["decoder.conv_out.weight"] is False
     assert relation(a, other) == "same-encoder"
 
 
 def test_sketch_agreement_needs_a_common_layout(plugins, base):
-    a = identify(base, plugins)
-    b = identify(factory.make_vae(z=16, quant=False), plugins)
+    a = identify_arrays(base, plugins)
+    b = identify_arrays(factory.make_vae(z=16, quant=False), plugins)
     assert sketch_agreement(a, b) is None and relation(a, b) == "incompatible"
 
 

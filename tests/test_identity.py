@@ -6,18 +6,12 @@ import factory
 import numpy as np
 import pytest
 import torch
-from memsource import MemorySource, bf16
+from memsource import MemorySource, bf16, identify_arrays
 
 from vaereg.identity.digest import compute_identity
 from vaereg.identity.locate import canonicalize, find_vae
 
 
-def identify(arrays, plugins, dtypes=None):
-    src = MemorySource(arrays, dtypes)
-    loc = find_vae(list(src.tensors))
-    assert loc is not None
-    vae = canonicalize(loc, src.tensors, plugins.map_layout)
-    return compute_identity(vae, src.read)[0]
 
 
 def to_diffusers(sd: dict[str, np.ndarray], z: int = 4, quant: bool = True) -> dict[str, np.ndarray]:
@@ -39,7 +33,7 @@ def test_full_size_layout_counts(plugins):
 
 
 def test_ids_are_hex_and_distinct(plugins):
-    v = identify(factory.make_vae(), plugins)
+    v = identify_arrays(factory.make_vae(), plugins)
     ids = [v.id, v.exact_id, v.encoder_id, v.decoder_id]
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert len(set(ids)) == 4
@@ -48,8 +42,8 @@ def test_ids_are_hex_and_distinct(plugins):
 
 def test_fp16_copy_shares_id_not_exact_id(plugins):
     sd = factory.make_vae()
-    a = identify(sd, plugins)
-    b = identify({k: v.astype(np.float16) for k, v in sd.items()}, plugins)
+    a = identify_arrays(sd, plugins)
+    b = identify_arrays({k: v.astype(np.float16) for k, v in sd.items()}, plugins)
     assert a.id == b.id and a.encoder_id == b.encoder_id and a.decoder_id == b.decoder_id
     assert a.exact_id != b.exact_id
     assert b.dtype == "F16"
@@ -57,14 +51,14 @@ def test_fp16_copy_shares_id_not_exact_id(plugins):
 
 def test_fp64_copy_shares_id(plugins):
     sd = factory.make_vae()
-    assert identify({k: v.astype(np.float64) for k, v in sd.items()}, plugins).id == identify(sd, plugins).id
+    assert identify_arrays({k: v.astype(np.float64) for k, v in sd.items()}, plugins).id == identify_arrays(sd, plugins).id
 
 
 def test_bf16_copy_is_another_id(plugins):
     """bf16 keeps fewer mantissa bits than fp16: a bf16 copy is a precision variant, not the same weights."""
     sd = factory.make_vae()
-    b = identify({k: bf16(v) for k, v in sd.items()}, plugins, dtypes={k: "BF16" for k in sd})
-    assert b.dtype == "BF16" and b.id != identify(sd, plugins).id
+    b = identify_arrays({k: bf16(v) for k, v in sd.items()}, plugins, dtypes={k: "BF16" for k in sd})
+    assert b.dtype == "BF16" and b.id != identify_arrays(sd, plugins).id
 
 
 def test_bf16_values_widen_exactly(plugins):
@@ -72,14 +66,14 @@ def test_bf16_values_widen_exactly(plugins):
     sd = factory.make_vae()
     halves = {k: bf16(v) for k, v in sd.items()}
     widened = {k: (h.astype(np.uint32) << 16).view(np.float32) for k, h in halves.items()}
-    a = identify(halves, plugins, dtypes={k: "BF16" for k in sd})
-    b = identify(widened, plugins)
+    a = identify_arrays(halves, plugins, dtypes={k: "BF16" for k in sd})
+    b = identify_arrays(widened, plugins)
     assert a.id == b.id and a.exact_id != b.exact_id
 
 
 def test_decoder_finetune_shares_only_encoder(plugins):
-    base = identify(factory.make_vae(seed=0), plugins)
-    tuned = identify(factory.make_vae(seed=0, decoder_seed=7), plugins)
+    base = identify_arrays(factory.make_vae(seed=0), plugins)
+    tuned = identify_arrays(factory.make_vae(seed=0, decoder_seed=7), plugins)
     assert tuned.encoder_id == base.encoder_id
     assert tuned.decoder_id != base.decoder_id and tuned.id != base.id
 
@@ -89,7 +83,7 @@ def test_one_changed_value_changes_id(plugins):
     changed = dict(sd)
     changed["decoder.conv_out.bias"] = sd["decoder.conv_out.bias"].copy()
     changed["decoder.conv_out.bias"][0] += 0.01
-    assert identify(changed, plugins).id != identify(sd, plugins).id
+    assert identify_arrays(changed, plugins).id != identify_arrays(sd, plugins).id
 
 
 def test_diffusers_layout_maps_to_same_ids(plugins):
@@ -97,7 +91,7 @@ def test_diffusers_layout_maps_to_same_ids(plugins):
     diff = to_diffusers(sd)
     assert "decoder.up_blocks.0.resnets.0.conv1.weight" in diff  # the reference really renamed them
     assert diff["encoder.mid_block.attentions.0.to_q.weight"].ndim == 2
-    a, b = identify(sd, plugins), identify(diff, plugins)
+    a, b = identify_arrays(sd, plugins), identify_arrays(diff, plugins)
     assert b.layout == "diffusers" and a.layout == "ldm"
     assert (a.id, a.exact_id, a.encoder_id, a.decoder_id) == (b.id, b.exact_id, b.encoder_id, b.decoder_id)
 
@@ -111,22 +105,22 @@ def test_old_diffusers_attention_names(plugins):
             k = k.replace(f".attentions.0.{new}.", f".attentions.0.{legacy}.")
         old[k] = v
     assert any(".query." in k for k in old)
-    assert identify(old, plugins).id == identify(sd, plugins).id
+    assert identify_arrays(old, plugins).id == identify_arrays(sd, plugins).id
 
 
 def test_tensor_order_does_not_matter(plugins):
     sd = factory.make_vae()
     shuffled = dict(reversed(list(sd.items())))
-    assert identify(shuffled, plugins).exact_id == identify(sd, plugins).exact_id
+    assert identify_arrays(shuffled, plugins).exact_id == identify_arrays(sd, plugins).exact_id
 
 
 @pytest.mark.parametrize("prefix", ["first_stage_model.", "vae.", "model.first_stage_model."])
 def test_embedded_in_checkpoint(plugins, prefix):
     sd = factory.make_vae()
     ckpt = factory.make_checkpoint(sd, prefix=prefix)
-    v = identify(ckpt, plugins)
+    v = identify_arrays(ckpt, plugins)
     assert v.prefix == prefix and v.tensors == 248
-    assert v.id == identify(sd, plugins).id
+    assert v.id == identify_arrays(sd, plugins).id
 
 
 def test_training_junk_ignored(plugins):
@@ -136,13 +130,13 @@ def test_training_junk_ignored(plugins):
     junk["loss.perceptual_loss.net.slice1.0.weight"] = np.ones((4, 3, 3, 3), np.float32)
     junk["model_ema.decay"] = np.array(0.9999, np.float32)
     junk["model_ema.num_updates"] = np.array(840000, np.int64)
-    assert identify(junk, plugins).exact_id == identify(sd, plugins).exact_id
+    assert identify_arrays(junk, plugins).exact_id == identify_arrays(sd, plugins).exact_id
 
 
 def test_sixteen_channel_family(plugins):
-    v = identify(factory.make_vae(z=16, quant=False), plugins)
+    v = identify_arrays(factory.make_vae(z=16, quant=False), plugins)
     assert (v.family, v.latent_channels, v.tensors) == ("kl-f8-16ch", 16, 244)
-    flux = identify(factory.make_checkpoint(factory.make_vae(z=16, quant=False), prefix="vae."), plugins)
+    flux = identify_arrays(factory.make_checkpoint(factory.make_vae(z=16, quant=False), prefix="vae."), plugins)
     assert flux.id == v.id and flux.prefix == "vae."
 
 
@@ -154,7 +148,7 @@ def test_unknown_architecture_keeps_own_keys(plugins):
         "decoder.layers.0.weight": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
         "decoder.layers.1.weight": rng.standard_normal((3, 8, 3, 3)).astype(np.float32),
     }
-    v = identify(odd, plugins)
+    v = identify_arrays(odd, plugins)
     assert (v.family, v.layout, v.tensors, v.latent_channels) == ("unknown", "native", 4, None)
     assert v.encoder_id != v.decoder_id
 
@@ -168,6 +162,6 @@ def test_sketch_is_linear(plugins):
     """The sketch of 0.7 A + 0.3 B is 0.7 sketch(A) + 0.3 sketch(B): merges can be told apart by it."""
     a, b = factory.make_vae(seed=1), factory.make_vae(seed=2)
     mix = {k: (0.7 * a[k] + 0.3 * b[k]).astype(np.float32) for k in a}
-    sa, sb, sm = (np.frombuffer(identify(x, plugins).sketch, "<f4") for x in (a, b, mix))
+    sa, sb, sm = (np.frombuffer(identify_arrays(x, plugins).sketch, "<f4") for x in (a, b, mix))
     assert sa.size == sm.size and sa.size > 1000
     np.testing.assert_allclose(sm, 0.7 * sa + 0.3 * sb, rtol=1e-5, atol=1e-6)

@@ -115,12 +115,13 @@ def test_ls_shows_one_row_per_vae_with_reclaimable_bytes(indexed: Library, capsy
     status, out, err = run(capsys, "ls")
     assert status == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["name", "family", "id", "copies", "standalone", "embedded", "reclaimable"]
-    by_id = {row.split()[2]: row.split() for row in rows}
+    assert header.split() == ["name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"]
+    by_id = {row.split()[3]: row.split() for row in rows}
     assert by_id[indexed.hash("vae.safetensors", "id")[:12]] == [
-        "unnamed", "kl-f8-4ch", indexed.hash("vae.safetensors", "id")[:12], "7", "6", "1", *human_size(2 * size).split()
+        "unnamed", "kl-f8-4ch", "-", indexed.hash("vae.safetensors", "id")[:12], "7", "6", "1",
+        *human_size(2 * size).split(),
     ]
-    assert by_id[indexed.hash("finetune.safetensors", "id")[:12]][3:] == ["2", "2", "0", "-"]
+    assert by_id[indexed.hash("finetune.safetensors", "id")[:12]][4:] == ["2", "2", "0", "-"]
     assert "2 VAEs in 9 files" in err
 
     status, out, _ = run(capsys, "ls", "--json")

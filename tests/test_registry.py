@@ -14,7 +14,7 @@ import pytest
 from vaereg.config import Config
 from vaereg.errors import RegistryError
 from vaereg.store.registry.read import Registry
-from vaereg.store.registry.schema import KnownFile
+from vaereg.store.registry.schema import KNOWN_BASES, KnownFile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,13 +37,9 @@ def write(path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def config(home: Path) -> Config:
-    return Config(home=home)
+def home(config: Config) -> Path:
+    """The test's isolated VAEREG_HOME (conftest), where the local registry lives."""
+    return config.home
 
 
 # --- merging ------------------------------------------------------------------------------------------
@@ -128,6 +124,13 @@ name = "Gamma"
 # --- the shipped data -----------------------------------------------------------------------------------
 
 
+#: The family names the shipped registry may use: the architectures vaereg tells apart (docs/identity-spec.md).
+SHIPPED_FAMILIES = {
+    "kl-f8-4ch", "kl-f8-16ch", "flux2-32ch", "wan21", "wan22", "hunyuanvideo", "hunyuanvideo15", "ltxv",
+    "cosmos", "mochi", "dc-ae", "taesd", "consistency-decoder",
+}
+
+
 def test_shipped_registry_is_well_formed(config: Config) -> None:
     text = resources.files("vaereg.registry_data").joinpath("vaes.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
@@ -136,7 +139,8 @@ def test_shipped_registry_is_well_formed(config: Config) -> None:
     for slug, entry in data["vae"].items():
         assert re.fullmatch(r"[a-z0-9._-]+", slug)
         assert entry["source"].startswith("https://"), slug
-        assert entry["family"] in ("kl-f8-4ch", "kl-f8-16ch"), slug
+        assert entry["family"] in SHIPPED_FAMILIES, slug
+        assert entry["base"] in KNOWN_BASES, slug
         assert entry["files"], slug
         for known in entry["files"]:
             assert re.fullmatch(r"[0-9a-f]{64}", known["sha256"]), (slug, known["sha256"])
@@ -152,6 +156,15 @@ def test_shipped_registry_is_well_formed(config: Config) -> None:
     assert [e.slug for e in registry.find_by_sha256(MSE_SAFETENSORS)] == ["vae-ft-mse-840000"]
     sdxl_names = {e.slug for e in registry.entries.values() for f in e.files if "sdxl_vae.safetensors" in f.names}
     assert sdxl_names == {"sdxl-vae", "sdxl-vae-fp16-fix"}
+    # FLUX.2's two flux2-vae.safetensors: ComfyUI's [dev] file is the diffusers layout, its [klein] file BFL's.
+    flux2 = {e.slug for e in registry.entries.values() for f in e.files if "flux2-vae.safetensors" in f.names}
+    assert flux2 == {"flux2-vae", "flux2-ae"}
+    # A name or alias leads to one entry: no two entries share one, in any case.
+    holders: dict[str, str] = {}
+    for entry in registry.entries.values():
+        for label in {entry.name.casefold(), *(alias.casefold() for alias in entry.aliases)}:
+            assert holders.setdefault(label, entry.slug) == entry.slug, f"{label!r}: {holders[label]}, {entry.slug}"
+        assert registry.holders_of(entry.name)[0].entry.slug == entry.slug
 
 
 # --- lookups --------------------------------------------------------------------------------------------
@@ -200,7 +213,7 @@ def test_plan_touches_nothing_until_executed(home: Path, config: Config) -> None
         "vae.my-anime-vae: family = 'kl-f8-4ch'",
         f"vae.my-anime-vae: id = '{ID_1}'",
     ]
-    assert not home.exists()
+    assert list(home.iterdir()) == []  # nothing written, not even a lock
 
     assert plan.execute() == ("my-anime-vae",)
     text = (home / "registry.toml").read_text(encoding="utf-8")

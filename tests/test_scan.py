@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from events import Events
 from factory import make_checkpoint, make_vae, save_safetensors
 
 from vaereg.cli import main
@@ -18,32 +19,6 @@ from vaereg.plugin.manager import Plugins
 from vaereg.store.ingest import Ingest
 from vaereg.store.registry.read import Registry
 from vaereg.store.scan import plan_scan
-
-
-class Events:
-    """A plugin that writes down the events it is told of."""
-
-    def __init__(self) -> None:
-        self.identified: list = []
-        self.moved: list[tuple[str, str]] = []
-        self.removed: list[str] = []
-        self.registry: list[tuple[str, dict | None]] = []
-
-    @hookimpl
-    def vaereg_file_identified(self, report):
-        self.identified.append(report)
-
-    @hookimpl
-    def vaereg_file_moved(self, src, dest):
-        self.moved.append((src, dest))
-
-    @hookimpl
-    def vaereg_file_removed(self, path):
-        self.removed.append(path)
-
-    @hookimpl
-    def vaereg_registry_changed(self, slug, entry):
-        self.registry.append((slug, entry))
 
 
 @pytest.fixture

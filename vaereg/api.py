@@ -171,12 +171,13 @@ class Vaereg:
     # -- what is known
 
     def lookup(self, query: str) -> LookupResult:
-        """What ``vaereg lookup --json HASH`` says. Raises ValueError for a query that is not a hash."""
+        """What ``vaereg lookup --json QUERY`` says: by any hash, prefix, name, alias or slug. Raises ValueError
+        for a query that is none of them."""
         with self._lock:
             return self.catalog().lookup(query)
 
     def resolve(self, query: str) -> str:
-        """The canonical id of the one VAE a hash or prefix names (catalog.NoMatchError/AmbiguousQueryError)."""
+        """The canonical id of the one VAE a hash, prefix or name names (NoMatchError/AmbiguousQueryError)."""
         with self._lock:
             return self.catalog().resolve(query)
 
@@ -214,15 +215,18 @@ class Vaereg:
 
     # -- naming (the local registry)
 
-    def name(self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = ()) -> NamingResult:
-        """Name the VAE `query` names, and every copy of it (``vaereg name``)."""
+    def name(
+        self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = (), force: bool = False
+    ) -> NamingResult:
+        """Name the VAE `query` names, and every copy of it (``vaereg name``). A name another VAE has is refused
+        (`NameTakenError`) unless `force` takes it away from that VAE."""
         with self._lock:
-            return self.catalog(events=True).name(query, name, note=note, flags=flags)
+            return self.catalog(events=True).name(query, name, note=note, flags=flags, force=force)
 
-    def alias(self, query: str, aliases: Iterable[str]) -> NamingResult:
-        """Add aliases to the VAE's registry entry (``vaereg alias``)."""
+    def alias(self, query: str, aliases: Iterable[str], *, force: bool = False) -> NamingResult:
+        """Add aliases to the VAE's registry entry (``vaereg alias``); taken ones as in `name`."""
         with self._lock:
-            return self.catalog(events=True).alias(query, aliases)
+            return self.catalog(events=True).alias(query, aliases, force=force)
 
     def unname(self, query: str) -> NamingResult:
         """Remove the local name of the VAE (``vaereg unname``)."""

@@ -19,6 +19,7 @@ __all__ = [
     "ModelFormatError",
     "ConfigError",
     "RegistryError",
+    "NameTakenError",
     "IndexVersionError",
     "CatalogLookupError",
     "NoMatchError",
@@ -57,6 +58,21 @@ class RegistryError(UserError):
     """A registry write was refused or failed; the message names the file and the problem."""
 
 
+class NameTakenError(RegistryError):
+    """A name or alias another VAE has was asked for without ``force``; `holders` are the (field, entry) pairs
+    that have it, field "name" or "alias"."""
+
+    def __init__(self, label: str, holders: Sequence[tuple[str, Any]], target: str) -> None:
+        said = "; ".join(
+            f"{'the name' if field == 'name' else 'an alias'} of vae.{entry.slug}"
+            + (f" ({entry.name})" if entry.name and field != "name" else "")
+            for field, entry in holders
+        )
+        super().__init__(f"{label!r} is already {said}; --force moves it to {target}")
+        self.label = label
+        self.holders = tuple(holders)
+
+
 class IndexVersionError(UserError):
     """The index file was written by a newer vaereg whose schema this one does not know."""
 
@@ -77,7 +93,10 @@ class AmbiguousQueryError(CatalogLookupError):
             f"  {m.id or 'vae.' + str(m.slug)}  {m.label}  ({', '.join(f'{h.kind} {h.value}' for h in m.matched)})"
             for m in candidates
         ]
-        super().__init__(f"{query} matches {len(candidates)} VAEs; give more digits:\n" + "\n".join(lines))
+        # A name several hand-edited entries share is no prefix to lengthen: a hash tells them apart.
+        words = any(h.kind in ("slug", "name", "alias") for m in candidates for h in m.matched)
+        hint = "use a hash" if words else "give more digits"
+        super().__init__(f"{query} matches {len(candidates)} VAEs; {hint}:\n" + "\n".join(lines))
         self.query = query
         self.candidates = tuple(candidates)
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Protocol
 import xxhash
 
 from vaereg._fs import os_error_text, temp_beside
-from vaereg.files.names import download_in_progress
+from vaereg.files.names import download_in_progress, is_safetensors_name
 from vaereg.files.walk import walk_models
 from vaereg.identity.analyze import identify
 
@@ -127,7 +127,13 @@ class SameVaeFile:
     identical_copies: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "path": self.path,
+            "size": self.size,
+            "format": self.format,
+            "dtype": self.dtype,
+            "identical_copies": self.identical_copies,
+        }
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,7 @@ class LinkedCopy:
     reclaimed_bytes: int
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {"path": self.path, "target": self.target, "reclaimed_bytes": self.reclaimed_bytes}
 
 
 @dataclass(frozen=True)
@@ -365,7 +371,7 @@ def _group(sha256: str, members: list[FileState]) -> DuplicateGroup:
 
 
 def _is_safetensors(path: str) -> bool:
-    return path.lower().endswith((".safetensors", ".sft"))
+    return is_safetensors_name(path)
 
 
 def _preferred(f: SameVaeFile) -> tuple[bool, int, str]:

@@ -1,8 +1,9 @@
-"""``vaereg lookup HASH``: what is known about a hash - the registry entry and every copy on this machine.
+"""``vaereg lookup QUERY``: what is known about a VAE - the registry entry and every copy on this machine.
 
-HASH is any id or file hash vaereg computes (id, exact_id, encoder_id, decoder_id, sha256, AutoV1-3,
-BLAKE3), in any case, or at least 6 leading hex digits of one. Exit status 1 when nothing matches or a
-prefix is ambiguous (the candidates are listed); ``--json`` prints one object (docs/json.md).
+QUERY is any id or file hash vaereg computes (id, exact_id, encoder_id, decoder_id, sha256, AutoV1-3,
+BLAKE3), in any case, or at least 6 leading hex digits of one; or a registry entry's name, alias or slug.
+Exit status 1 when nothing matches or the query is ambiguous (the candidates are listed); ``--json``
+prints one object (docs/json.md).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lookup", help="show the registry entry and every indexed copy of a VAE, by any hash")
+    p = sub.add_parser("lookup", help="show the registry entry and every indexed copy of a VAE, by any hash or name")
     p.add_argument(
         "query",
-        metavar="HASH",
-        help="an id, exact_id, encoder_id, decoder_id, sha256, AutoV1/V2/V3 or BLAKE3, or >= 6 leading hex digits",
+        metavar="QUERY",
+        help="an id, exact_id, encoder_id, decoder_id, sha256, AutoV1/V2/V3 or BLAKE3, or >= 6 leading hex digits;"
+        " or a name, alias or registry slug",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md)")
     p.set_defaults(run=run)
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if result.ambiguous:
         values = len({(hit.kind, hit.value) for match in result.matches for hit in match.matched})
         vaes = f"{len(result.matches)} VAE{'s' if len(result.matches) > 1 else ''}"
+        if any(hit.kind in ("slug", "name", "alias") for match in result.matches for hit in match.matched):
+            return fail(f"{args.query} is ambiguous: {vaes} go by it; use a hash")
         return fail(f"{args.query} is ambiguous: it matches {values} hashes of {vaes}; give more digits")
     return ExitStatus.OK
 
@@ -54,6 +58,7 @@ def _print_match(match) -> None:
         ("id", match.id or "(not known yet: no copy scanned)"),
         ("aliases", ", ".join(match.aliases)),
         ("family", match.family),
+        ("base", match.base),
         ("notes", (match.notes or "").replace("\n", "\n" + " " * 12)),
         ("flags", ", ".join(match.flags)),
         ("matched", "; ".join(f"{hit.kind} {hit.value}" for hit in match.matched)),

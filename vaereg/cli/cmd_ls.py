@@ -1,4 +1,4 @@
-"""``vaereg ls``: one row per distinct VAE on this machine - its name, family, copies and reclaimable bytes.
+"""``vaereg ls``: one row per distinct VAE on this machine - its name, family, base, copies and reclaimable bytes.
 
 A VAE is a canonical id: its fp32 and fp16 files and the checkpoints embedding it are copies of one VAE.
 "Reclaimable" counts the bytes that byte-identical standalone copies waste (``vaereg dedupe`` links them).
@@ -30,11 +30,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print("no VAEs indexed yet: vaereg scan DIR indexes a folder", file=sys.stderr)
         return ExitStatus.OK
     rows = [
-        (vae.label, vae.family, short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
+        (vae.label, vae.family, vae.base or "-", short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
          human_size(vae.reclaimable_bytes) if vae.reclaimable_bytes else "-")
         for vae in vaes
     ]
-    print_table(("name", "family", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
+    print_table(("name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
     reclaimable = sum(vae.reclaimable_bytes for vae in vaes)
     copies = sum(len(vae.copies) for vae in vaes)
     summary = f"{len(vaes)} VAEs in {copies} files"

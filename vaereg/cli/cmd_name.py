@@ -16,13 +16,23 @@ from vaereg.cli.exit import ExitStatus
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("name", help="name a VAE (all its copies) in the local registry")
-    p.add_argument("query", metavar="HASH", help="any id or file hash of the VAE, or >= 6 leading hex digits")
+    p.add_argument("query", metavar="QUERY", help=QUERY_HELP)
     p.add_argument("name", metavar="NAME")
     p.add_argument("--note", metavar="TEXT", help="add a line to the entry's notes")
     p.add_argument("--flag", dest="flags", action="append", default=[], metavar="FLAG",
                    help="add a flag such as fp16-nan-prone (repeatable)")
+    add_force_option(p, "name")
     add_common_options(p)
     p.set_defaults(run=run)
+
+
+#: What every naming command's QUERY takes: what `vaereg lookup` does.
+QUERY_HELP = "any id or file hash of the VAE, >= 6 leading hex digits of one, or its name, an alias or slug"
+
+
+def add_force_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"take the {what} away from another VAE that has it, instead of refusing")
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
@@ -31,7 +41,10 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    return apply(args, ctx, lambda catalog: catalog.plan_name(args.query, args.name, note=args.note, flags=args.flags))
+    return apply(
+        args, ctx,
+        lambda catalog: catalog.plan_name(args.query, args.name, note=args.note, flags=args.flags, force=args.force),
+    )
 
 
 def apply(args: argparse.Namespace, ctx: Context, plan_with: Callable) -> int:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from vaereg.cli.cmd_name import add_common_options, apply
+from vaereg.cli.cmd_name import QUERY_HELP, add_common_options, apply
 from vaereg.cli.common import Context
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unname", help="remove the name you gave a VAE")
-    p.add_argument("query", metavar="HASH", help="any id or file hash of the VAE, or >= 6 leading hex digits")
+    p.add_argument("query", metavar="QUERY", help=QUERY_HELP)
     add_common_options(p)
     p.set_defaults(run=run)
 

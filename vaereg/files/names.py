@@ -11,6 +11,8 @@ from typing import Collection
 
 #: Endings of the files vaereg reads as models (a diffusers folder is recognised by its contents).
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+#: Endings of safetensors files: loading one runs no code, so it is the copy to keep.
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 #: Endings of files that downloaders write before renaming them into place.
 PARTIAL_SUFFIXES = (".part", ".crdownload", ".tmp", ".incomplete", ".download", ".partial")
 #: aria2's control file, present beside the (preallocated, full-size) file until the download is done.
@@ -21,6 +23,10 @@ IN_PROGRESS_MARKERS = (*PARTIAL_SUFFIXES, ARIA2_SUFFIX)
 
 def is_model_name(name: str) -> bool:
     return name.lower().endswith(MODEL_SUFFIXES)
+
+
+def is_safetensors_name(name: str) -> bool:
+    return name.lower().endswith(SAFETENSORS_SUFFIXES)
 
 
 def is_partial_name(name: str) -> bool:

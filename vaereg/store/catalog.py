@@ -16,16 +16,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
-from vaereg.errors import AmbiguousQueryError, NoMatchError, RegistryError
+from vaereg.errors import AmbiguousQueryError, NameTakenError, NoMatchError, RegistryError
 from vaereg.store.index import LOOKUP_KINDS, Index, IndexedFile
 from vaereg.store.registry.read import Registry
-from vaereg.store.registry.schema import Entry
+from vaereg.store.registry.schema import LABEL_FIELDS, Entry
 
 if TYPE_CHECKING:
     from vaereg.plugin.manager import Plugins
 
-#: What a lookup lists first: canonical ids, then whole-file hashes (the index's order).
-_KIND_RANK = {kind: rank for rank, kind in enumerate(LOOKUP_KINDS)}
+#: What a lookup lists first: a registry entry's own words, then canonical ids, then whole-file hashes.
+_KIND_RANK = {kind: rank for rank, kind in enumerate((*LABEL_FIELDS, *LOOKUP_KINDS))}
 _FAMILY = re.compile(r"kl-f\d+-(\d+)ch")
 
 #: A group of hits: the canonical id, or (for a registry entry whose id is not known) None and its slug.
@@ -91,6 +91,11 @@ class _Described:
     def flags(self) -> tuple[str, ...]:
         return self.entry.flags if self.entry else ()
 
+    @property
+    def base(self) -> str | None:
+        """The model whose latent space the VAE serves, as its registry entry says (``SD1``, ``SDXL``...)."""
+        return self.entry.base if self.entry else None
+
 
 @dataclass(frozen=True)
 class MatchedHash:
@@ -127,6 +132,7 @@ class LookupMatch(_Described):
             "matched": [hit.to_json() for hit in self.matched],
             "copies": [copy.to_json() for copy in self.copies],
             "slug": self.slug,
+            "base": self.base,
         }
 
 
@@ -184,6 +190,7 @@ class VaeSummary(_Described):
             "flags": list(self.flags),
             "standalone": self.standalone,
             "embedded": self.embedded,
+            "base": self.base,
         }
 
 
@@ -224,6 +231,7 @@ class NamingPlan:
     aliases: tuple[str, ...] = ()
     note: str | None = None
     flags: tuple[str, ...] = ()
+    moved: tuple[str, ...] = ()  # names and aliases taken away from other VAEs first (``force``)
 
     @property
     def empty(self) -> bool:
@@ -254,32 +262,53 @@ class Catalog:
     # -- what is known
 
     def lookup(self, query: str) -> LookupResult:
-        """Every VAE whose ids or file hashes are `query` or start with it (any case, >= 6 hex digits),
-        on this machine or in the registry. Raises ValueError for a query that is not such a hash."""
-        hits = self.index.lookup(query)  # checks the query first, so its message is the one people see
+        """Every VAE whose ids or file hashes are `query` or start with it (any case, >= 6 hex digits), on this
+        machine or in the registry, and every registry entry whose slug, name or an alias is `query` (any
+        case). Raises ValueError for a query that is neither a hash nor such a word."""
+        labelled = self.registry.find_by_label(query)
+        try:
+            hits = self.index.lookup(query)  # checks the query first, so its message is the one people see
+            by_hash = self.registry.search_prefix(query)
+        except ValueError as exc:
+            if not labelled:
+                raise ValueError(f"{exc}; nor is it the name, an alias or the slug of a registry entry") from None
+            hits, by_hash = [], []
         targets: dict[tuple[str, str], set[_Key]] = {}
         hinted: dict[_Key, Entry] = {}
         for hit in hits:
             if hit.vae_id is not None:  # else a file that holds no VAE (a UNet, a LoRA): nothing to name
                 targets.setdefault((hit.kind, hit.value), set()).add((hit.vae_id, None))
-        for found in self.registry.search_prefix(query):
+        for found in by_hash:
             keys = self._keys_of(found.entry)
             targets.setdefault((found.field, found.value), set()).update(keys)
+            for key in keys:
+                hinted.setdefault(key, found.entry)
+        # A word names one entry: two entries spelling a name alike are two targets, however it is spelt.
+        words: dict[tuple[str, str], tuple[str, set[_Key]]] = {}
+        for found in labelled:
+            keys = self._keys_of(found.entry)
+            words.setdefault((found.field, found.entry.slug), (found.value, set()))[1].update(keys)
             for key in keys:
                 hinted.setdefault(key, found.entry)
         matched: dict[_Key, list[MatchedHash]] = {}
         for (kind, value), keys in targets.items():
             for key in keys:
                 matched.setdefault(key, []).append(MatchedHash(kind, value))
+        for (kind, _), (value, keys) in words.items():
+            for key in keys:
+                if MatchedHash(kind, value) not in matched.get(key, ()):
+                    matched.setdefault(key, []).append(MatchedHash(kind, value))
         matches = [
             self._match(key, sorted(hashes, key=lambda h: (_KIND_RANK[h.kind], h.value)), hinted.get(key))
             for key, hashes in matched.items()
         ]
         matches.sort(key=lambda m: (_KIND_RANK[m.matched[0].kind], m.id or "", m.slug or ""))
         # An encoder_id shared by several VAEs leads to all of them without being ambiguous; a prefix is
-        # when it hits two values of one kind, or values that lead to different VAEs.
+        # when it hits two values of one kind, or values (or words) that lead to different VAEs. Entries that
+        # share one id are one VAE, so a name they share is not ambiguous.
         per_kind = Counter(kind for kind, _ in targets)
-        ambiguous = max(per_kind.values(), default=0) > 1 or len({frozenset(k) for k in targets.values()}) > 1
+        groups = {frozenset(keys) for keys in targets.values()} | {frozenset(keys) for _, keys in words.values()}
+        ambiguous = max(per_kind.values(), default=0) > 1 or len(groups) > 1
         return LookupResult(query, tuple(matches), ambiguous)
 
     def resolve(self, query: str) -> str:
@@ -335,8 +364,13 @@ class Catalog:
 
     # -- naming: plan, then execute
 
-    def plan_name(self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = ()) -> NamingPlan:
-        """Plan giving the VAE `query` names the name `name` (and a note, flags) in the local registry."""
+    def plan_name(
+        self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = (), force: bool = False
+    ) -> NamingPlan:
+        """Plan giving the VAE `query` names the name `name` (and a note, flags) in the local registry.
+
+        A name another VAE has (as its name or an alias, in any layer) is refused with `NameTakenError`; with
+        `force` the plan takes it away from that VAE first."""
         target, registry = self.one(query), self.registry
         name, flags = (name or "").strip(), tuple(flags)
         if not name:
@@ -361,16 +395,22 @@ class Catalog:
         current = registry.get(slug)
         if note and note not in ((current.notes or "") if current else "").split("\n"):
             changes.append(f"vae.{slug}: add note {note!r}")
-        return NamingPlan("name", target, slug, tuple(changes), self, name=name, note=note, flags=flags)
+        moved, releases = self._take((name,), target, slug, force)
+        return NamingPlan(
+            "name", target, slug, (*releases, *changes), self, name=name, note=note, flags=flags, moved=moved
+        )
 
-    def plan_alias(self, query: str, aliases: Iterable[str]) -> NamingPlan:
-        """Plan adding aliases to the entry of the VAE `query` names (it must have one: name it first)."""
+    def plan_alias(self, query: str, aliases: Iterable[str], *, force: bool = False) -> NamingPlan:
+        """Plan adding aliases to the entry of the VAE `query` names (it must have one: name it first).
+
+        Aliases another VAE has are refused, or with `force` taken away from it, as in `plan_name`."""
         target, aliases = self.one(query), tuple(aliases)
         if target.entry is None:
             raise RegistryError(f"{target.id} has no registry entry to add aliases to: name it first (vaereg name)")
         slug = target.entry.slug
         changes = self.registry.plan_update(slug, {"aliases": aliases}).describe()
-        return NamingPlan("alias", target, slug, tuple(changes), self, aliases=aliases)
+        moved, releases = self._take(aliases, target, slug, force)
+        return NamingPlan("alias", target, slug, (*releases, *changes), self, aliases=aliases, moved=moved)
 
     def plan_unname(self, query: str) -> NamingPlan:
         """Plan removing the local name of the VAE `query` names, so a lower layer's name (if any) shows."""
@@ -392,6 +432,13 @@ class Catalog:
     def execute(self, plan: NamingPlan) -> NamingResult:
         """Write `plan` through the registry's API and tell the plugins when something changed."""
         registry, target = self.registry, plan.target
+        released: list[str] = []
+        for label in plan.moved:
+            released += registry.release(label, keep=self._keep(target, plan.slug))
+        for slug in dict.fromkeys(released):
+            if self.plugins is not None:
+                moved_from = registry.get(slug)
+                self.plugins.registry_changed(slug, moved_from.to_json() if moved_from else None)
         before = registry.get(plan.slug) if plan.slug else None
         entry: Entry | None
         if plan.action == "name":
@@ -413,16 +460,40 @@ class Catalog:
             self.plugins.registry_changed(slug, entry.to_json() if entry else None)
         return NamingResult(plan.action, target.id, slug, entry, changed)
 
-    def name(self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = ()) -> NamingResult:
-        return self.plan_name(query, name, note=note, flags=flags).execute()
+    def name(
+        self, query: str, name: str, *, note: str | None = None, flags: Iterable[str] = (), force: bool = False
+    ) -> NamingResult:
+        return self.plan_name(query, name, note=note, flags=flags, force=force).execute()
 
-    def alias(self, query: str, aliases: Iterable[str]) -> NamingResult:
-        return self.plan_alias(query, aliases).execute()
+    def alias(self, query: str, aliases: Iterable[str], *, force: bool = False) -> NamingResult:
+        return self.plan_alias(query, aliases, force=force).execute()
 
     def unname(self, query: str) -> NamingResult:
         return self.plan_unname(query).execute()
 
     # -- helpers
+
+    def _keep(self, target: LookupMatch, slug: str) -> frozenset[str]:
+        """The entries that are the VAE being named: the one written, the one found, those with its id."""
+        keep = {slug} | ({target.entry.slug} if target.entry else set())
+        if target.id:
+            keep |= {entry.slug for entry in self.registry.find_by_id(target.id)}
+        return frozenset(keep)
+
+    def _take(
+        self, labels: Iterable[str], target: LookupMatch, slug: str, force: bool
+    ) -> tuple[tuple[str, ...], list[str]]:
+        """The labels other VAEs have, and the changes that take them away; `NameTakenError` without `force`."""
+        keep, moved, changes = self._keep(target, slug), [], []
+        for label in labels:
+            holders = [(m.field, m.entry) for m in self.registry.holders_of(label) if m.entry.slug not in keep]
+            if not holders:
+                continue
+            if not force:
+                raise NameTakenError(label, holders, target.id or f"vae.{slug}")
+            moved.append(label)
+            changes += self.registry.plan_release(label, keep).describe()
+        return tuple(moved), changes
 
     def _write_name(self, target: LookupMatch, slug: str, name: str) -> Entry:
         registry = self.registry

@@ -138,7 +138,18 @@ class IndexedVae:
     params: int
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "exact_id": self.exact_id,
+            "id": self.id,
+            "encoder_id": self.encoder_id,
+            "decoder_id": self.decoder_id,
+            "family": self.family,
+            "latent_channels": self.latent_channels,
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "tensors": self.tensors,
+            "params": self.params,
+        }
 
 
 @dataclass(frozen=True)
@@ -232,7 +243,7 @@ class HashHit:
     path: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {"kind": self.kind, "value": self.value, "vae_id": self.vae_id, "path": self.path}
 
 
 @dataclass(frozen=True)
@@ -264,7 +275,13 @@ class IndexStats:
     identities: int  # distinct canonical ids
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "files": self.files,
+            "errors": self.errors,
+            "pending_file_hashes": self.pending_file_hashes,
+            "vaes": self.vaes,
+            "identities": self.identities,
+        }
 
 
 #: The whole-file hashes and when they were stored: written together, kept or cleared together.

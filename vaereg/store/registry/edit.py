@@ -35,6 +35,7 @@ from vaereg.store.registry.schema import (
     KnownFile,
     parse_layer,
     read_text,
+    same_label,
     slug_problem,
     tomllib,  # the stdlib's, or tomli on Python 3.10: vaereg.store.registry.schema decides which
     union,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from vaereg.store.registry.read import Registry
 
 #: The order vaereg gives the fields of entries it creates; a person's own order is never changed.
-FIELD_ORDER = ("name", "aliases", "family", "id", "encoder_id", "decoder_id", "notes", "source", "flags", "files")
+FIELD_ORDER = ("name", "aliases", "family", "base", "id", "encoder_id", "decoder_id", "notes", "source", "flags", "files")
 #: A local entry left with only these fields after its name is removed carries nothing a person added.
 _IDENTITY_FIELDS = frozenset({"id", "encoder_id", "decoder_id", "family"})
 
@@ -62,7 +63,9 @@ class EntryEdit:
     """One planned change to one entry of the local registry, applied to the file as it is when written.
 
     `set` maps scalar fields to values (None removes the local key, so lower layers show through);
-    `add` maps list fields to items to union in; `files` are merged by sha256; `note` is appended to the
+    `add` maps list fields to items to union in; `lists` maps list fields to the whole list the entry is
+    to have, written with the field named in ``replace`` (how a name is taken away from an alias list a
+    lower layer gives); `files` are merged by sha256; `note` is appended to the
     notes as a line of its own (onto `note_base`, the notes below the local layer, if the local layer has
     none). `for_id` marks a new entry for that id: should its slug be taken by another id by then, the
     next free ``<slug>-<n>`` is used, skipping `avoid`. `drop_if_bare` removes the local table when only
@@ -73,6 +76,7 @@ class EntryEdit:
     set: tuple[tuple[str, str | None], ...] = ()
     add: tuple[tuple[str, tuple[str, ...]], ...] = ()
     files: tuple[KnownFile, ...] = ()
+    lists: tuple[tuple[str, tuple[str, ...]], ...] = ()
     note: str | None = None
     note_base: str | None = None
     for_id: str | None = None
@@ -86,6 +90,8 @@ class EntryEdit:
             lines.append(f"{where}: remove the local {key}" if value is None else f"{where}: {key} = {value!r}")
         for key, items in self.add:
             lines.append(f"{where}: add {key} {', '.join(map(repr, items))}")
+        for key, items in self.lists:
+            lines.append(f"{where}: {key} = [{', '.join(map(repr, items))}] in place of every layer's")
         for known in self.files:
             lines.append(f"{where}: add file {known.sha256} ({', '.join(known.names) or 'no names'})")
         if self.note:
@@ -160,6 +166,36 @@ def plan_remove_name(registry: Registry, vae_id: str) -> WritePlan:
             "the only one vaereg writes"
         )
     return _plan(registry, edits)
+
+
+def plan_release(registry: Registry, label: str, keep: frozenset[str]) -> WritePlan:
+    """`Registry.plan_release`: take the name or alias `label` away from each entry not in `keep` that has it."""
+    edits = []
+    for match in registry.holders_of(label):
+        entry = match.entry
+        if entry.slug in keep:
+            continue
+        if match.field == "name":
+            below = registry._merged_below(entry.slug)
+            below_name = below.name if below else None
+            # Removing the local key shows a lower layer's name: clear it instead when that is the same name.
+            clear = below_name is not None and same_label(below_name, label)
+            edits.append(EntryEdit(entry.slug, set=(("name", "" if clear else None),)))
+        else:
+            remaining = tuple(alias for alias in entry.aliases if not same_label(alias, label))
+            edits.append(EntryEdit(entry.slug, lists=(("aliases", remaining),)))
+    return _plan(registry, _one_edit_per_slug(edits))
+
+
+def _one_edit_per_slug(edits: Sequence[EntryEdit]) -> list[EntryEdit]:
+    """An entry whose name and alias are both the label gets one edit doing both."""
+    merged: dict[str, EntryEdit] = {}
+    for edit in edits:
+        old = merged.get(edit.slug)
+        merged[edit.slug] = edit if old is None else EntryEdit(
+            edit.slug, set=old.set + edit.set, lists=old.lists + edit.lists
+        )
+    return list(merged.values())
 
 
 def plan_note(registry: Registry, slug: str, note: str) -> WritePlan:
@@ -391,6 +427,9 @@ def _applied(table: Mapping[str, Any] | None, edit: EntryEdit) -> bool:
     for key, items in edit.add:
         if not set(items) <= set(table.get(key, ())):
             return False
+    for key, items in edit.lists:
+        if list(table.get(key, ())) != list(items) or key not in table.get("replace", ()):
+            return False
     files = {str(f["sha256"]).lower(): f for f in table.get("files", ())}
     for known in edit.files:
         if known.sha256 not in files or not set(known.names) <= set(files[known.sha256].get("names", ())):
@@ -411,7 +450,7 @@ def _apply(doc: tomlkit.TOMLDocument, edit: EntryEdit) -> str:
     if table is None:
         table = tomlkit.table()
         entries.append(slug, table)
-    sets, adds = dict(edit.set), dict(edit.add)
+    sets, adds, lists = dict(edit.set), dict(edit.add), dict(edit.lists)
     for key in FIELD_ORDER:
         if key in sets:
             if sets[key] is None:
@@ -420,6 +459,10 @@ def _apply(doc: tomlkit.TOMLDocument, edit: EntryEdit) -> str:
                 _put(table, key, _text(sets[key]))
         if key in adds:
             _extend(table, key, adds[key])
+        if key in lists:
+            _put(table, key, list(lists[key]))
+    if lists:
+        _extend(table, "replace", list(lists))
     if edit.files:
         _merge_file_tables(table, edit.files)
     if edit.note:

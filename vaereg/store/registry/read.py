@@ -26,11 +26,13 @@ from vaereg.errors import RegistryError
 from vaereg.store.registry.schema import (
     DEFAULT_LOCK_TIMEOUT,
     HEX_PATTERN,
+    LABEL_FIELDS,
     MIN_PREFIX,
     Declared,
     Entry,
     Match,
     hash_index,
+    label_index,
     merge_layers,
     parse_layer,
     read_text,
@@ -152,6 +154,7 @@ class Registry:
         self.warnings: list[str] = warnings
         self.entries: dict[str, Entry] = merge_layers([source.entries for source in sources])
         self._index = hash_index(self.entries)
+        self._labels = label_index(self.entries)
 
     # lookups
 
@@ -185,6 +188,17 @@ class Registry:
             raise ValueError(f"a hash prefix needs at least {MIN_PREFIX} hex digits, not {prefix!r}")
         return [found for value, matches in self._index.items() if value.startswith(wanted) for found in matches]
 
+    def find_by_label(self, text: str) -> list[Match]:
+        """Every (entry, field) whose slug, name or an alias is `text`, ignoring case; field is "slug", "name"
+        or "alias" and value the entry's own spelling. An entry matched by several of them is listed once per
+        field, slug first."""
+        found = self._labels.get(text.strip().casefold(), [])
+        return sorted(found, key=lambda match: LABEL_FIELDS.index(match.field))
+
+    def holders_of(self, label: str) -> list[Match]:
+        """The entries that have `label` as their name or as an alias (any case): who a new name would clash with."""
+        return [match for match in self.find_by_label(label) if match.field != "slug"]
+
     def resolve_slug(self, slug_or_id: str) -> str:
         """The slug of the entry called `slug_or_id`, or the one entry with that id."""
         key = slug_or_id.strip()
@@ -202,7 +216,7 @@ class Registry:
     def plan_update(self, slug: str, changes: Mapping[str, Any]) -> WritePlan:
         """Plan changes to one entry (created if new) in the local registry.
 
-        Scalar fields (name, family, id, encoder_id, decoder_id, notes, source) take a string, "" to clear
+        Scalar fields (name, family, base, id, encoder_id, decoder_id, notes, source) take a string, "" to clear
         the merged value, or None to drop only the local key. aliases and flags take strings to add; files
         takes `KnownFile`s or ``{"sha256", "names", "source"}`` mappings to merge in. What the merged
         registry already says is left out of the plan, so a plan can be empty.
@@ -225,6 +239,13 @@ class Registry:
 
         identity = {"family": family, "encoder_id": encoder_id, "decoder_id": decoder_id}
         return registry_write.plan_set_name(self, vae_id, name, identity)
+
+    def plan_release(self, label: str, keep: Iterable[str] = ()) -> WritePlan:
+        """Plan taking the name or alias `label` away from every entry that has it but those in `keep` (slugs):
+        a local name is removed, a name from a lower layer cleared, an alias dropped (``replace``)."""
+        from vaereg.store.registry import edit as registry_write
+
+        return registry_write.plan_release(self, label, frozenset(keep))
 
     def plan_remove_name(self, vae_id: str) -> WritePlan:
         """Plan removing the local name of the VAE with this id (an entry only the local layer has goes)."""
@@ -256,6 +277,10 @@ class Registry:
         """Remove the local name; return the entry as it now stands, or None when it is gone."""
         slugs = self._execute(self.plan_remove_name(vae_id))
         return self.entries.get(slugs[0])
+
+    def release(self, label: str, keep: Iterable[str] = ()) -> tuple[str, ...]:
+        """Apply `plan_release`; return the slugs that lost `label`."""
+        return self._execute(self.plan_release(label, keep))
 
     def add_aliases(self, slug_or_id: str, aliases: Iterable[str]) -> Entry:
         return self.update(self.resolve_slug(slug_or_id), {"aliases": tuple(aliases)})

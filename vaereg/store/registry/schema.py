@@ -26,11 +26,20 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 #: Shortest hash prefix `Registry.search_prefix` accepts: shorter ones match too much to mean anything.
 MIN_PREFIX = 6
 
-SCALAR_FIELDS = ("name", "family", "id", "encoder_id", "decoder_id", "notes", "source")
+SCALAR_FIELDS = ("name", "family", "base", "id", "encoder_id", "decoder_id", "notes", "source")
 LIST_FIELDS = ("aliases", "flags")
 ID_FIELDS = ("id", "encoder_id", "decoder_id")
 #: Fields a layer may list in ``replace`` to take its own value instead of the union.
 REPLACEABLE_FIELDS = ("aliases", "flags", "files")
+#: The models whose latent spaces a VAE's ``base`` names (docs/registry.md, "Bases"). Another value is kept,
+#: with a warning, so a typing mistake shows. SD1 and SD2 share one latent space; SDXL's has the same shapes.
+KNOWN_BASES = (
+    "SD1", "SD2", "SDXL", "SD3", "FLUX.1", "FLUX.2", "Wan2.1", "Wan2.2", "Qwen-Image", "HunyuanVideo",
+    "HunyuanVideo1.5", "LTX-Video", "CogVideoX", "Mochi", "Cosmos", "Allegro", "SVD", "Stable-Cascade",
+    "Kandinsky", "Sana",
+)
+#: How a query names an entry by words rather than by hash (`Registry.find_by_label`).
+LABEL_FIELDS = ("slug", "name", "alias")
 
 SLUG_PATTERN = re.compile(r"[a-z0-9._-]+")
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
@@ -62,6 +71,7 @@ class Entry:
     name: str | None = None
     aliases: tuple[str, ...] = ()
     family: str | None = None
+    base: str | None = None
     id: str | None = None
     encoder_id: str | None = None
     decoder_id: str | None = None
@@ -88,12 +98,14 @@ class Entry:
             "notes": self.notes,
             "source": self.source,
             "flags": list(self.flags),
+            "base": self.base,
         }
 
 
 @dataclass(frozen=True)
 class Match:
-    """An entry found by a hash, and which of its hash fields matched ("id", "encoder_id", ... "sha256")."""
+    """An entry found by a hash or a word, and which field matched: a hash field ("id", "encoder_id", ...
+    "sha256") or a label field ("slug", "name", "alias"); `value` is the entry's own spelling."""
 
     entry: Entry
     field: str
@@ -101,6 +113,11 @@ class Match:
 
     def to_json(self) -> dict[str, Any]:
         return {"slug": self.entry.slug, "field": self.field, "value": self.value}
+
+
+def same_label(a: str, b: str) -> bool:
+    """Whether two names are one name to a person: case and surrounding blanks do not count."""
+    return a.strip().casefold() == b.strip().casefold()
 
 
 # --- reading one layer -------------------------------------------------------------------------------
@@ -180,6 +197,8 @@ def _check_entry(slug: str, body: Any, notices: list[tuple[Where, str]]) -> Decl
         label = f"vae.{slug}.{key}"
         if key in SCALAR_FIELDS:
             declared[key] = _check_scalar(key, value, at, label)
+            if key == "base" and declared[key] and declared[key] not in KNOWN_BASES:
+                notices.append((at, f"{label} {declared[key]!r} is not a known base ({', '.join(KNOWN_BASES)})"))
         elif key in LIST_FIELDS:
             declared[key] = _check_strings(value, at, label)
         elif key == "files":
@@ -338,6 +357,21 @@ def _merge_files(base: Iterable[KnownFile], new: Iterable[KnownFile]) -> tuple[K
 
 def _entry(slug: str, values: Mapping[str, Any]) -> Entry:
     return Entry(slug=slug, **{key: values[key] for key in (*SCALAR_FIELDS, *LIST_FIELDS, "files") if key in values})
+
+
+def label_index(entries: Mapping[str, Entry]) -> dict[str, list[Match]]:
+    """Each entry by its slug, name and aliases, keyed without case: the words a query may name it by."""
+    index: dict[str, list[Match]] = {}
+    for entry in entries.values():
+        labels = [("slug", entry.slug)] + ([("name", entry.name)] if entry.name else [])
+        labels += [("alias", alias) for alias in entry.aliases]
+        seen: set[tuple[str, str]] = set()
+        for field, value in labels:
+            key = value.strip().casefold()
+            if key and (field, key) not in seen:
+                seen.add((field, key))
+                index.setdefault(key, []).append(Match(entry, field, value))
+    return index
 
 
 def hash_index(entries: Mapping[str, Entry]) -> dict[str, list[Match]]:
