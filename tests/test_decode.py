@@ -306,6 +306,7 @@ def test_check_decode_flags_washed_out_against_the_closest_known_vae(checked):
     assert report.needs_external_vae and "washed-out" in report.reason
     assert report.recommended is not None and report.recommended.name == "Good VAE"
     assert found.fp16_overflow is None
+    assert not any("passes fp16's range too" in note for note in found.notes)
 
 
 def test_check_decode_flags_fp16_overflow_with_its_layer(checked):

@@ -593,6 +593,8 @@ def decode_check(
             f"the registry flags it fp16-nan-prone, but this {size} px round trip peaks at {peak} (below {FP16_MAX:g})"
             if peak else "the registry flags it fp16-nan-prone; the round trip did not measure it"
         )
+    if reference is not None and reference.fp16_overflow is not None:
+        notes.append(f"{reference.label}, the closest known VAE, passes fp16's range too: {reference.fp16_overflow}")
     faded = washed_out(own, reference)
     if faded:
         what = f"saturation {own.saturation:.2f}x, contrast {own.contrast:.2f}x of the input"
