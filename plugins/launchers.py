@@ -23,7 +23,13 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from vaereg.hookspecs import LauncherFolders, hookimpl
 
-__all__ = ["automatic_vae_candidates", "vaereg_locate_launcher"]
+__all__ = [
+    "automatic_vae_candidates",
+    "vaereg_locate_launcher",
+    "webui_checkpoints",
+    "webui_vae_list",
+    "webui_vae_path",
+]
 
 log = logging.getLogger("vaereg.launchers")
 
@@ -433,46 +439,73 @@ _CHECKPOINT_FOLDER_SUFFIXES = (".vae.ckpt", ".vae.pt", ".vae.safetensors")
 _VAE_FOLDER_SUFFIXES = (".ckpt", ".pt", ".safetensors")
 
 
-def automatic_vae_candidates(
-    checkpoint: Path, vae_folders: Sequence[Path], checkpoint_folders: Sequence[Path] = ()
-) -> list[Path]:
-    """The VAE files A1111/Forge's "Automatic" setting would pick for `checkpoint`, the one it loads first.
+def webui_vae_list(vae_folders: Sequence[Path], checkpoint_folders: Sequence[Path]) -> dict[str, Path]:
+    """A1111's VAE list (``vae_dict`` of ``modules/sd_vae.py``): file name -> the file that name loads.
 
     A1111 lists ``*.vae.ckpt``, ``*.vae.pt``, ``*.vae.safetensors`` under the checkpoint folders and
-    ``*.ckpt``, ``*.pt``, ``*.safetensors`` under the VAE folders (recursively), keeps one file per file name
-    (a later one replacing an earlier one in its place), and loads the first whose name *starts with* the
-    checkpoint's file name minus its last extension: ``sd15.safetensors`` takes ``sd15.vae.pt`` but also
-    ``sd15-mse.safetensors``. An empty list means the checkpoint's own VAE is used.
-
-    `vae_folders` and `checkpoint_folders` are in :class:`LauncherFolders` order: the launcher's default
-    folder first, then ``--vae-dir`` / ``--ckpt-dir``. Without `checkpoint_folders`, the checkpoint's own
-    folder is searched. Within a folder, files go in name order where A1111 takes the file system's order.
-    Per-checkpoint user metadata (a ``.json`` beside the checkpoint naming a VAE) and ``--vae-path`` override
-    this choice and are not considered here.
+    ``*.ckpt``, ``*.pt``, ``*.safetensors`` under the VAE folders (recursively): default checkpoint folder,
+    default VAE folder, then ``--ckpt-dir``, then ``--vae-dir``. It keeps one file per file name: a later file
+    of the same name replaces an earlier one in its place (its later sort goes through ``dict.update``, which
+    never reorders keys). These names are what its VAE setting and a checkpoint's user metadata (``"vae"``)
+    hold. The folders are in :class:`LauncherFolders` order, defaults first. Within a folder, files go in name
+    order where A1111 takes the file system's order.
     """
-    checkpoint = Path(checkpoint)
-    checkpoint_folders = list(checkpoint_folders) or [checkpoint.parent]
-    # A1111's search order: default checkpoint folder, default VAE folder, then --ckpt-dir, then --vae-dir.
     searches = [
         *((Path(folder), _CHECKPOINT_FOLDER_SUFFIXES) for folder in checkpoint_folders[:1]),
         *((Path(folder), _VAE_FOLDER_SUFFIXES) for folder in vae_folders[:1]),
         *((Path(folder), _CHECKPOINT_FOLDER_SUFFIXES) for folder in checkpoint_folders[1:]),
         *((Path(folder), _VAE_FOLDER_SUFFIXES) for folder in vae_folders[1:]),
     ]
-    found = (path for folder, suffixes in searches for suffix in suffixes for path in _glob_suffix(folder, suffix))
-    return _automatic_matches(checkpoint.name, found)
-
-
-def _automatic_matches(checkpoint_name: str, vae_files: Iterable[Path]) -> list[Path]:
-    """The files matching `checkpoint_name` from A1111's VAE list built out of `vae_files`, in list order."""
     by_name: dict[str, Path] = {}
-    for path in vae_files:
-        # Assigning to an existing key keeps its place: a later file of the same name takes over an earlier
-        # one's position, as in A1111's vae_dict (its later sort goes through dict.update, which never
-        # reorders keys).
-        by_name[path.name] = path
-    stem = checkpoint_name.rsplit(".", 1)[0]
-    return [path for name, path in by_name.items() if name.startswith(stem)]
+    for folder, suffixes in searches:
+        for suffix in suffixes:
+            for path in _glob_suffix(folder, suffix):
+                by_name[path.name] = path
+    return by_name
+
+
+#: What A1111's checkpoint list takes (``modules/sd_models.py list_models``): these suffixes, not ``.vae.*``.
+_CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
+_CHECKPOINT_EXCLUDED = (".vae.ckpt", ".vae.safetensors")
+
+
+def webui_checkpoints(checkpoint_folders: Sequence[Path]) -> list[Path]:
+    """The checkpoint files A1111 lists (``modelloader.load_models``): ``*.ckpt`` and ``*.safetensors`` below
+    each folder, recursively, except ``*.vae.ckpt`` and ``*.vae.safetensors``; each path once."""
+    found: dict[Path, None] = {}
+    for folder in checkpoint_folders:
+        for directory in _walk(Path(folder), set()):
+            for entry in _listing(directory):
+                name = os.path.normcase(entry.name)
+                if name.endswith(_CHECKPOINT_SUFFIXES) and not name.endswith(_CHECKPOINT_EXCLUDED) and entry.is_file():
+                    found.setdefault(entry, None)
+    return list(found)
+
+
+def webui_vae_path(root: Path) -> Path | None:
+    """The ``--vae-path`` the webui-user script passes: A1111 then loads that file for every checkpoint."""
+    value = _last_values(_webui_arguments(Path(root)), ("--vae-path",)).get("--vae-path")
+    return Path(root) / value if value else None
+
+
+def automatic_vae_candidates(
+    checkpoint: Path, vae_folders: Sequence[Path], checkpoint_folders: Sequence[Path] = ()
+) -> list[Path]:
+    """The VAE files A1111/Forge's "Automatic" setting would pick for `checkpoint`, the one it loads first.
+
+    From the launcher's VAE list (:func:`webui_vae_list`) A1111 loads the first file whose name *starts with*
+    the checkpoint's file name minus its last extension: ``sd15.safetensors`` takes ``sd15.vae.pt`` but also
+    ``sd15-mse.safetensors``. An empty list means the checkpoint's own VAE is used.
+
+    `vae_folders` and `checkpoint_folders` are in :class:`LauncherFolders` order: the launcher's default
+    folder first, then ``--vae-dir`` / ``--ckpt-dir``. Without `checkpoint_folders`, the checkpoint's own
+    folder is searched. Per-checkpoint user metadata (a ``.json`` beside the checkpoint naming a VAE) and
+    ``--vae-path`` override this choice and are not considered here.
+    """
+    checkpoint = Path(checkpoint)
+    listed = webui_vae_list(vae_folders, list(checkpoint_folders) or [checkpoint.parent])
+    stem = checkpoint.name.rsplit(".", 1)[0]
+    return [path for name, path in listed.items() if name.startswith(stem)]
 
 
 def _glob_suffix(folder: Path, suffix: str) -> Iterator[Path]:

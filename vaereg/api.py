@@ -15,18 +15,22 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from vaereg._fs import stat_key_of
 from vaereg.config import Config
 
 if TYPE_CHECKING:
+    from vaereg.actions.fix import FixPlan
+    from vaereg.answers.check import CheckReport
+    from vaereg.answers.listing import ListedVae
     from vaereg.identity.report import HashReport
     from vaereg.plugin.manager import Plugins
     from vaereg.store.catalog import Catalog, LookupResult, NamingResult, VaeSummary
     from vaereg.store.index import Index, IndexedFile
     from vaereg.store.ingest import Ingest
     from vaereg.store.registry.read import Registry
+    from vaereg.plugin.types import LauncherFolders
 
 __all__ = ["Vaereg"]
 
@@ -237,6 +241,77 @@ class Vaereg:
         """Re-read every registry layer (shared registries changed: they are not watched)."""
         with self._lock:
             self.registry.reload()
+
+    # -- for launchers (integrations/, docs/launchers.md)
+
+    def indexed(self, path: str | os.PathLike[str], *, identify: bool = True) -> IndexedFile | None:
+        """The index row of a file as it is now: read from the index when unchanged, else identified (only its
+        VAE is read, no whole-file hashes) and recorded first; None when it cannot be (gone, changing, or
+        `identify` is false)."""
+        shown = os.path.abspath(path)
+        try:
+            st = os.stat(shown)
+        except OSError:
+            return None
+        row = self.index.get(shown)
+        if row is not None and row.matches(st):
+            return row
+        if not identify:
+            return None
+        self.index_file(shown, with_file_hashes=False)
+        row = self.index.get(shown)
+        return row if row is not None and row.matches(os.stat(shown)) else None
+
+    def vae_id(self, path: str | os.PathLike[str]) -> str | None:
+        """The canonical id of the VAE in a file (a VAE file or a checkpoint); None when it holds none."""
+        row = self.indexed(path)
+        return row.id if row is not None else None
+
+    def listed_vaes(self, listed: Mapping[str, str | os.PathLike[str]], *, identify: bool = True) -> list[ListedVae]:
+        """A launcher's VAE list (name as the launcher shows it -> file) grouped into distinct VAEs, each with
+        its registry name and its files, the one to load first. Files the index does not know are identified
+        first (`identify`), so the first call on a new folder reads each new VAE once."""
+        from vaereg.answers.listing import ListedFile, group_listed, listed_files
+
+        def held(path: str) -> ListedFile | None:
+            row = self.indexed(path, identify=identify)
+            if row is None:
+                return None
+            return ListedFile("", row.path, row.id, row.dtype, row.size, row.error)
+
+        files = listed_files({name: os.fspath(path) for name, path in listed.items()}, held)
+        with self._lock:
+            catalog = self.catalog()
+
+            def name_of(vae_id: str) -> str | None:
+                entry = catalog.entry_for(vae_id)
+                return entry.name if entry else None
+
+            return group_listed(files, name_of)
+
+    def check(self, path: str | os.PathLike[str], *, launchers: Iterable[LauncherFolders] = ()) -> CheckReport:
+        """What ``vaereg check --json MODEL`` says: is the model's own VAE fit, or which VAE to load instead.
+        `launchers` (their folders) tell where A1111/Forge look for an "Automatic" VAE."""
+        from vaereg.answers.check import check_model
+
+        index = self.index if self.config.index.is_file() else None
+        return check_model(Path(path), plugins=self.plugins, index=index, registry=self.registry,
+                           launchers=list(launchers))
+
+    def plan_fix(self, checkpoints: Iterable[str | os.PathLike[str]], launcher: LauncherFolders, *,
+                 force: bool = False) -> FixPlan:
+        """What ``vaereg fix`` would write for these checkpoints of `launcher` (A1111, reForge); `.execute()`
+        writes it. The launcher's VAE list is indexed first, so that check knows its files."""
+        from vaereg.actions.fix import index_vae_list, indexed_vae, plan_fix
+
+        index_vae_list(launcher, self.index, self.ingester(), with_file_hashes=False)
+        return plan_fix(
+            [Path(c) for c in checkpoints],
+            launcher,
+            check=lambda p: self.check(p, launchers=[launcher]),
+            identify_vae=indexed_vae(self.index),
+            force=force,
+        )
 
     # -- lifetime
 

@@ -46,6 +46,8 @@ class Config:
     settle_seconds: float = 2.0
     workers: int = 2
     file_hashes: bool = True
+    #: [launchers] auto_fix: the daemon writes the VAE preference of new A1111/reForge checkpoints (vaereg fix)
+    auto_fix: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -84,6 +86,7 @@ class Config:
         registry = data.get("registry", {})
         daemon = data.get("daemon", {})
         hashing = data.get("hash", {})
+        launchers = data.get("launchers", {})
         kwargs: dict[str, Any] = {"home": home, "config_file": source, "raw": data}
         if paths.get("index"):
             kwargs["index_path"] = Path(paths["index"]).expanduser()
@@ -103,4 +106,8 @@ class Config:
                     raise ConfigError(f"{source}: daemon.{key} must be a number") from None
         if "file_hashes" in hashing:
             kwargs["file_hashes"] = bool(hashing["file_hashes"])
+        if "auto_fix" in launchers:
+            if not isinstance(launchers["auto_fix"], bool):
+                raise ConfigError(f"{source}: launchers.auto_fix must be true or false")
+            kwargs["auto_fix"] = launchers["auto_fix"]
         return cls(**kwargs)

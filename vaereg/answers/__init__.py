@@ -1,0 +1,1 @@
+"""Answers about VAEs: relations, health, the check verdict, what a launcher lists."""

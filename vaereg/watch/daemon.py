@@ -337,8 +337,31 @@ class Daemon:
             log.info("identified %s: %s", path, f"{vae.family} {vae.id}" if vae else "no VAE")
             if self.config.file_hashes:
                 self.hash_queue.put(path, outcome.st.st_size, (slim(report), outcome.st.st_mtime_ns))
+            if self.config.auto_fix and vae is not None and vae.prefix:
+                self._auto_fix(path)
         for warning in outcome.warnings:
             log.warning("%s", warning)
+
+    def _auto_fix(self, path: str) -> None:
+        """``[launchers] auto_fix``: a checkpoint an A1111/reForge launcher lists gets the VAE preference
+        `vaereg fix` would write, once its check is done (never over a preference the user set)."""
+        from vaereg.actions.fix import USER_METADATA_LAUNCHERS, lists_checkpoint
+
+        assert self.services is not None
+        for root in self.launchers:
+            found = self.plugins.locate_launcher(root)
+            if found is None or found.launcher not in USER_METADATA_LAUNCHERS or not lists_checkpoint(found, path):
+                continue
+            plan = self.services.plan_fix([path], found)
+            result = plan.execute()
+            for item in result.done:
+                log.info("auto_fix: %s now loads %s (%s)", path, item.vae.name, item.metadata_file)
+            for line in result.errors:
+                self._note_error(f"auto_fix: {line}")
+            for item in plan.items:
+                if item.action in ("user-set", "no-candidate", "error"):
+                    log.info("auto_fix: %s: %s", path, item.reason)
+            return
 
     def _hash(self, path: str, job: tuple[HashReport, int]) -> None:
         """The whole-file hashes of an identified file, announced in a second `file_identified`."""
