@@ -6,13 +6,15 @@ diffusers keys but standing alone need nothing from here: the layout plugin maps
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
-from vaereg_plugins import safetensors_format, torch_zip
+from vaereg_plugins import _json, safetensors_format, torch_zip
+from vaereg_plugins._filebytes import open_regular, os_error_reason, read_head
+from vaereg_plugins._shown import escaped
 
 from vaereg.hookspecs import ModelFormatError, TensorInfo, TensorSource, hookimpl
+
 
 #: Weight files in order of preference: full precision before the fp16 variant, safetensors before pickles.
 WEIGHT_NAMES = (
@@ -21,6 +23,33 @@ WEIGHT_NAMES = (
     "diffusion_pytorch_model.fp16.safetensors",
     "diffusion_pytorch_model.fp16.bin",
 )
+
+
+#: Largest config.json read: diffusers writes about 1 KB.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: Path, shown: str) -> dict[str, object]:
+    """The JSON object in `path` (a regular file of at most MAX_CONFIG_BYTES), or ModelFormatError."""
+    try:
+        file = open_regular(path)
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{shown}: {exc}") from None
+    with file:
+        try:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ModelFormatError(f"{shown} is unreadable: {os_error_reason(exc)}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelFormatError(f"{shown} is over {MAX_CONFIG_BYTES:,} bytes; diffusers writes about 1 KB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelFormatError(f"{shown} is not valid UTF-8 at byte {exc.start}") from None
+    config = _json.loads(text, shown)
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{shown} is not a JSON object")
+    return config
 
 
 class DiffusersFolder:
@@ -70,19 +99,17 @@ def vaereg_open_model(path: Path, head: bytes) -> TensorSource | None:
     folder = _model_folder(path)
     if folder is None:
         return None
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{folder.name}/config.json is unreadable: {exc}") from None
-    if not isinstance(config, dict):
-        raise ModelFormatError(f"{folder.name}/config.json is not a JSON object")
+    shown = escaped(folder.name)
+    config = _read_config(folder / "config.json", f"{shown}/config.json")
     weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
     if weights is None:
-        raise ModelFormatError(f"{folder.name}/ has a config.json but no diffusion_pytorch_model weights")
-    with open(weights, "rb") as f:
-        weights_head = f.read(64)
+        raise ModelFormatError(f"{shown}/ has a config.json but no diffusion_pytorch_model weights")
+    try:
+        weights_head = read_head(weights, 64)
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{escaped(str(weights.relative_to(path)))}: {exc}") from None
     reader = safetensors_format if weights.name.endswith(".safetensors") else torch_zip
     inner = reader.vaereg_open_model(path=weights, head=weights_head)
     if inner is None:
-        raise ModelFormatError(f"{weights.relative_to(path)} is not a {weights.suffix} file")
+        raise ModelFormatError(f"{escaped(str(weights.relative_to(path)))} is not a {weights.suffix} file")
     return DiffusersFolder(folder, weights, inner, config)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
 
-from vaereg_plugins._filebytes import FileBytes
+from vaereg_plugins import _json
+from vaereg_plugins._filebytes import FileBytes, open_regular
+from vaereg_plugins._shown import quoted
 
 from vaereg.hookspecs import DTYPE_BITS, ModelFormatError, TensorInfo, hookimpl
 
@@ -39,8 +41,10 @@ _SUFFIXES = frozenset({".safetensors", ".sft"})
 _ZIP_MAGIC = b"PK\x03\x04"
 # Shapes and byte counts are 64-bit unsigned in the reference; anything larger is an overflow there.
 _U64_MAX = 2**64 - 1
-# Names end up in one-line error messages; a megabyte-long key must not make a megabyte-long line.
+# Values quoted in one-line error messages are cut to this length.
 _NAME_LIMIT = 80
+#: Most dimensions one tensor may have (numpy's limit; real tensors have at most 5).
+MAX_DIMS = 64
 
 
 @hookimpl
@@ -148,18 +152,22 @@ def _decode_json(raw: bytes) -> _JsonObject:
     # header that does not is far more likely another format than safetensors.
     if not text.startswith("{"):
         raise ModelFormatError(f"header does not start with '{{' (starts with {text[:10]!r})")
+    _json.check_budget(text, "header")
     try:
-        return json.loads(text, object_pairs_hook=_json_object, parse_constant=_reject_constant)
+        document = json.loads(text, object_pairs_hook=_json_object, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
         at = len(text[: e.pos].encode("utf-8"))
         # Some of json's messages already end in "at" ("Unterminated string starting at").
         reason = e.msg.removesuffix(" at")
         raise ModelFormatError(f"header is not valid JSON: {reason} at byte {at}") from None
     except RecursionError:
-        raise ModelFormatError("header is not valid JSON: nested too deeply") from None
+        raise ModelFormatError(f"header nests JSON over {_json.MAX_DEPTH} levels deep") from None
     except ValueError as e:
         # Integers past Python's digit limit; the advice after the colon is for programmers, not users.
         raise ModelFormatError(f"header is not valid JSON: {str(e).partition(':')[0]}") from None
+    if _json.depth(document) > _json.MAX_DEPTH:
+        raise ModelFormatError(f"header nests JSON over {_json.MAX_DEPTH} levels deep")
+    return document
 
 
 def _metadata(value: Any) -> dict[str, str]:
@@ -197,6 +205,8 @@ def _tensor_entry(name: str, entry: Any) -> tuple[TensorInfo, tuple[int, int]]:
     shape = entry["shape"]
     if not isinstance(shape, list) or not all(_is_u64(dim) for dim in shape):
         raise ModelFormatError(f"{label}: shape {_short_json(shape)} is not a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise ModelFormatError(f"{label}: shape has {len(shape)} dimensions, over the limit of {MAX_DIMS}")
     offsets = entry["data_offsets"]
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(o) for o in offsets):
         raise ModelFormatError(f"{label}: data_offsets {_short_json(offsets)} is not [begin, end]")
@@ -206,14 +216,14 @@ def _tensor_entry(name: str, entry: Any) -> tuple[TensorInfo, tuple[int, int]]:
 
     bits = _element_count(label, shape) * DTYPE_BITS[dtype]
     if bits > _U64_MAX:
-        raise ModelFormatError(f"{label}: dtype {dtype} shape {shape} is too large to address")
+        raise ModelFormatError(f"{label}: dtype {dtype} shape {_short_json(shape)} is too large to address")
     # Sub-byte dtypes (F4, F6) must fill whole bytes: the reference refuses a tensor ending mid-byte.
     if bits % 8:
-        raise ModelFormatError(f"{label}: dtype {dtype} shape {shape} is {bits} bits, not whole bytes")
+        raise ModelFormatError(f"{label}: dtype {dtype} shape {_short_json(shape)} is {bits} bits, not whole bytes")
     if end - begin != bits // 8:
         raise ModelFormatError(
             f"{label}: data_offsets [{begin}, {end}] hold {end - begin} bytes, "
-            f"dtype {dtype} shape {shape} needs {bits // 8}"
+            f"dtype {dtype} shape {_short_json(shape)} needs {bits // 8}"
         )
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape)), (begin, end)
 
@@ -277,9 +287,7 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
-def _quote(name: str) -> str:
-    shown = name if len(name) <= _NAME_LIMIT else name[:_NAME_LIMIT] + "..."
-    return repr(shown)
+_quote = quoted
 
 
 def _short_json(value: Any) -> str:
@@ -314,10 +322,7 @@ class SafetensorsSource:
     @classmethod
     def open(cls, path: Path) -> SafetensorsSource:
         """Open and check `path`, reading the header only; raise ModelFormatError when it is not valid."""
-        try:
-            file = path.open("rb")
-        except OSError as e:
-            raise ModelFormatError(f"cannot open: {e.strerror or e}") from None
+        file = open_regular(path)
         try:
             size = os.fstat(file.fileno()).st_size
             n = header_length(file.read(_LENGTH_PREFIX), size)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 import re
 import struct
@@ -27,7 +28,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, BinaryIO, ClassVar, NamedTuple
 
-from vaereg_plugins._filebytes import FileBytes
+from vaereg_plugins._filebytes import FileBytes, open_regular, read_head
+from vaereg_plugins._shown import escaped, quoted
 
 from vaereg.hookspecs import (
     DTYPE_BITS,
@@ -110,12 +112,27 @@ _COMPRESSION_NAMES = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2
 _DATA_PKL = re.compile(r"([^/]+)/data\.pkl")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 _MAX_NESTING = 16
-# Real data.pkl records are kilobytes to a few MB (about 150 bytes per tensor); the cap bounds the
-# memory and time spent on a hostile one.
-_MAX_PICKLE_BYTES = 256 << 20
 _MAX_METADATA_CHARS = 256
-# Names from the file end up in one-line error messages; a megabyte-long one must not.
-_SHOWN_CHARS = 80
+
+# ---- budgets: what one file may make this reader spend (docs/limits.md) ----
+#: Bytes of data.pkl. Real ones are kilobytes to a few MB (about 150 bytes per tensor).
+MAX_PICKLE_BYTES = 256 << 20
+#: Pickle opcodes executed: time. A real checkpoint runs about 15 per tensor.
+MAX_PICKLE_OPS = 4_000_000
+#: Objects the pickle makes (containers, strings, numbers...): memory. About 10 per tensor.
+MAX_PICKLE_OBJECTS = 1_000_000
+#: Memo entries (objects the pickle stores for reuse).
+MAX_PICKLE_MEMO = 1_000_000
+#: How deeply tuples and frozensets may nest. Hashing or comparing a nested tuple recurses in C with no
+#: depth check, so a tuple nested a million deep used as a dict key would crash the process; real
+#: checkpoints nest tuples 3 deep.
+MAX_PICKLE_DEPTH = 64
+# data.pkl up to this size is read whole (faster to unpickle); larger ones are streamed.
+_READ_WHOLE_PICKLE = 16 << 20
+#: Records in the zip directory (torch.save writes one per storage, plus three).
+MAX_ZIP_ENTRIES = 250_000
+#: Most dimensions one tensor may have (numpy's limit; real tensors have at most 5).
+MAX_DIMS = 64
 
 
 # ---- stand-ins the unpickler hands out instead of the real globals ----
@@ -190,6 +207,21 @@ def _is_count(value: object) -> bool:
     return type(value) is int and 0 <= value < 2**63
 
 
+def _overlaps(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether two elements of the view may share storage (a zero stride from `expand`, or interleaved
+    strides): then the view holds more elements than its stored bytes.
+
+    Taken from the smallest stride up, each stride must step past everything the smaller ones reach.
+    Every view slicing, transposing or permuting makes passes.
+    """
+    reach = 0
+    for step, size in sorted((step, size) for size, step in zip(shape, stride) if size > 1):
+        if step <= reach:
+            return True
+        reach += (size - 1) * step
+    return False
+
+
 def _tensor_ref(storage: object, offset: object, size: object, stride: object, dtype: str | None) -> _TensorRef:
     """Validate one rebuild call's arguments so `read` can trust them."""
     if not isinstance(storage, _Storage):
@@ -208,6 +240,8 @@ def _tensor_ref(storage: object, offset: object, size: object, stride: object, d
         and all(map(_is_count, stride))
     ):
         raise ModelFormatError("data.pkl has a tensor with a malformed shape, stride or offset")
+    if len(size) > MAX_DIMS:
+        raise ModelFormatError(f"data.pkl has a tensor with {len(size)} dimensions, over the limit of {MAX_DIMS}")
     return _TensorRef(storage.key, _DTYPES[torch_dtype], offset, size, stride)  # type: ignore[arg-type]
 
 
@@ -243,6 +277,13 @@ def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: obje
     return data
 
 
+def _size(dims: object) -> tuple[int, ...]:
+    """``torch.Size(dims)``: a tuple of integers, and nothing else (a plain `tuple` could wrap anything)."""
+    if not isinstance(dims, (tuple, list)) or not all(type(d) is int for d in dims):
+        raise ModelFormatError("data.pkl builds a torch.Size from something other than integers")
+    return tuple(dims)
+
+
 _TENSOR_TYPE = _Marker("torch.Tensor")
 _REBUILD_CALLS = (_Call(_rebuild_tensor_v2), _Call(_rebuild_tensor_v3), _Call(_rebuild_parameter))
 
@@ -260,7 +301,7 @@ _GLOBALS: Mapping[tuple[str, str], object] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,  # protocol-2 pickles keep Python 2 module names
-    ("torch", "Size"): tuple,
+    ("torch", "Size"): _Call(_size),
     ("torch._utils", "_rebuild_tensor_v2"): _REBUILD_CALLS[0],
     ("torch._utils", "_rebuild_tensor_v3"): _REBUILD_CALLS[1],
     ("torch._utils", "_rebuild_parameter"): _REBUILD_CALLS[2],
@@ -279,24 +320,110 @@ def _refuse_buffers(unpickler: object) -> None:
     raise ModelFormatError("data.pkl uses pickle protocol 5 buffers, which torch.save never writes")
 
 
+# Opcodes that make no new object: they mark, discard, reuse, fill or describe. Every other one makes one.
+_NO_NEW_OBJECT = frozenset(
+    op[0]
+    for op in (
+        pickle.STOP, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.PUT, pickle.BINPUT, pickle.LONG_BINPUT,
+        pickle.MEMOIZE, pickle.GET, pickle.BINGET, pickle.LONG_BINGET, pickle.APPEND, pickle.APPENDS,
+        pickle.SETITEM, pickle.SETITEMS, pickle.ADDITEMS, pickle.BUILD, pickle.PROTO, pickle.FRAME,
+        pickle.NONE, pickle.NEWTRUE, pickle.NEWFALSE, pickle.EMPTY_TUPLE,
+    )
+)
+_MAKES_OBJECT = tuple(0 if code in _NO_NEW_OBJECT else 1 for code in range(256))
+# Opcodes that build the hashable containers whose nesting `MAX_PICKLE_DEPTH` limits.
+_NESTING = frozenset(op[0] for op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET))
+
+
+def _over_budget(ops: int, objects: int, memo: int) -> ModelFormatError:
+    if ops > MAX_PICKLE_OPS:
+        return ModelFormatError(f"data.pkl runs over {MAX_PICKLE_OPS:,} pickle instructions")
+    if objects > MAX_PICKLE_OBJECTS:
+        return ModelFormatError(f"data.pkl makes over {MAX_PICKLE_OBJECTS:,} objects")
+    return ModelFormatError(f"data.pkl stores over {MAX_PICKLE_MEMO:,} memo entries")
+
+
+def _nesting_checked(load: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`load` (which builds a tuple or frozenset) followed by the depth check of what it built."""
+
+    def run(self: _RestrictedUnpickler) -> None:
+        load(self)
+        self.track_depth(self.stack[-1])
+
+    return run
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
-    """Resolves globals only from `_GLOBALS` and persistent ids only to storage references.
+    """Resolves globals only from `_GLOBALS` and persistent ids only to storage references, within budgets.
 
     Built on the pure-Python unpickler rather than the C one: the C unpickler sizes its memo table
-    from the indices in the stream, so a few hostile bytes make it allocate gigabytes. Protocol 5
-    out-of-band buffers go too (BYTEARRAY8 allocates its declared length up front).
+    from the indices in the stream, so a few hostile bytes make it allocate gigabytes; and the
+    pure-Python one runs a loop, never recursing however deep the pickle nests. Its loop is repeated in
+    `load` to charge every opcode to the budgets above. Protocol 5 out-of-band buffers are refused
+    (BYTEARRAY8 allocates its declared length up front).
     """
 
-    dispatch: ClassVar[dict[int, Callable[[pickle.Unpickler], None]]] = {
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = {
         **pickle._Unpickler.dispatch,
+        **{code: _nesting_checked(pickle._Unpickler.dispatch[code]) for code in _NESTING},
         **{opcode[0]: _refuse_buffers for opcode in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)},
     }
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file)
+        # id -> (tuple or frozenset, its nesting depth). The object is kept so its id stays its own.
+        self._depths: dict[int, tuple[object, int]] = {}
+
+    def load(self) -> Any:
+        """The unpickled object; `pickle._Unpickler.load` with each opcode charged to the budgets."""
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
+        self.read = self._unframer.read
+        self.readinto = self._unframer.readinto
+        self.readline = self._unframer.readline
+        self.metastack: list = []
+        self.stack: list = []
+        self.append = self.stack.append
+        self.proto = 0
+        read, dispatch, memo, makes = self.read, self.dispatch, self.memo, _MAKES_OBJECT
+        max_ops, max_objects, max_memo = MAX_PICKLE_OPS, MAX_PICKLE_OBJECTS, MAX_PICKLE_MEMO
+        ops = objects = 0
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                code = key[0]
+                ops += 1
+                objects += makes[code]
+                # One test for all three budgets (this loop runs per opcode); the memo is checked before
+                # the next opcode, so it may hold one entry over its budget.
+                if ops > max_ops or objects > max_objects or len(memo) > max_memo:
+                    raise _over_budget(ops, objects, len(memo))
+                dispatch[code](self)
+        except pickle._Stop as stop:  # type: ignore[attr-defined]
+            return stop.value
+
+    def track_depth(self, built: object) -> None:
+        """Record how deeply the tuple or frozenset just built nests; refuse it past MAX_PICKLE_DEPTH.
+
+        Checked as each one is built, from its children's recorded depths, so nothing ever hashes or
+        compares (both recurse in C) a container nested deeper than the limit.
+        """
+        depths = self._depths
+        deepest = 0
+        for child in built:  # type: ignore[attr-defined]
+            known = depths.get(id(child))
+            if known is not None and known[1] > deepest:
+                deepest = known[1]
+        if deepest + 1 > MAX_PICKLE_DEPTH:
+            raise ModelFormatError(f"data.pkl nests tuples over {MAX_PICKLE_DEPTH} deep")
+        depths[id(built)] = (built, deepest + 1)
 
     def find_class(self, module: str, name: str) -> Any:
         found = _GLOBALS.get((module, name))
         if found is None:
             raise ModelFormatError(
-                f"refused: the pickle wants to import {_shown(f'{module}.{name}')}"
+                f"refused: the pickle wants to import {escaped(f'{module}.{name}')}"
                 " (only tensors and plain containers are allowed)"
             )
         return found
@@ -376,11 +503,6 @@ def _scalar_metadata(root: object) -> dict[str, str]:
 # ---- the source ----
 
 
-def _shown(text: str) -> str:
-    """`text` cut to a length that keeps an error message on one readable line."""
-    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-
-
 def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     expected = 1
     for size, step in zip(reversed(shape), reversed(stride), strict=True):
@@ -439,20 +561,12 @@ class TorchZipSource:
         """Where storage `key`'s bytes lie in the file, from its local header (torch pads the extra field)."""
         if key in self._spans:
             return self._spans[key]
-        label = f"storage data/{_shown(key)}"
+        label = f"storage data/{escaped(key)}"
         info = self._storages.get(key)
-        if info is None:
-            raise ModelFormatError(f"{label} is missing from the archive")
-        if info.compress_type != zipfile.ZIP_STORED:
-            method = _COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
-            raise ModelFormatError(
-                f"{label} is compressed ({method}); vaereg reads only uncompressed torch.save archives"
-            )
-        if info.flag_bits & 0x1:
-            raise ModelFormatError(f"{label} is encrypted")
+        problem = _storage_problem(label, info, self._size)
+        if problem is not None or info is None:
+            raise ModelFormatError(problem or label)
         header_at = info.header_offset
-        if header_at < 0 or header_at + _LOCAL_HEADER.size > self._size:
-            raise ModelFormatError(f"truncated: {label} starts past the end of the file")
         magic, name_len, extra_len = _LOCAL_HEADER.unpack(self._fetch(header_at, header_at + _LOCAL_HEADER.size))
         if magic != ZIP_MAGIC:
             raise ModelFormatError(f"damaged zip archive: {label} has no local file header")
@@ -474,7 +588,7 @@ class TorchZipSource:
         first_byte, stop = start + ref.offset * itemsize, start + (last + 1) * itemsize
         if stop > end:
             raise ModelFormatError(
-                f"tensor {_shown(name)!r} reaches past the end of its storage data/{_shown(ref.key)}"
+                f"tensor {quoted(name)} reaches past the end of its storage data/{escaped(ref.key)}"
             )
         return ref, itemsize, first_byte, stop
 
@@ -497,11 +611,8 @@ class TorchZipSource:
         ref, itemsize, first_byte, stop = self._extent(name)
         data = self._fetch(first_byte, stop)
         if not _is_c_contiguous(ref.shape, ref.stride):
-            try:
-                data = _gather(data, ref, itemsize)
-            except (MemoryError, ValueError) as exc:
-                # Zero strides let a few stored bytes claim an enormous tensor.
-                raise ModelFormatError(f"tensor {_shown(name)!r} is too large to read ({exc})") from None
+            # Opening refused overlapping strides: the view holds no more elements than its storage.
+            data = _gather(data, ref, itemsize)
         if self._big_endian:
             unit = _SWAP_UNIT.get(ref.dtype, itemsize)
             if unit > 1:
@@ -559,13 +670,52 @@ def _as_format_error(what: str) -> Iterator[None]:
     except ModelFormatError:
         raise
     except Exception as exc:
-        detail = " ".join(str(exc).split())[:200]
+        detail = escaped(" ".join(str(exc)[:1000].split()))
         raise ModelFormatError(f"{what} ({type(exc).__name__}: {detail})") from exc
+
+
+class _Capped:
+    """A stream that gives no more than `size` bytes in all, and never allocates more than it has left.
+
+    Pickle opcodes carry their own lengths (BINUNICODE, BINBYTES8, LONG4...), and a buffered stream
+    allocates the whole length asked for before reading: 4 GiB for 6 hostile bytes.
+    """
+
+    def __init__(self, stream: io.BufferedReader, size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._left:
+            n = self._left
+        data = self._stream.read(n)
+        self._left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self._stream.readline(self._left)
+        self._left -= len(data)
+        return data
+
+
+def _check_directory_size(file: IO[bytes]) -> None:
+    """Refuse a zip directory of more than MAX_ZIP_ENTRIES records before zipfile builds one object each."""
+    find_end = getattr(zipfile, "_EndRecData", None)  # private, but in every Python since 2.x
+    if find_end is None:
+        return
+    end_record = find_end(file)
+    if end_record is None:
+        raise ModelFormatError("truncated or damaged zip archive (no end of central directory)")
+    entries = end_record[getattr(zipfile, "_ECD_ENTRIES_TOTAL", 4)]
+    if entries > MAX_ZIP_ENTRIES:
+        raise ModelFormatError(f"zip archive lists {entries:,} records, over the limit of {MAX_ZIP_ENTRIES:,}")
+    file.seek(0)
 
 
 def _load(file: IO[bytes], required: bool) -> tuple[object, dict[str, zipfile.ZipInfo], bool] | None:
     """Parse the zip directory and data.pkl: (unpickled root, storage records by key, big-endian?)."""
     with _as_format_error("truncated or damaged zip archive"):
+        _check_directory_size(file)
         archive = zipfile.ZipFile(file)
     with archive:
         with _as_format_error("damaged zip archive"):
@@ -578,12 +728,60 @@ def _load(file: IO[bytes], required: bool) -> tuple[object, dict[str, zipfile.Zi
             storages = {i.filename[len(prefix) :]: i for i in archive.infolist() if i.filename.startswith(prefix)}
             big_endian = _byteorder_is_big(archive, root)
             pickled = archive.getinfo(f"{root}/data.pkl")
-            if pickled.file_size > _MAX_PICKLE_BYTES:
+            if pickled.file_size > MAX_PICKLE_BYTES:
                 raise ModelFormatError(f"data.pkl is {pickled.file_size} bytes; torch.save writes a few MB at most")
-            data = archive.read(pickled)
+            # A large one is streamed, so that a pickle breaking a budget costs only what was read before.
+            if pickled.file_size <= _READ_WHOLE_PICKLE:
+                stream: IO[bytes] = io.BytesIO(archive.read(pickled))
+            else:
+                stream = _Capped(io.BufferedReader(archive.open(pickled), 1 << 16), pickled.file_size)  # type: ignore
         with _as_format_error("damaged data.pkl"):
-            tree = _RestrictedUnpickler(io.BytesIO(data)).load()
+            tree = _RestrictedUnpickler(stream).load()
     return tree, storages, big_endian
+
+
+def _storage_problem(label: str, info: zipfile.ZipInfo | None, archive_size: int) -> str | None:
+    """What is wrong with a storage record, from the zip directory alone; None when it can be read."""
+    if info is None:
+        return f"{label} is missing from the archive"
+    if info.compress_type != zipfile.ZIP_STORED:
+        method = _COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+        return f"{label} is compressed ({method}); vaereg reads only uncompressed torch.save archives"
+    if info.flag_bits & 0x1:
+        return f"{label} is encrypted"
+    if info.header_offset < 0 or info.header_offset + _LOCAL_HEADER.size + info.file_size > archive_size:
+        return f"truncated: {label} ends past the end of the file"
+    return None
+
+
+def _check_extents(refs: Mapping[str, _TensorRef], storages: Mapping[str, zipfile.ZipInfo], archive_size: int) -> None:
+    """Every tensor must lie inside its storage record, and every record inside the file.
+
+    Checked at opening, from the zip directory, so that no reader (nor the caller sizing a buffer from a
+    tensor's shape) ever trusts a shape the file cannot hold: a 900-byte file may not declare a 1 GB tensor.
+    """
+    checked: dict[str, str | None] = {}
+    for name, ref in refs.items():
+        if ref.key not in checked:
+            checked[ref.key] = _storage_problem(f"storage data/{escaped(ref.key)}", storages.get(ref.key), archive_size)
+        problem = checked[ref.key]
+        if problem is not None:
+            raise ModelFormatError(problem)
+        if 0 in ref.shape:
+            continue
+        itemsize = DTYPE_BITS[ref.dtype] // 8
+        last = ref.offset + sum((size - 1) * step for size, step in zip(ref.shape, ref.stride, strict=True))
+        if (last + 1) * itemsize > storages[ref.key].file_size:
+            raise ModelFormatError(
+                f"tensor {quoted(name)} reaches past the end of its storage data/{escaped(ref.key)}"
+            )
+        # `expand` saves views whose zero strides repeat stored elements; reading one materialises every
+        # element, so it may not claim more bytes than the whole file (4 stored bytes may not be 1 GB).
+        if _overlaps(ref.shape, ref.stride) and math.prod(ref.shape) * itemsize > archive_size:
+            raise ModelFormatError(
+                f"tensor {quoted(name)} repeats its stored elements (a zero or overlapping stride) into"
+                f" more bytes than the whole file holds"
+            )
 
 
 def open_torch_zip(path: Path, required: bool = True) -> TorchZipSource | None:
@@ -592,17 +790,16 @@ def open_torch_zip(path: Path, required: bool = True) -> TorchZipSource | None:
     With `required` False a zip archive that has no data.pkl (an ``.npz``, a ``.keras``...) gives None
     so another plugin can claim it; otherwise that is a :class:`ModelFormatError`.
     """
-    try:
-        file = open(path, "rb")
-    except OSError as exc:
-        raise ModelFormatError(f"cannot open: {exc.strerror or exc}") from None
+    file = open_regular(path)
     try:
         loaded = _load(file, required)
         if loaded is None:
             file.close()
             return None
         tree, storages, big_endian = loaded
-        return TorchZipSource(path, file, _state_dict(tree), storages, big_endian, _scalar_metadata(tree))
+        refs = _state_dict(tree)
+        _check_extents(refs, storages, os.fstat(file.fileno()).st_size)
+        return TorchZipSource(path, file, refs, storages, big_endian, _scalar_metadata(tree))
     except BaseException:
         file.close()
         raise
@@ -615,11 +812,9 @@ def _not_zip_reason(path: Path, head: bytes) -> str:
     if head.startswith(LEGACY_MAGIC):
         return "legacy (pre-zip) torch.save format is not supported; re-save it with a current PyTorch"
     try:
-        with open(path, "rb") as file:
-            file.seek(257)
-            is_tar = file.read(5) == b"ustar"
-    except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
+        is_tar = read_head(path, 262)[257:] == b"ustar"
+    except ModelFormatError as exc:
+        return str(exc)
     if is_tar:
         return "tar-based torch.save format (PyTorch < 0.4) is not supported; re-save it with a current PyTorch"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):

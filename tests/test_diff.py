@@ -168,7 +168,7 @@ def test_cli_error_exit_status(tmp_path, capsys, base):
     a = factory.save_safetensors(base, tmp_path / "a.safetensors")
     (tmp_path / "b.safetensors").write_text("not weights")
     assert main(["diff", str(a), str(tmp_path / "b.safetensors")]) == 1
-    assert capsys.readouterr().out.startswith(f"error: {tmp_path / 'b.safetensors'}: ")
+    assert capsys.readouterr().err.startswith(f"vaereg: {tmp_path / 'b.safetensors'}: ")
 
 
 # --- relations from identities and sketches alone -------------------------------------------------------

@@ -4,7 +4,6 @@ with a one-line reason, and reads each tensor's exact bytes without touching the
 from __future__ import annotations
 
 import json
-import mmap
 import random
 import struct
 import tracemalloc
@@ -184,25 +183,26 @@ def test_reads_only_the_requested_tensor_of_a_huge_file(tmp_path: Path) -> None:
     assert peak < 1_000_000
 
 
-def test_falls_back_to_plain_reads_when_mapping_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> mmap.mmap:
-        raise OSError(19, "No such device")
-
+def test_reads_without_positional_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Windows has no pread: seek + read under a lock.
+    monkeypatch.setattr(_filebytes, "_pread", None)
+    monkeypatch.setattr(_filebytes, "_preadv", None)
     path = raw_file(tmp_path / "m.safetensors", {"a": entry("U8", [3], 0, 3)}, b"xyz")
-    monkeypatch.setattr(_filebytes.mmap, "mmap", refuse)
     with open_model(path) as source:
         assert source.read("a") == b"xyz"
+        assert bytes(source.read_into("a", memoryview(bytearray(8)))) == b"xyz"
 
 
-@pytest.mark.parametrize("mapped", [True, False], ids=["mmap", "plain-reads"])
+@pytest.mark.parametrize("positional", [True, False], ids=["pread", "seek-and-read"])
 def test_concurrent_reads_return_each_tensors_own_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, positional: bool
 ) -> None:
     arrays = {f"t{i}": np.full(1000 + i, i, dtype=np.int32) for i in range(16)}
     path = tmp_path / "many.safetensors"
     save_numpy(arrays, str(path))
-    if not mapped:
-        monkeypatch.setattr(_filebytes, "_map_file", lambda file: None)
+    if not positional:
+        monkeypatch.setattr(_filebytes, "_pread", None)
+        monkeypatch.setattr(_filebytes, "_preadv", None)
     with open_model(path) as source, ThreadPoolExecutor(max_workers=8) as pool:
         names = list(arrays) * 60
         for name, data in zip(names, pool.map(source.read, names)):
@@ -276,10 +276,10 @@ def test_directories_and_missing_paths_are_not_claimed(tmp_path: Path) -> None:
 def test_os_error_on_open_names_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = raw_file(tmp_path / "m.safetensors", b"{}")
 
-    def denied(self: Path, *args: object, **kwargs: object) -> object:
-        raise PermissionError(13, "Permission denied", str(self))
+    def denied(path: object, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "open", denied)
+    monkeypatch.setattr(_filebytes.os, "open", denied)
     with pytest.raises(ModelFormatError, match="^cannot open: Permission denied$"):
         vaereg_open_model(path=path, head=b"")
 
@@ -306,6 +306,11 @@ U8_A = b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}'
 TWO_NAMED_A = U8_A + b', "a": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}'
 SURROGATE_NAME = b'{"\\ud800": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}'
 DEEP = b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+NESTED_70 = b'{"x": ' + b"[" * 70 + b"]" * 70 + b"}"
+# 3 MB of header that Python's parser would turn into a million dicts, and another into 4 million numbers.
+OBJECT_BOMB = b'{"x": [' + b"{}," * 1_000_001 + b"{}]}"
+VALUE_BOMB = b'{"x": [' + b"0," * 4_000_001 + b"0]}"
+MANY_DIMS = b'{"a": {"dtype": "U8", "shape": [' + b"1," * 100_000 + b'1], "data_offsets": [0, 1]}}'
 PAIR = {"a": entry("U8", [4], 0, 4)}
 
 # id -> (file content, part of the expected message)
@@ -323,7 +328,11 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "leading-space": (framed(b" {}"), "does not start with '{'"),
     "nan": (framed(one_tensor("F32", [float("nan")], [0, 0])), "NaN is not a JSON value"),
     "huge-integer": (framed(b'{"a": {"shape": [' + b"9" * 5000 + b"]}}"), "not valid JSON: Exceeds the limit"),
-    "deep-nesting": (framed(DEEP), "nested too deeply"),
+    "deep-nesting": (framed(DEEP), "header nests JSON over 64 levels deep"),
+    "nesting-past-limit": (framed(NESTED_70), "header nests JSON over 64 levels deep"),
+    "object-bomb": (framed(OBJECT_BOMB), "header holds over 1,000,000 JSON objects and arrays"),
+    "value-bomb": (framed(VALUE_BOMB), "header holds over 4,000,000 JSON values"),
+    "too-many-dims": (framed(MANY_DIMS, b"x"), "shape has 100001 dimensions, over the limit of 64"),
     "duplicate-name": (framed(TWO_NAMED_A, b"xy"), "header lists 'a' twice"),
     "duplicate-field": (framed(U8_A[:-1] + b', "dtype": "I8"}}', b"x"), "tensor 'a': field 'dtype' appears twice"),
     "metadata-not-strings": (framed({"__metadata__": {"epoch": 3}}), "value for 'epoch' is a JSON number"),

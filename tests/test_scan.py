@@ -254,7 +254,7 @@ def test_a_plugin_crash_is_one_file_error(tmp_path, index, monkeypatch, plugins)
     monkeypatch.setattr(vaereg.store.ingest, "analyze", crashing)
     report = scan([lib], index, plugins)
 
-    assert report.errors == (f"{lib / 'a.safetensors'}: unexpected RuntimeError: plugin bug",)
+    assert report.errors == (f"{lib / 'a.safetensors'}: internal error: RuntimeError: plugin bug",)
     assert index.get(str(good)) is not None
 
 
@@ -368,9 +368,9 @@ def test_scan_text_lists_errors_at_the_end(tmp_path, capsys):
 
     assert main(["scan", str(lib), "--no-file-hashes"]) == 1
 
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("2 new, 0 changed, 0 moved, 0 removed, 0 unchanged")
-    assert lines[-1].startswith(f"error {lib / 'bad.ckpt'}: ")
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[0].startswith("2 new, 0 changed, 0 moved, 0 removed, 0 unchanged")
+    assert err.strip().splitlines()[-1].startswith(f"vaereg: {lib / 'bad.ckpt'}: ")
 
 
 def test_scan_of_a_missing_folder_is_a_usage_error(tmp_path, capsys):

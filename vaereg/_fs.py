@@ -8,7 +8,7 @@ import secrets
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 #: vaereg's words for the OS errors users meet; others use the OS's own text, lower-cased.
 _WORDS = {
@@ -114,3 +114,48 @@ def atomic_write(
         os.replace(temp, target)
     if durable:
         fsync_folder(target.parent)
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_OPEN_REGULAR_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # opening a FIFO for reading would otherwise wait for a writer
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
+
+
+def not_regular_reason(mode: int) -> str | None:
+    """Why a file of this `st_mode` is not read as a model file ("not a regular file: it is a socket"),
+    or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "a special file")
+    return f"not a regular file: it is {kind}"
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """`path` opened for binary reading, only if it is a regular file; FileProblem otherwise (OSError
+    when it cannot be opened at all).
+
+    Opened non-blocking and checked with `fstat` on the open descriptor, so a FIFO, a device or a socket -
+    or a regular file swapped for one since it was looked at - never blocks or feeds the reader forever.
+    """
+    from vaereg.errors import FileProblem
+
+    fd = os.open(path, _OPEN_REGULAR_FLAGS)
+    try:
+        reason = not_regular_reason(os.fstat(fd).st_mode)
+        if reason is not None:
+            raise FileProblem(reason)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

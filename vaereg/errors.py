@@ -28,6 +28,7 @@ __all__ = [
     "AlreadyRunning",
     "printable",
     "problem_line",
+    "internal_error",
 ]
 
 
@@ -138,3 +139,11 @@ def printable(text: object) -> str:
 def problem_line(path: object, reason: object) -> str:
     """The one line a problem with a file is reported as: ``PATH: reason``, escaped."""
     return f"{printable(path)}: {printable(reason)}"
+
+
+def internal_error(exc: BaseException) -> str:
+    """The reason given for an exception nobody expected (a bug in vaereg or a plugin), as one line."""
+    detail = " ".join(str(exc)[:2000].split())
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    return f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import numpy as np
 
 from vaereg._fs import temp_beside
-from vaereg.errors import ExtractError, ModelFormatError
+from vaereg.errors import ExtractError, FileProblem, internal_error
 from vaereg.identity.analyze import open_model
 from vaereg.identity.digest import compute_identity, widen_float32
 from vaereg.identity.dtypes import DTYPE_BITS, FLOAT_DTYPES, FP16_MAX, PACKED_FLOATS
@@ -241,10 +242,15 @@ def plan_extract(
             source_identity, _ = compute_identity(vae, opened.source.read)
             tensors = _layout(dict(vae.tensors), dtype)
             output_identity, overflow = _output_identity(vae, tensors, opened.read, source_identity)
-    except ModelFormatError as exc:
+    except (ExtractError, OSError):
+        raise
+    except FileProblem as exc:
         raise ExtractError(f"{model}: {exc}") from None
     except (ValueError, KeyError, IndexError) as exc:  # a plugin's data contradicted its own header
         raise ExtractError(f"{model}: unreadable: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a bug met reading the model: its one line, traceback logged
+        logging.getLogger("vaereg.actions").error("%s: %s", model, internal_error(exc), exc_info=exc)
+        raise ExtractError(f"{model}: {internal_error(exc)}") from None
     problems = _problems(model, out, force)
     warnings = []
     if overflow:

@@ -188,7 +188,7 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
     Each file's VAE is read twice - once for its identity, once for the differences - so memory stays at
     one tensor pair; the second read comes from the page cache.
     """
-    from vaereg.errors import ModelFormatError
+    from vaereg.errors import FileProblem
     from vaereg.identity.analyze import open_model
     from vaereg.identity.digest import compute_identity
 
@@ -198,7 +198,7 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
         for path in (path_a, path_b):
             try:
                 model = stack.enter_context(open_model(path, plugins))
-            except ModelFormatError as exc:
+            except FileProblem as exc:
                 return DiffReport(*shown, error=f"{path}: {exc}")
             except OSError as exc:
                 return DiffReport(*shown, error=f"{path}: {(exc.strerror or str(exc)).lower()}")
@@ -213,7 +213,7 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
             if why:
                 return DiffReport(*shown, relation="incompatible", reason=why, vae_a=va, vae_b=vb)
             diffs = tensor_differences(va, ma.read, vb, mb.read)
-        except (ModelFormatError, OSError, ValueError, KeyError) as exc:  # data contradicting its header
+        except (FileProblem, OSError, ValueError, KeyError) as exc:  # data contradicting its header
             return DiffReport(*shown, error=f"unreadable: {exc}")
     return DiffReport(
         *shown,

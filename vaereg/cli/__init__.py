@@ -7,6 +7,7 @@ Subcommands come from the ``vaereg_register_commands`` hook: the built-ins (``va
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(ctx.plugins)
         args = parser.parse_args(argv)
         ctx.debug = args.debug
+        _route_logs(args.debug)
         if not getattr(args, "run", None):
             parser.print_help()
             return ExitStatus.USAGE
@@ -54,6 +56,25 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(exc, debug=ctx.debug)
     finally:
         ctx.close()
+
+
+class _Quiet(logging.NullHandler):
+    """Stands in for a handler so Python's last-resort one does not print tracebacks on stderr."""
+
+
+def _route_logs(debug: bool) -> None:
+    """Tracebacks logged for internal errors reach stderr only with --debug (the daemon logs them itself).
+
+    Without a handler of its own, Python would print every logged error with its traceback on stderr;
+    the one line each problem gets is printed by the commands.
+    """
+    logger = logging.getLogger("vaereg")
+    quiet = [h for h in logger.handlers if isinstance(h, _Quiet)]
+    if not debug and not quiet:
+        logger.addHandler(_Quiet())
+    elif debug:
+        for handler in quiet:
+            logger.removeHandler(handler)
 
 
 def _quiet_stdout() -> None:

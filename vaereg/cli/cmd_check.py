@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, short, warn
+from vaereg.cli.common import Context, emit_json, fail, file_problem, short, warn
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -69,10 +69,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 def _print(report: CheckReport) -> None:
     from vaereg.answers.check import describe
 
-    print(report.path)
     if report.error:
-        print(f"  error: {report.error}")
+        file_problem(report.path, report.error)
         return
+    print(report.path)
     verdict = "needs an external VAE" if report.needs_external_vae else "its own VAE is fine"
     print(f"  verdict:     {verdict}: {report.reason}")
     if report.recommended:

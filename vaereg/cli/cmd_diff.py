@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, short
+from vaereg.cli.common import Context, emit_json, fail, short
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _print(report: DiffReport) -> None:
-    if report.error:
-        print(f"error: {report.error}")
+    if report.error:  # "PATH: reason"
+        fail(report.error)
         return
     assert report.relation is not None and report.vae_a and report.vae_b
     print(f"{report.relation}: {MEANING[report.relation]}" + (f" - {report.reason}" if report.reason else ""))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, emit_json, human_size, print_table, short
+from vaereg.cli.common import Context, emit_json, file_problem, human_size, print_table, short
 from vaereg.cli.exit import ExitStatus
 
 
@@ -60,4 +59,4 @@ def _print_table(reports) -> None:
     if rows:
         print_table(("path", "format", "vae", "id", "encoder", "decoder", "autov2", "size"), rows)
     for r in errors:
-        print(f"error  {r.path}: {r.error}", file=sys.stderr)
+        file_problem(r.path, r.error)

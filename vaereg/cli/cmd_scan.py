@@ -104,5 +104,5 @@ def _print_summary(report) -> None:
     out.print(f"{counts} ({human_size(report.bytes_read)} read in {report.seconds:.1f} s)")
     for message in report.warnings:
         out.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
-    for message in report.errors:
-        out.print(f"[red]error[/red] {escape(message)}", soft_wrap=True)
+    for message in report.errors:  # "PATH: reason", one line each on stderr
+        fail(message)

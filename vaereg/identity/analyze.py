@@ -1,10 +1,13 @@
 """From a path to what it holds: open it through the format plugins, find the VAE, identify it.
 
-Every failure becomes a one-line reason on the report; nothing here raises for a bad file.
+Every failure becomes a one-line reason on the report; nothing here raises for a bad file. An exception
+nobody expected (a bug in vaereg or a plugin, met on one file) becomes that file's "internal error" too,
+its traceback logged (``vaereg.identity``: shown by ``--debug``, kept in the daemon's log).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from contextlib import contextmanager
@@ -12,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from vaereg._fs import os_error_text
-from vaereg.errors import ModelFormatError
+from vaereg._fs import not_regular_reason, open_regular, os_error_text
+from vaereg.errors import FileProblem, ModelFormatError, internal_error
 from vaereg.identity.digest import TensorStats, compute_identity
 from vaereg.identity.filehash import file_hashes
 from vaereg.identity.locate import CanonicalVae, canonicalize, find_vae
@@ -21,8 +24,10 @@ from vaereg.identity.report import FileHashes, HashReport
 from vaereg.plugin.manager import Plugins
 from vaereg.plugin.types import TensorSource
 
-#: File name endings that model files use; anything else is not looked at by scans.
+#: Bytes of a file's start given to the format plugins to sniff.
 HEAD_SIZE = 64
+
+log = logging.getLogger("vaereg.identity")
 
 
 class NotAModel(ModelFormatError):
@@ -56,12 +61,14 @@ class OpenedModel:
 
 @contextmanager
 def open_model(path: Path, plugins: Plugins) -> Iterator[OpenedModel]:
-    """Open `path` through the first plugin that claims it and locate its VAE. Raises ModelFormatError/OSError."""
+    """Open `path` through the first plugin that claims it and locate its VAE. Raises FileProblem/OSError."""
     st = os.stat(path)
     is_dir = stat.S_ISDIR(st.st_mode)
     head = b""
+    if not is_dir and (reason := not_regular_reason(st.st_mode)) is not None:
+        raise FileProblem(reason)  # a socket cannot even be opened to say so
     if not is_dir:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO, device or socket is refused here, never read
             head = f.read(HEAD_SIZE)
     if not is_dir and not head:
         raise NotAModel("not a model file: the file is empty")
@@ -106,20 +113,21 @@ def analyze(
         with open_model(path, plugins) as model:
             fmt = model.format
             vae, stats = None, {}
+            hashed, data_offset = _hash_target(path, model.source)
             if model.vae is not None:
                 vae, stats = compute_identity(
                     model.vae,
                     model.source.read,
                     read_into=getattr(model.source, "read_into", None),
                     with_stats=with_stats,
+                    scratch_limit=_file_size(hashed),
                 )
-            hashed, data_offset = _hash_target(path, model.source)
         hashes = (
             file_hashes(hashed, data_offset=data_offset)
             if with_file_hashes
             else FileHashes(size=os.stat(hashed).st_size)
         )
-    except ModelFormatError as exc:
+    except FileProblem as exc:
         return HashReport(path=shown, format=fmt, error=str(exc)), {}
     except FileNotFoundError:
         return HashReport(path=shown, format=fmt, error="no such file or directory"), {}
@@ -129,7 +137,17 @@ def analyze(
         return HashReport(path=shown, format=fmt, error=os_error_text(exc)), {}
     except (ValueError, KeyError, IndexError) as exc:  # a plugin's data contradicted its own header
         return HashReport(path=shown, format=fmt, error=f"unreadable: {exc}"), {}
+    except Exception as exc:  # noqa: BLE001 - a bug met on one file is that file's error, not the batch's end
+        log.error("%s: %s", path, internal_error(exc), exc_info=exc)
+        return HashReport(path=shown, format=fmt, error=internal_error(exc)), {}
     return HashReport(path=shown, format=fmt, vae=vae, file=hashes), stats
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def identify(path: Path, plugins: Plugins, *, with_file_hashes: bool = True) -> HashReport:

@@ -170,11 +170,16 @@ def compute_identity(
     read_into: Callable[[str, memoryview], bytes | memoryview] | None = None,
     with_stats: bool = False,
     workers: int | None = None,
+    scratch_limit: int | None = None,
 ) -> tuple[VaeIdentity, dict[str, TensorStats]]:
     """Hash every canonical tensor of `vae` (reading it by its stored key) into a :class:`VaeIdentity`.
 
     `read_into` (a source's optional ``read_into``) lets each worker reuse one buffer. Memory stays bounded
     by the largest tensors in flight (one per worker), whatever the file size.
+
+    A reused buffer is sized from the tensor's declared shape before its bytes are read, so it is only used
+    for tensors of at most `scratch_limit` bytes (the file's size: stored bytes are never more); a larger
+    one goes through `read`, where the reader checks the shape against what it holds before allocating.
     """
     infos = vae.tensors
     scratch = _Scratch()
@@ -182,7 +187,8 @@ def compute_identity(
     def work(name: str) -> _Digested:
         info = infos[name]
         key = vae.stored_key[name]
-        raw = read_into(key, scratch.raw(info.nbytes)) if read_into is not None else read(key)
+        fits = scratch_limit is None or info.nbytes <= scratch_limit
+        raw = read_into(key, scratch.raw(info.nbytes)) if read_into is not None and fits else read(key)
         if len(raw) != info.nbytes:
             raise ValueError(f"tensor {key!r}: read {len(raw)} bytes, expected {info.nbytes}")
         return _digest_tensor(info, raw, with_stats, scratch)

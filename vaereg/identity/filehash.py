@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from vaereg._fs import open_regular
 from vaereg.identity.report import FileHashes
 
 BLOCK = 8 << 20
@@ -60,7 +61,7 @@ def file_hashes(path: Path, *, data_offset: int | None = None) -> FileHashes:
             tail.update(view[max(0, data_offset - start) :])  # type: ignore[operator]
 
     buffers = [bytearray(BLOCK), bytearray(BLOCK)]
-    with open(path, "rb") as f, ThreadPoolExecutor(max_workers=2, thread_name_prefix="vaereg-filehash") as pool:
+    with open_regular(path) as f, ThreadPoolExecutor(max_workers=2, thread_name_prefix="vaereg-filehash") as pool:
         autov1 = _read_autov1(f)
         f.seek(0)
         pending: list = []

@@ -13,6 +13,7 @@ file and keeps ``x.safetensors.aria2`` beside it until it is done).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Literal, Sequence
 
 from vaereg._fs import inside_any
+from vaereg.errors import internal_error
 from vaereg.files.walk import FoundFile, Walk, walk_models
 from vaereg.store.ingest import Ingest
 
@@ -152,8 +154,9 @@ class ScanPlan:
                 on_progress(ScanProgress(n, len(todo), done_bytes, total, found.path))
             try:
                 outcome = ingest.identify(found.path, with_file_hashes=with_file_hashes)
-            except Exception as exc:  # a plugin's bug is this file's error, not the end of the scan
-                errors.append(f"{found.path}: unexpected {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug met on one file is its error, not the scan's end
+                logging.getLogger("vaereg.store").error("%s: %s", found.path, internal_error(exc), exc_info=exc)
+                errors.append(f"{found.path}: {internal_error(exc)}")
                 continue
             finally:
                 done_bytes += found.size
