@@ -1,4 +1,5 @@
-"""Launcher layouts: where A1111, Forge, reForge, SD.Next, ComfyUI, InvokeAI and Fooocus keep their models.
+"""Launcher layouts: where A1111, Forge, reForge, SD.Next, ComfyUI (incl. portable and desktop), InvokeAI,
+Fooocus and Stability Matrix keep their models.
 
 Each launcher is recognised by files only its installation has. Its own configuration (the webui-user
 script's ``COMMANDLINE_ARGS``, ``config.json``, ``extra_model_paths.yaml``, ``invokeai.yaml``,
@@ -7,7 +8,8 @@ A configuration that cannot be read is logged on the ``vaereg.launchers`` logger
 default folders are reported, which is also what the launcher itself falls back to.
 
 :func:`automatic_vae_candidates` answers the other launcher question vaereg asks: which VAE file A1111 or
-Forge loads for a checkpoint when its VAE setting is "Automatic".
+Forge loads for a checkpoint when its VAE setting is "Automatic"; :func:`usual_places` where installations
+are usually found on this system, for a first scan that names no folder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from vaereg.hookspecs import LauncherFolders, hookimpl
 
 __all__ = [
     "automatic_vae_candidates",
+    "usual_places",
     "vaereg_locate_launcher",
     "webui_checkpoints",
     "webui_vae_list",
@@ -38,7 +41,11 @@ log = logging.getLogger("vaereg.launchers")
 def vaereg_locate_launcher(root: Path) -> LauncherFolders | None:
     """The VAE and checkpoint folders of the launcher installed at `root`, or ``None`` for no known launcher."""
     root = Path(root)
-    if not root.is_dir():
+    try:
+        names = set(os.listdir(root))
+    except OSError:  # not a folder, or one we may not list: no launcher we could read either
+        return None
+    if not names & _MARKERS:  # most folders: one listing, no stat (scan sweeps hundreds of them)
         return None
     root = root.resolve()
     for locate in _LOCATORS:
@@ -420,15 +427,132 @@ def _fooocus_paths(root: Path, config: Mapping[str, object], key: str, default: 
     return [root / default]
 
 
+# --- ComfyUI desktop ---------------------------------------------------------------------------------------
+
+
+def _locate_comfyui_desktop(root: Path) -> LauncherFolders | None:
+    """The desktop app's user-data folder (``%APPDATA%/ComfyUI``, ``~/Library/Application Support/ComfyUI``,
+    ``~/.config/ComfyUI``): it runs ComfyUI with the ``extra_models_config.yaml`` it writes there, whose
+    ``base_path`` is the folder chosen at install (``Documents/ComfyUI`` by default)."""
+    config_file = root / "extra_models_config.yaml"
+    if not config_file.is_file() or _is_comfyui(root):
+        return None
+    folders: dict[str, list[Path]] = {"vae": [], "checkpoints": []}
+    for kind, folder, _ in _comfyui_extra_paths(config_file):
+        folders[_COMFYUI_KINDS[kind]].append(folder)
+    if not folders["vae"] and not folders["checkpoints"]:
+        return None
+    return _folders("comfyui-desktop", root, folders["vae"], folders["checkpoints"])
+
+
+# --- Stability Matrix ---------------------------------------------------------------------------------------
+
+
+def _locate_stability_matrix(root: Path) -> LauncherFolders | None:
+    """A Stability Matrix library (its ``Data`` folder): ``Models/<SharedFolderType>`` is shared by every
+    package it installed, which link their own model folders there."""
+    if not (root / "Models").is_dir() or not ((root / "Packages").is_dir() or (root / "settings.json").is_file()):
+        return None
+    models = root / "Models"
+    return _folders("stabilitymatrix", root, [models / "VAE"], [models / "StableDiffusion", models / "Diffusers"])
+
+
 #: Tried in this order, first answer wins. SD.Next comes before the A1111 family: both have launch.py,
 #: webui.py and modules/sd_models.py.
 _LOCATORS: tuple[Callable[[Path], LauncherFolders | None], ...] = (
     _locate_comfyui,
+    _locate_comfyui_desktop,
     _locate_invokeai,
     _locate_fooocus,
     _locate_sdnext,
     _locate_webui,
+    _locate_stability_matrix,
 )
+
+
+#: Every launcher's root holds one of these: a folder without any is no installation (checked first, cheaply).
+_MARKERS = frozenset(
+    {
+        "main.py",  # ComfyUI
+        "python_embeded",  # ComfyUI portable
+        "extra_models_config.yaml",  # ComfyUI desktop
+        "invokeai.yaml",  # InvokeAI
+        "databases",  # InvokeAI
+        "fooocus_version.py",  # Fooocus
+        "launch.py",  # SD.Next, A1111, Forge, reForge
+        "Models",  # Stability Matrix
+    }
+)
+
+
+# --- where installations usually are ------------------------------------------------------------------------
+
+#: Folder names people keep their AI tools in, looked into one level further than the rest.
+_CONTAINERS = frozenset({"ai", "apps", "sd", "stable-diffusion", "stablediffusion", "tools", "git", "src", "github"})
+
+
+def usual_places(home: Path, env: Mapping[str, str], system: str) -> list[Path]:
+    """Folders that may be launcher installations on this system (`system` as ``os.name``/``sys.platform``
+    say: "nt", "darwin" or anything else for Linux), first the ones launchers create by default.
+
+    Only a shallow sweep: the home folder and its usual sub-folders (Documents, Desktop, Downloads), each with
+    its children (``~/stable-diffusion-webui``, ``~/ComfyUI``, ``~/Desktop/ComfyUI_windows_portable``) and
+    one more level below tool folders (``~/ai/Forge``); on Windows the same on each drive root. Then the
+    per-user data folders of the ComfyUI desktop app and Stability Matrix (and its packages), and
+    InvokeAI's root. Nothing here is checked: `vaereg_locate_launcher` says which ones are launchers.
+    """
+    places: list[Path] = []
+    bases = [home, home / "Documents", home / "Desktop", home / "Downloads"]
+    if system == "nt":
+        appdata = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
+        bases += [Path(f"{drive}:\\") for drive in "CDEFG"]
+        desktop_data = appdata / "ComfyUI"
+        sm_home = appdata / "StabilityMatrix"
+    elif system == "darwin":
+        bases += [home / "Applications", Path("/Applications")]
+        desktop_data = home / "Library" / "Application Support" / "ComfyUI"
+        sm_home = home / ".config" / "StabilityMatrix"  # .NET's ApplicationData on macOS
+    else:
+        bases += [home / "apps", Path("/opt")]
+        desktop_data = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "ComfyUI"
+        sm_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "StabilityMatrix"
+    places.append(desktop_data)
+    # Stability Matrix: its data folder, unless library.json moved it (or it runs portable, beside the app).
+    sm_libraries = [Path(env["STABILITY_MATRIX_APPDATAHOME"])] if env.get("STABILITY_MATRIX_APPDATAHOME") else []
+    sm_libraries += [_sm_library(sm_home), sm_home]
+    if env.get("INVOKEAI_ROOT"):
+        places.append(Path(env["INVOKEAI_ROOT"]))
+    places.append(home / "invokeai")
+    for base in bases:
+        for child in _subfolders(base):
+            places.append(child)
+            if child.name.lower() == "stabilitymatrix":
+                sm_libraries.append(child / "Data")
+            if child.name.lower() in _CONTAINERS:
+                places.extend(_subfolders(child))
+    for library in sm_libraries:
+        if library is not None:
+            places.append(library)
+            places.extend(_subfolders(library / "Packages"))
+    return list(dict.fromkeys(places))
+
+
+def _sm_library(sm_home: Path) -> Path | None:
+    """The library folder Stability Matrix's ``library.json`` names (``{"LibraryPath": ...}``), if any."""
+    data = _read_mapping(sm_home / "library.json", json.loads, "Stability Matrix")
+    value = _setting(data, "LibraryPath", sm_home / "library.json")
+    return Path(value) if value else None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The visible sub-folders of `folder`, sorted; none when it cannot be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                Path(e.path) for e in entries if not e.name.startswith((".", "$")) and e.is_dir(follow_symlinks=True)
+            )
+    except OSError:
+        return []
 
 
 # --- A1111 / Forge "Automatic" VAE --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from vaereg_plugins._shown import escaped, quoted
 from vaereg.hookspecs import (
     DTYPE_BITS,
     ModelFormatError,
+    ModelNotRead,
     TensorInfo,
     TensorSource,
     hookimpl,
@@ -422,9 +423,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = _GLOBALS.get((module, name))
         if found is None:
-            raise ModelFormatError(
-                f"refused: the pickle wants to import {escaped(f'{module}.{name}')}"
-                " (only tensors and plain containers are allowed)"
+            # Not broken, just not a state dict: a whole pickled object (an ultralytics detector, a module)
+            # that only running its code could rebuild.
+            raise ModelNotRead(
+                f"the pickle wants to import {escaped(f'{module}.{name}')}; vaereg runs no code from a pickle"
             )
         return found
 
@@ -446,10 +448,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 
 
-def _flatten(node: dict, prefix: str, out: dict[str, _TensorRef], seen: set[int], depth: int = 0) -> None:
-    """Collect tensors under `node`, joining nested dict keys with dots; other values are skipped.
-
-    `seen` and `depth` keep self-referencing or absurdly deep pickles from looping or overflowing.
+def _flatten(
+    node: dict, prefix: str, out: dict[str, Any], seen: set[int], tensor_type: type, depth: int = 0
+) -> None:
+    """Collect tensors (`tensor_type` values) under `node`, joining nested dict keys with dots; other values
+    are skipped. `seen` and `depth` keep self-referencing or absurdly deep pickles from looping or overflowing.
     """
     if id(node) in seen or depth > _MAX_NESTING:
         return
@@ -457,32 +460,32 @@ def _flatten(node: dict, prefix: str, out: dict[str, _TensorRef], seen: set[int]
     for key, value in node.items():
         if not isinstance(key, str):
             continue
-        if isinstance(value, _TensorRef):
+        if isinstance(value, tensor_type):
             out.setdefault(prefix + key, value)
         elif isinstance(value, dict):
-            _flatten(value, f"{prefix}{key}.", out, seen, depth + 1)
+            _flatten(value, f"{prefix}{key}.", out, seen, tensor_type, depth + 1)
 
 
-def _tensors_of(node: dict) -> dict[str, _TensorRef]:
-    found: dict[str, _TensorRef] = {}
-    _flatten(node, "", found, set())
+def _tensors_of(node: dict, tensor_type: type) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    _flatten(node, "", found, set(), tensor_type)
     return found
 
 
-def _state_dict(root: object) -> dict[str, _TensorRef]:
+def _state_dict(root: object, tensor_type: type = _TensorRef) -> dict[str, Any]:
     """Find the tensors: descend through wrapper keys that hold tensors, then flatten what is there."""
     if not isinstance(root, dict):
         return {}
     node: dict = root
     for _ in range(_MAX_NESTING):
         inner = next(
-            (node[k] for k in _WRAPPER_KEYS if isinstance(node.get(k), dict) and _tensors_of(node[k])),
+            (node[k] for k in _WRAPPER_KEYS if isinstance(node.get(k), dict) and _tensors_of(node[k], tensor_type)),
             None,
         )
         if inner is None:
             break
         node = inner
-    return _tensors_of(node)
+    return _tensors_of(node, tensor_type)
 
 
 def _scalar_metadata(root: object) -> dict[str, str]:
@@ -809,8 +812,6 @@ def _not_zip_reason(path: Path, head: bytes) -> str:
     """Why a file with a torch suffix is not a torch.save zip archive, in words."""
     if not head:
         return "empty file"
-    if head.startswith(LEGACY_MAGIC):
-        return "legacy (pre-zip) torch.save format is not supported; re-save it with a current PyTorch"
     try:
         is_tar = read_head(path, 262)[257:] == b"ustar"
     except ModelFormatError as exc:
@@ -840,4 +841,8 @@ def vaereg_open_model(path: Path, head: bytes) -> TensorSource | None:
         return None  # a safetensors header length followed by its JSON header
     if suffix == ".bin" and not head.startswith(LEGACY_MAGIC):
         return None  # .bin is a generic name: other formats use it too
+    if head.startswith(LEGACY_MAGIC):
+        from vaereg_plugins.torch_legacy import open_legacy  # torch itself only when installed
+
+        return open_legacy(path)
     raise ModelFormatError(_not_zip_reason(path, head))

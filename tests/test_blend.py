@@ -137,3 +137,29 @@ def test_rounding_steps():
     assert rounding_step(values, "BF16")[0] == 2.0**-7
     mixed = rounding_step(values, np.array(["F16", "BF16", "F16", "F16", "F8_E4M3"]))
     assert mixed[[1, 3, 4]].tolist() == [2.0**-8, 0.0, 0.25]
+
+
+def test_blends_among_known_vaes_are_the_merges_only(vaes, known, plugins):
+    from vaereg.answers.blend import blends_among
+
+    merged = sketch(merge({"v1": 0.5, "v2": 0.5}, vaes), plugins, "F16")
+    merged = Sketch("m55", merged.values, merged.dtypes)
+    copy = sketch(vaes["v3"], plugins, "BF16")
+    copy = Sketch("v3-bf16", copy.values, copy.dtypes)
+    others = [s for name, s in known.items() if name != "v3"]
+    assert blends_among([*others, merged, copy]) == {"m55"}
+    # With one of its parts missing, a merge explains nothing and nothing explains it.
+    assert blends_among([s for s in others if s.id != known["v2"].id] + [merged]) == set()
+
+
+def test_a_pool_explains_as_explain_does(vaes, known, plugins):
+    from vaereg.answers.blend import Pool
+
+    target = sketch(merge({"v1": 0.6, "v4": 0.4}, vaes), plugins, "BF16")
+    pool, alone = Pool(list(known.values())), explain(target, list(known.values()))
+    shared = pool.explain(target)
+    assert [p.id for p in shared.parts] == [p.id for p in alone.parts]
+    assert [p.weight for p in shared.parts] == pytest.approx([p.weight for p in alone.parts], abs=1e-6)
+    assert shared.misfit == pytest.approx(alone.misfit, rel=1e-6)
+    without = pool.explain(target, exclude={known["v4"].id})
+    assert without is None or known["v4"].id not in {p.id for p in without.parts}

@@ -181,12 +181,29 @@ def test_the_checked_model_is_not_known_from_itself(world, tmp_path):
     assert report.embedded.relation == "unknown" and report.embedded.related is None
 
 
-def test_a_component_known_only_inside_a_checkpoint(world, tmp_path):
+def test_a_vae_known_only_inside_a_checkpoint_is_no_evidence(world, tmp_path):
+    # E sits only inside other-model.safetensors: neither a component nor a recommendation.
     report = world.check(merged_checkpoint(tmp_path, {"E": 0.6, "B": 0.4}, world))
-    parts = {p.vae.id: p for p in report.embedded.blend}
-    assert parts[world.ids["E"]].weight == pytest.approx(0.6, abs=0.02)
-    assert parts[world.ids["E"]].vae.name is None and parts[world.ids["E"]].vae.paths == ()
-    assert report.recommended.id == world.ids["E"]
+    assert report.embedded.relation == "unknown" and report.embedded.blend is None
+    assert report.recommended is None
+    same = world.check(checkpoint(tmp_path / "e-copy.safetensors", world.vaes["E"]))
+    assert same.embedded.relation == "unknown" and same.embedded.related is None
+    assert same.embedded.embedded_in == (world.paths["E"],)  # where else it is: information only
+    assert same.to_json()["embedded"]["also_embedded_in"] == [world.paths["E"]]
+
+
+def test_a_registry_vae_without_a_file_is_recommended_with_its_source_only_failing_a_file(world, tmp_path):
+    registry = Registry.load(Config(home=tmp_path / "home"))
+    for name in "AB":
+        registry.set_name(world.ids[name], f"VAE {name}", family="kl-f8-4ch")
+    registry.set_name(world.ids["E"], "VAE E", family="kl-f8-4ch")
+    report = world.check(merged_checkpoint(tmp_path, {"E": 0.6, "B": 0.4}, world), registry=registry)
+    weights = {p.vae.name: round(p.weight, 2) for p in report.embedded.blend}
+    assert weights == {"VAE E": 0.6, "VAE B": 0.4}
+    # E has no file to load and no source: B, which has one, is the recommendation.
+    assert report.recommended.name == "VAE B" and report.recommended.paths == (world.paths["B"],)
+    only_e = world.check(merged_checkpoint(tmp_path, {"E": 0.6, "A": 0.4}, world), registry=registry)
+    assert only_e.recommended.name == "VAE A"
 
 
 def test_flagged_vae_is_unhealthy_and_a_drop_in_sibling_recommended(world, tmp_path, plugins):
@@ -243,7 +260,7 @@ def test_json_contract(world, tmp_path):
     assert {"id", "name", "relation", "health", "blend"} <= out["embedded"].keys()
     assert out["embedded"]["relation"] == "blend" and out["embedded"]["health"] == "ok"
     assert [set(p) for p in out["embedded"]["blend"]] == [{"id", "name", "weight"}] * 2
-    assert out["recommended"] == {"id": world.ids["A"], "name": "VAE A", "paths": [world.paths["A"]]}
+    assert out["recommended"] == {"id": world.ids["A"], "name": "VAE A", "paths": [world.paths["A"]], "source": None}
     healthy = world.check(checkpoint(tmp_path / "a.safetensors", world.vaes["A"])).to_json()
     assert healthy["embedded"]["blend"] is None and healthy["recommended"] is None
     no_vae = factory.save_safetensors({"x.weight": np.ones(3, np.float32)}, tmp_path / "x.safetensors")

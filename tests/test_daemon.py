@@ -364,6 +364,20 @@ def test_a_bad_file_is_recorded_as_an_error_and_the_daemon_goes_on(tmp_path, lib
         assert any(str(bad) in e for e in daemon.status().recent_errors)
 
 
+def test_a_detector_pickle_is_a_note_not_a_recent_error(tmp_path, lib, config, plugins_with):
+    from library import save_yolo_detector
+
+    detector = save_yolo_detector(tmp_path / "face_yolov8n.pt")
+    with running(config, plugins_with, [lib]) as daemon:
+        (lib / "face_yolov8n.pt").write_bytes(detector.read_bytes())
+        row = wait_row(daemon, lib / "face_yolov8n.pt", hashed=False)
+        (lib / "good.safetensors").write_bytes(vae_bytes(tmp_path))
+        wait_row(daemon, lib / "good.safetensors")
+
+        assert row.error.startswith("not read: the pickle wants to import ultralytics.nn.tasks.DetectionModel")
+        assert daemon.status().recent_errors == ()
+
+
 def test_an_exception_while_handling_a_file_is_logged_and_the_daemon_goes_on(
     tmp_path, lib, config, plugins_with, caplog,
 ):
@@ -544,8 +558,9 @@ def test_the_status_file_and_command(lib, config, plugins_with, capsys):
         assert shown["roots"] == [{"path": str(lib), "mechanism": "native", "note": None}]
         assert list(shown) == [
             *("state", "running", "pid", "started", "updated", "roots"),
-            *("indexed", "queued", "hashing", "recent_errors"),
+            *("indexed", "queued", "hashing", "recent_errors", "problems"),
         ]
+        assert shown["problems"] == []
         on_disk = json.loads((config.home / "daemon.json").read_text())
         assert on_disk["pid"] == os.getpid()
 

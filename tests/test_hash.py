@@ -230,7 +230,7 @@ def bad_files(tmp_path: Path, vae) -> dict[str, tuple[Path, str]]:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": factory.to_torch(vae), "payload": Exploit(marker)}, evil)
-    out["malicious pickle"] = (evil, "refused: the pickle wants to import posix.system")
+    out["malicious pickle"] = (evil, "not read: the pickle wants to import posix.system")
     return out
 
 
@@ -265,7 +265,7 @@ def test_cli_json_lines_in_order_and_exit_status(vae, tmp_path, capsys, referenc
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert status == 1
     assert [line["path"] for line in lines] == [str(good), str(bad), str(pt)]
-    assert set(lines[0]) == {"path", "format", "error", "vae", "file"}
+    assert set(lines[0]) == {"path", "format", "error", "vae", "file", "kind"}
     assert set(lines[0]["vae"]) == {
         "id", "exact_id", "encoder_id", "decoder_id", "family", "latent_channels",
         "dtype", "layout", "prefix", "tensors", "params",

@@ -54,3 +54,40 @@ def test_shipped_registry_found_from_a_source_checkout(config):
     source, error, slugs = json.loads(out.stdout)
     assert Path(source).resolve() == ROOT / "vaereg" / "__init__.py"
     assert error is None and "vae-ft-mse-840000" in slugs
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_torch_is_an_extra_and_the_first_command_installs_none():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("torch") for dep in project["dependencies"])
+    assert any(dep.startswith("torch") for dep in project["optional-dependencies"]["legacy"])
+    first, tests = _readme_commands()
+    assert "torch" not in first and "pip install -q . " in first
+    assert "pip install -q torch==2.13.0 '.[test]'" in tests
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    _, tests = _readme_commands()
+    assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_no_base_code_path_imports_torch():
+    """The CLI, every command's module and every built-in plugin import without torch."""
+    import subprocess
+
+    code = (
+        "import sys, importlib, pkgutil; sys.path.insert(0, sys.argv[1]);"
+        "import vaereg.cli, vaereg.api, vaereg.cli.commands;"
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(vaereg.__path__, 'vaereg.')];"
+        "import vaereg_plugins.torch_zip, vaereg_plugins.torch_legacy, vaereg_plugins.launchers;"
+        "from vaereg.plugin.manager import Plugins; Plugins();"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -24,7 +24,7 @@ import torch
 from vaereg_plugins import _filebytes, torch_zip
 from vaereg_plugins.torch_zip import TorchZipSource, vaereg_open_model
 
-from vaereg.hookspecs import ModelFormatError, TensorSource
+from vaereg.hookspecs import ModelFormatError, ModelNotRead, TensorSource
 from vaereg.plugin.types import DTYPE_BITS
 
 SAFETENSORS_NAMES = {
@@ -419,9 +419,9 @@ def test_malicious_pickle_is_refused_and_never_runs(
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "hook": make(pwned)}, path)
     assert not pwned.exists()
-    with pytest.raises(ModelFormatError, match=r"^refused: the pickle wants to import .*" + refused) as caught:
+    with pytest.raises(ModelFormatError, match=r"^not read: the pickle wants to import .*" + refused) as caught:
         open_model(path)
-    assert "only tensors and plain containers are allowed" in str(caught.value)
+    assert "; vaereg runs no code from a pickle" in str(caught.value)
     assert not pwned.exists()
 
 
@@ -432,7 +432,7 @@ def test_refusal_in_every_pickle_protocol(tmp_path: Path, protocol: int) -> None
     tree = {"w": tensor, "x": Payload(os.system, f"touch {pwned}")}
     records = {"archive/data.pkl": torch_like_pickle(tree, protocol=protocol), "archive/data/0": bytes(4)}
     path = write_zip(tmp_path / "evil.pt", records)
-    with pytest.raises(ModelFormatError, match=f"refused: the pickle wants to import {os.system.__module__}.system"):
+    with pytest.raises(ModelFormatError, match=f"not read: the pickle wants to import {os.system.__module__}.system"):
         open_model(path)
     assert not pwned.exists()
 
@@ -441,7 +441,7 @@ def test_reader_internals_are_not_importable(tmp_path: Path) -> None:
     import vaereg_plugins.torch_zip as reader
 
     path = handmade_checkpoint(tmp_path / "internal.pt", Payload(reader._tensor_ref, 1, 2, 3, 4, None), {})
-    refused = "refused: the pickle wants to import vaereg_plugins.torch_zip._tensor_ref"
+    refused = "not read: the pickle wants to import vaereg_plugins.torch_zip._tensor_ref"
     with pytest.raises(ModelFormatError, match=refused):
         open_model(path)
 
@@ -510,7 +510,7 @@ def test_protocol_5_buffers_are_refused(tmp_path: Path) -> None:
 
 def test_refusal_message_stays_short(tmp_path: Path) -> None:
     data = b"\x80\x02c" + b"m" * 100_000 + b"\nsystem\n."
-    with pytest.raises(ModelFormatError, match="^refused: the pickle wants to import mmmm") as caught:
+    with pytest.raises(ModelFormatError, match="^not read: the pickle wants to import mmmm") as caught:
         open_model(write_zip(tmp_path / "long.pt", {"archive/data.pkl": data}))
     assert len(str(caught.value)) < 200
 
@@ -518,12 +518,41 @@ def test_refusal_message_stays_short(tmp_path: Path) -> None:
 # ---- malformed files ----
 
 
-def test_legacy_torch_format(tmp_path: Path) -> None:
+def test_legacy_torch_format_is_read_by_torch_weights_only(tmp_path: Path, plugins) -> None:
+    import factory
+
+    from vaereg.identity.analyze import identify
+
+    vae = factory.make_vae(seed=3)
+    zipped = factory.save_ckpt(vae, tmp_path / "new.ckpt")
     for name in ("old.pt", "old.bin"):
         path = tmp_path / name
-        torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
-        with pytest.raises(ModelFormatError, match=r"legacy \(pre-zip\) torch.save format is not supported"):
-            open_model(path)
+        torch.save({"state_dict": factory.to_torch(vae), "global_step": 7}, path, _use_new_zipfile_serialization=False)
+        report = identify(path, plugins, with_file_hashes=False)
+        assert report.error is None and report.format == "torch-legacy"
+        assert report.vae.exact_id == identify(zipped, plugins, with_file_hashes=False).vae.exact_id
+    bf16 = tmp_path / "bf16.pt"
+    torch.save(factory.to_torch(vae, torch.bfloat16), bf16, _use_new_zipfile_serialization=False)
+    assert identify(bf16, plugins, with_file_hashes=False).vae.dtype == "BF16"
+
+
+def test_legacy_torch_format_without_torch_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    import vaereg_plugins.torch_legacy as legacy
+
+    monkeypatch.setattr(legacy, "torch_installed", lambda: False)
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelNotRead, match=r"^not read: legacy \(pre-1.6\) torch.save format.*'vaereg\[legacy\]'"):
+        open_model(path)
+
+
+def test_legacy_pickle_with_code_is_refused_by_torch_and_never_runs(tmp_path: Path) -> None:
+    pwned = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(2), "x": Payload(os.system, f"touch {pwned}")}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelNotRead, match="weights-only loader refuses"):
+        open_model(path)
+    assert not pwned.exists()
 
 
 @pytest.mark.parametrize(

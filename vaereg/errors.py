@@ -17,6 +17,9 @@ __all__ = [
     "UserError",
     "FileProblem",
     "ModelFormatError",
+    "ModelNotRead",
+    "NOT_READ",
+    "is_not_read",
     "ConfigError",
     "RegistryError",
     "NameTakenError",
@@ -49,6 +52,26 @@ class ModelFormatError(FileProblem):
 
     The message is one line for a person: what is wrong, without the path (the caller adds it).
     """
+
+
+#: How the reason of a model file vaereg declines to read begins, in reports and in the index.
+NOT_READ = "not read: "
+
+
+class ModelNotRead(ModelFormatError):
+    """A model file vaereg declines to read, though nothing is wrong with it: a pickle of whole Python
+    objects (an ultralytics detector, a pickled module) that only running its code could rebuild, or a legacy
+    format that needs an optional extra. Scans list it as a note, not an error; the reason says what the file
+    wanted and starts with `NOT_READ`.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason if reason.startswith(NOT_READ) else NOT_READ + reason)
+
+
+def is_not_read(reason: str | None) -> bool:
+    """Whether a file's recorded reason is a `ModelNotRead` one (a note) rather than a broken file's."""
+    return bool(reason) and reason.startswith(NOT_READ)  # type: ignore[union-attr]
 
 
 class ConfigError(UserError):

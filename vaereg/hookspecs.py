@@ -28,6 +28,7 @@ from vaereg.plugin.types import (
     LauncherFolders,
     LayoutMapping,
     ModelFormatError,
+    ModelNotRead,
     TensorInfo,
     TensorSource,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "LauncherFolders",
     "LayoutMapping",
     "ModelFormatError",
+    "ModelNotRead",
     "TensorInfo",
     "TensorSource",
     "vaereg_open_model",

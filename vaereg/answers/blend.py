@@ -15,7 +15,7 @@ far above for anything else (docs/check.md has the calibration).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -111,7 +111,89 @@ def explain(target: Sketch, candidates: Sequence[Sketch], max_misfit: float = MA
         own_noise=float(np.sum(target.steps()[rows] ** 2)) / 12,
         part_noise=np.array([np.sum(c.steps()[rows] ** 2) / 12 for c in usable]),
     )
-    everything = np.arange(len(usable))
+    return _fit(problem, [c.id for c in usable], max_misfit)
+
+
+class Pool:
+    """Sketches of one length, to ask of each whether it is a blend of the others.
+
+    One Gram matrix serves every question: each is a solve the size of the pool over it, so asking it of
+    every VAE in a library of 50 costs one 50x50 product over the samples, not 50. Answers are cached.
+    """
+
+    def __init__(self, sketches: Sequence[Sketch], max_misfit: float = MAX_MISFIT) -> None:
+        self.sketches = list(sketches)
+        self.max_misfit = max_misfit
+        self._finite = [i for i, s in enumerate(self.sketches) if np.isfinite(s.values).all()]
+        self._k: np.ndarray | None = None
+        self._gram: np.ndarray | None = None
+        self._noise: np.ndarray | None = None
+        self._answers: dict[str, bool] = {}
+
+    def _matrix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._k is None:
+            self._k = np.stack([self.sketches[i].values for i in self._finite], axis=1)
+            self._gram = self._k.T @ self._k
+            self._noise = np.array([np.sum(self.sketches[i].steps() ** 2) / 12 for i in self._finite])
+        assert self._gram is not None and self._noise is not None
+        return self._k, self._gram, self._noise
+
+    def explain(self, target: Sketch, exclude: Collection[str] = ()) -> BlendFit | None:
+        """`explain(target, the pool but `exclude`)`, through the pool's Gram matrix."""
+        usable = [i for i, s in enumerate(self.sketches) if s.id not in exclude]
+        finite = np.isfinite(target.values).all() and all(i in self._finite for i in usable)
+        if not usable or not finite or target.values.shape != self.sketches[usable[0]].values.shape:
+            return explain(target, [self.sketches[i] for i in usable], self.max_misfit)
+        k, gram, noise = self._matrix()
+        at = np.array([self._finite.index(i) for i in usable])
+        values = target.values
+        if not values.any():
+            return None
+        problem = _Problem(
+            gram=gram[at[:, None], at],
+            rhs=k[:, at].T @ values,
+            target2=float(values @ values),
+            own_noise=float(np.sum(target.steps() ** 2)) / 12,
+            part_noise=noise[at],
+        )
+        return _fit(problem, [self.sketches[i].id for i in usable], self.max_misfit)
+
+    def is_blend(self, sketch_id: str) -> bool:
+        if sketch_id not in self._answers:
+            self._answers[sketch_id] = self._is_blend(next(i for i, s in enumerate(self.sketches) if s.id == sketch_id))
+        return self._answers[sketch_id]
+
+    def _is_blend(self, j: int) -> bool:
+        target = self.sketches[j]
+        if j not in self._finite:  # NaN samples: the usable rows depend on the target
+            fit = explain(target, [s for i, s in enumerate(self.sketches) if i != j], self.max_misfit)
+            return fit is not None and fit.is_blend
+        if len(self._finite) < 3:  # a blend needs two others
+            return False
+        _, gram, noise = self._matrix()
+        at = self._finite.index(j)
+        if not gram[at, at]:
+            return False
+        others = np.delete(np.arange(len(self._finite)), at)
+        problem = _Problem(
+            gram=gram[others[:, None], others],
+            rhs=gram[others, at],
+            target2=float(gram[at, at]),
+            own_noise=float(noise[at]),
+            part_noise=noise[others],
+        )
+        return problem.needs_several(self.max_misfit)
+
+
+def blends_among(sketches: Sequence[Sketch], max_misfit: float = MAX_MISFIT) -> set[str]:
+    """The ids of the `sketches` (all of one length) that are blends of the others."""
+    pool = Pool(sketches, max_misfit)
+    return {s.id for s in sketches if pool.is_blend(s.id)}
+
+
+def _fit(problem: _Problem, ids: Sequence[str], max_misfit: float) -> BlendFit | None:
+    """The smallest set of candidates (`ids`, in the problem's order) that explains the target, or None."""
+    everything = np.arange(len(ids))
     full = problem.solve(everything)
     support = np.flatnonzero(full > 0)
     if problem.misfit(support, full[support]) > max_misfit:
@@ -120,10 +202,9 @@ def explain(target: Sketch, candidates: Sequence[Sketch], max_misfit: float = MA
     if chosen is None:  # greedy growth missed: start from everything the full fit used
         chosen = support
     chosen, weights = _prune(problem, chosen, max_misfit)
-    residual = float(np.linalg.norm(s - k[:, chosen] @ weights) / np.linalg.norm(s))
-    parts = [Part(usable[j].id, float(w)) for j, w in zip(chosen, weights, strict=True)]
+    parts = [Part(ids[j], float(w)) for j, w in zip(chosen, weights, strict=True)]
     parts.sort(key=lambda p: -p.weight)
-    return BlendFit(tuple(parts), residual, problem.misfit(chosen, weights))
+    return BlendFit(tuple(parts), problem.residual(chosen, weights), problem.misfit(chosen, weights))
 
 
 def _grow(problem: _Problem, candidates: np.ndarray, max_misfit: float, limit: int) -> np.ndarray | None:
@@ -168,16 +249,41 @@ class _Problem:
     own_noise: float  # expected squared rounding residual of the target
     part_noise: np.ndarray  # ... of each candidate, at weight 1
 
+    def needs_several(self, max_misfit: float) -> bool:
+        """Whether some weighted sum of the candidates fits and no single one does: a blend, decided with one
+        full solve (what `_fit` would find, without the search for the smallest set)."""
+        diagonal = np.diag(self.gram)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = np.where(diagonal > 0, np.maximum(self.rhs / diagonal, 0.0), 0.0)
+        residual2 = np.maximum(self.target2 - 2 * w * self.rhs + w * w * diagonal, 0.0)
+        noise2 = self.own_noise + w * w * self.part_noise
+        with np.errstate(divide="ignore", invalid="ignore"):
+            single = np.sqrt(np.where(noise2 > 0, residual2 / noise2, np.where(residual2 > 0, np.inf, 0.0)))
+        if len(single) and single.min() <= max_misfit:
+            return False  # a copy or a precision variant of one of them
+        everything = np.arange(len(self.rhs))
+        full = self.solve(everything)
+        support = np.flatnonzero(full > 0)
+        return len(support) >= 2 and self.misfit(support, full[support]) <= max_misfit
+
     def solve(self, subset: np.ndarray) -> np.ndarray:
         """Non-negative least-squares weights over the candidates in `subset` (same order)."""
         if len(subset) == 0:
             return np.zeros(0)
         return nnls(self.gram[subset[:, None], subset], self.rhs[subset])
 
+    def residual2(self, subset: np.ndarray, weights: np.ndarray) -> float:
+        """||s - K w||^2 over the candidates in `subset`, from the normal equations."""
+        gram = self.gram[subset[:, None], subset]
+        return max(self.target2 - 2 * weights @ self.rhs[subset] + weights @ gram @ weights, 0.0)
+
+    def residual(self, subset: np.ndarray, weights: np.ndarray) -> float:
+        """||s - K w|| / ||s||."""
+        return float(np.sqrt(self.residual2(subset, weights) / self.target2)) if self.target2 else 0.0
+
     def misfit(self, subset: np.ndarray, weights: np.ndarray) -> float:
         """The fit's residual in units of the rounding noise it should leave."""
-        gram = self.gram[subset[:, None], subset]
-        residual2 = max(self.target2 - 2 * weights @ self.rhs[subset] + weights @ gram @ weights, 0.0)
+        residual2 = self.residual2(subset, weights)
         noise2 = self.own_noise + float(np.sum(weights**2 * self.part_noise[subset]))
         if noise2 <= 0:
             return 0.0 if residual2 == 0 else float("inf")

@@ -1,10 +1,12 @@
 """``vaereg check MODEL``: is the model's own VAE fit to use, or does it need an external one?
 
 One pass over the embedded VAE's tensors gives its identity, sketch and health stats. The known VAEs - the
-registry's entries and the index's identities, other than the model itself - then say what it is: the same
-as one of them, a precision variant, one with the same encoder or decoder, a blend of several (`blend`), or
-unknown. The verdict asks for an external VAE when there is no VAE, an unhealthy one, or a blend, and
-recommends the healthy known VAE the embedded one is closest to or made from, with its standalone copies.
+registry's entries and the index's standalone VAEs, precision variants counted once, merges left out
+(`answers.known`) - then say what it is: the same as one of them, a precision variant, one with the same
+encoder or decoder, a blend of several (`blend`), or unknown. Other checkpoints holding the same VAE are
+listed, never counted as evidence. The verdict asks for an external VAE when there is no VAE, an unhealthy
+one, or a blend, and recommends the healthy known VAE the embedded one is closest to or made from that the
+user can load: one with standalone copies, else a registry entry with a source to download it from.
 Nothing here writes: the index and registry are only read.
 """
 
@@ -47,6 +49,8 @@ class EmbeddedVae:
     health: Health
     related: KnownVae | None = None  # the known VAE `relation` is about (None for blend and unknown)
     blend: tuple[BlendPart, ...] | None = None
+    #: other indexed checkpoints holding the same VAE: information only, never evidence of what it is
+    embedded_in: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +60,7 @@ class EmbeddedVae:
             "health": str(self.health),
             "blend": [part.to_json() for part in self.blend] if self.blend else None,
             "related": self.related.to_json() if self.related else None,
+            "also_embedded_in": list(self.embedded_in),
             "family": self.vae.family,
             "dtype": self.vae.dtype,
         }
@@ -119,7 +124,10 @@ def check_model(
     vae = report.vae
     if vae is None:
         return CheckReport(shown, None, True, "the model holds no VAE", automatic_vae=automatic)
-    known = KnownVaes.gather(vae, own_path=path, index=index, registry=registry)
+    launcher_vae_folders = [folder for found in launchers for folder in found.vae] + list(vae_folders)
+    known = KnownVaes.gather(
+        vae, own_path=path, index=index, registry=registry, launcher_vae_folders=launcher_vae_folders
+    )
     embedded, ranked = _place(vae, known, stats)
     findings = None
     if decode is not None:
@@ -127,9 +135,12 @@ def check_model(
     needs, reason = _verdict(embedded, findings)
     recommended = None
     if needs:
-        recommended = next((k for k in ranked if known.healthy(k.id) and k.id != vae.id), None)
+        # Only what can be loaded: a standalone file, else a registry entry with a source to download.
+        own = known.group_of(vae.id)
+        fit = [k for k in ranked if k.id != own and known.healthy(k.id)]
+        recommended = next((k for k in fit if k.paths), None) or next((k for k in fit if k.source), None)
         if recommended is None:
-            reason += f"; no healthy known VAE is related to it: use a {vae.family} VAE you trust"
+            reason += f"; no healthy known VAE with a file to load is related to it: use a {vae.family} VAE you trust"
     warnings = () if index is not None else ("no index (run `vaereg scan`): only registry ids were compared",)
     return CheckReport(shown, embedded, needs, reason, recommended, automatic, warnings=warnings, decode=findings)
 
@@ -139,6 +150,7 @@ def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tupl
     relations = known.relations(vae)
     health = assess({n: t.shape for n, t in vae.tensor_digests.items()}, stats, vae.family, known.flags(vae.id))
     name = known.name(vae.id)
+    embedded_in = known.embedded_in(vae.id)
     # Closest first: by relation, then by how far the sketches are apart; a copy on disk breaks ties.
     related = sorted(relations, key=lambda i: (relation_rank(relations[i][0]), relations[i][1], not known.paths(i), i))
     best = relations[related[0]][0] if related else None
@@ -151,10 +163,10 @@ def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tupl
     ranked = [known.vae(i) for i in dict.fromkeys(ranked_ids)]
     if fit and fit.is_blend:
         parts = tuple(BlendPart(known.vae(p.id), p.weight) for p in fit.parts)
-        return EmbeddedVae(vae, name, "blend", health, blend=parts), ranked
+        return EmbeddedVae(vae, name, "blend", health, blend=parts, embedded_in=embedded_in), ranked
     if best is None:
-        return EmbeddedVae(vae, name, "unknown", health), ranked
-    return EmbeddedVae(vae, name, best, health, related=known.vae(related[0])), ranked
+        return EmbeddedVae(vae, name, "unknown", health, embedded_in=embedded_in), ranked
+    return EmbeddedVae(vae, name, best, health, related=known.vae(related[0]), embedded_in=embedded_in), ranked
 
 
 def _verdict(embedded: EmbeddedVae, findings: DecodeFindings | None = None) -> tuple[bool, str]:

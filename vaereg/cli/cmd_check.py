@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=[],
         metavar="DIR",
-        help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the configured launchers')",
+        help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the launchers' - configured"
+        " or found in the usual places)",
     )
     p.add_argument(
         "--decode",
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.check import check_model
+    from vaereg.files.launchers import find_launchers
 
     decoder = None
     if args.decode:
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         except DecodeUnavailable as exc:
             return fail(str(exc), ExitStatus.USAGE)
         decoder = checker(ctx.plugins, warn)
-    launchers = [found for root in ctx.config.launchers if (found := ctx.plugins.locate_launcher(root))]
+    # The launchers scan reads: the configured ones and those in the usual places.
+    launchers = list(find_launchers(ctx.plugins, ctx.config.launchers).found)
     report = check_model(
         args.model,
         plugins=ctx.plugins,
@@ -80,6 +83,8 @@ def _print(report: CheckReport) -> None:
         print(f"  recommended: {rec.label} (id {short(rec.id)})")
         for path in rec.paths:
             print(f"               {path}")
+        if not rec.paths and rec.source:
+            print(f"               no copy here; download it from {rec.source}")
     if report.automatic_vae:
         auto = report.automatic_vae
         known = f" ({auto.name or short(auto.id)})" if auto.id else ""
@@ -90,6 +95,10 @@ def _print(report: CheckReport) -> None:
         print(f"  embedded:    {describe(embedded)}; {vae.family} {vae.dtype}, id {short(vae.id)}")
         print(f"  relation:    {embedded.relation}")
         print(f"  health:      {embedded.health}")
+        if embedded.embedded_in:
+            print(f"  also in:     {embedded.embedded_in[0]}")
+            for path in embedded.embedded_in[1:]:
+                print(f"               {path}")
     if report.decode:
         found = report.decode
         trip = found.trip

@@ -49,7 +49,7 @@ def _print_table(reports) -> None:
         rows.append((
             r.path,
             r.format or "-",
-            f"{v.family} {v.dtype}" if v else "no VAE",
+            f"{v.family} {v.dtype}" if v else (f"no VAE ({r.kind})" if r.kind else "no VAE"),
             short(v.id if v else None),
             short(v.encoder_id if v else None),
             short(v.decoder_id if v else None),

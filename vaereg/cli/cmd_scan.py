@@ -1,12 +1,17 @@
-"""``vaereg scan DIR...``: bring the index up to date with folders of model files.
+"""``vaereg scan [DIR...]``: bring the index up to date with folders of model files.
 
 Unchanged files cost a stat; renamed and moved ones are recognised without a read; deleted ones leave the
-index. With ``--json`` one object is printed (docs/daemon.md, "vaereg scan --json")::
+index. With no DIR, the launcher installations of ``[daemon] launchers`` and those found in the usual places
+are scanned (their VAE and checkpoint folders); ``--launcher PATH`` names one. With ``--json`` one object is
+printed (docs/daemon.md, "vaereg scan --json")::
 
-    {"roots": [str], "new": int, "changed": int, "moved": int, "removed": int, "unchanged": int,
-     "errors": ["<path>: <reason>"], "warnings": [str], "bytes_read": int, "seconds": float}
+    {"roots": [str], "launchers": [{"launcher", "root", "vae", "checkpoints"}], "new": int, "changed": int,
+     "moved": int, "removed": int, "unchanged": int, "errors": ["<path>: <reason>"],
+     "not_read": ["<path>: not read: <why>"], "no_vae": int, "no_vae_kinds": {kind: int}, "warnings": [str],
+     "bytes_read": int,
+     "seconds": float}
 
-Exit status 1 when any file could not be identified.
+A scan that completes exits 0, listing the files it could not read; with ``--strict`` those make it exit 1.
 """
 
 from __future__ import annotations
@@ -16,13 +21,24 @@ import os
 import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, console, emit_json, fail, human_size
+from vaereg.cli.common import Context, console, emit_json, fail, human_size, note
 from vaereg.cli.exit import ExitStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="index every model file below folders; unchanged files are only stat'ed")
-    p.add_argument("roots", nargs="+", type=Path, metavar="DIR")
+    p.add_argument(
+        "roots", nargs="*", type=Path, metavar="DIR", help="folders or files (default: the launchers found)"
+    )
+    p.add_argument(
+        "--launcher",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="a launcher installation (A1111/Forge, ComfyUI, ...) whose VAE and checkpoint folders to scan",
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when a file could not be read")
     p.add_argument("--json", action="store_true", help="print one JSON object when done (no progress bar)")
     p.add_argument(
         "--no-file-hashes",
@@ -39,6 +55,18 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for root in args.roots:
         if not os.path.exists(root):
             return fail(f"{root}: no such file or directory", ExitStatus.USAGE)
+    launchers, status = _launchers(args, ctx)
+    if status is not None:
+        return status
+    if not args.roots and not launchers:
+        _print_none_found(args, ctx)
+        return ExitStatus.OK
+    from vaereg.files.launchers import model_folders
+
+    args.roots = [*args.roots, *model_folders(launchers)]
+    if not args.json:
+        for found in launchers:
+            print(f"{found.launcher} at {found.root}", file=sys.stderr)
     config = ctx.config
     ctx.registry  # noqa: B018 - its warnings first
     with_file_hashes = args.file_hashes and config.file_hashes
@@ -52,10 +80,56 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
         report = plan.execute(ingest, with_file_hashes=with_file_hashes)
     if args.json:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), "launchers": [_launcher_json(found) for found in launchers]})
     else:
         _print_summary(report)
-    return ExitStatus.FAILED if report.errors else ExitStatus.OK
+    return ExitStatus.FAILED if report.errors and args.strict else ExitStatus.OK
+
+
+def _launchers(args: argparse.Namespace, ctx: Context) -> tuple[list, int | None]:
+    """The launchers to scan: those named by --launcher (each must be one), else with no DIR the configured
+    ones and those in the usual places."""
+    from vaereg.files.launchers import find_launchers, locate
+
+    found = []
+    for root in args.launcher:
+        if not os.path.isdir(root):
+            return [], fail(f"{root}: no such folder", ExitStatus.USAGE)
+        folders = locate(ctx.plugins, root)
+        if folders is None:
+            return [], fail(f"{root}: not an installation of a launcher vaereg knows ({KNOWN})", ExitStatus.USAGE)
+        found.append(folders)
+    if found or args.roots:
+        return found, None
+    return list(find_launchers(ctx.plugins, ctx.config.launchers).found), None
+
+
+#: The launchers the built-in plugin recognises, for messages.
+KNOWN = "A1111, Forge, reForge, SD.Next, ComfyUI, InvokeAI, Fooocus, Stability Matrix"
+
+
+def _launcher_json(found) -> dict:
+    return {
+        "launcher": found.launcher,
+        "root": str(found.root),
+        "vae": [str(p) for p in found.vae],
+        "checkpoints": [str(p) for p in found.checkpoints],
+    }
+
+
+def _print_none_found(args: argparse.Namespace, ctx: Context) -> None:
+    from vaereg.files.launchers import usual_places
+
+    if args.json:
+        emit_json({"roots": [], "launchers": [], "searched": [str(p) for p in usual_places()]})
+        return
+    print(
+        f"no launcher installation found ({KNOWN}) in the usual places: your home folder and its Documents,"
+        " Desktop and Downloads folders, one level down, and the apps' data folders.\n"
+        "Name your models folder: vaereg scan ~/stable-diffusion-webui/models\n"
+        "or an installation: vaereg scan --launcher ~/ComfyUI (or list it under [daemon] launchers in the"
+        " config, see vaereg.toml)"
+    )
 
 
 def _execute_with_bar(plan, ingest, with_file_hashes: bool):
@@ -87,6 +161,18 @@ def _execute_with_bar(plan, ingest, with_file_hashes: bool):
         return plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
 
 
+#: How the summary names each kind of model file with no VAE, one and several.
+_KIND_WORDS = {
+    "lora": ("LoRA", "LoRAs"),
+    "embedding": ("embedding", "embeddings"),
+    "controlnet": ("ControlNet", "ControlNets"),
+    "upscaler": ("upscaler", "upscalers"),
+    "text-encoder": ("text encoder", "text encoders"),
+    "diffusion-model": ("diffusion model alone", "diffusion models alone"),
+    "other": ("other", "others"),
+}
+
+
 def _print_summary(report) -> None:
     from rich.markup import escape
 
@@ -104,5 +190,14 @@ def _print_summary(report) -> None:
     out.print(f"{counts} ({human_size(report.bytes_read)} read in {report.seconds:.1f} s)")
     for message in report.warnings:
         out.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
+    if report.no_vae:
+        what = "model file holds" if report.no_vae == 1 else "model files hold"
+        kinds = ", ".join(f"{n} {_KIND_WORDS.get(kind, kind)[n != 1]}" for kind, n in report.no_vae_kinds.items())
+        out.print(f"{report.no_vae} {what} no VAE: {kinds}")
+    for message in report.not_read:  # "PATH: what it is", not a failure
+        note(message)
     for message in report.errors:  # "PATH: reason", one line each on stderr
         fail(message)
+    if report.errors:
+        n = len(report.errors)
+        out.print(f"{n} {'file' if n == 1 else 'files'} could not be read; `vaereg ls --problems` lists them until fixed")

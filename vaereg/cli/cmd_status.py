@@ -5,7 +5,11 @@
     {"state": "running" | "starting" | "stale" | "stopped", "running": bool, "pid": int | null,
      "started": str | null, "updated": str | null,
      "roots": [{"path": str, "mechanism": "native" | "polling" | "missing", "note": str | null}],
-     "indexed": int | null, "queued": int | null, "hashing": int | null, "recent_errors": [str]}
+     "indexed": int | null, "queued": int | null, "hashing": int | null, "recent_errors": [str],
+     "problems": [{"path": str, "reason": str, "not_read": bool}]}
+
+``problems`` (and the text's last section) lists every indexed file that could not be read, as
+``vaereg ls --problems`` does, whether or not a daemon runs.
 
 Exit status 0 when a daemon runs, 1 when none does.
 """
@@ -27,12 +31,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.watch.state import read_status
 
+    from vaereg.cli.cmd_ls import problem_json
+
     reading = read_status(ctx.config.home)
+    problems = ctx.index.problems() if ctx.config.index.is_file() else []
     if args.json:
-        emit_json(reading.to_json())
+        emit_json({**reading.to_json(), "problems": [problem_json(row) for row in problems]})
     else:
         _print(reading)
+        _print_problems(problems)
     return ExitStatus.OK if reading.running else ExitStatus.FAILED
+
+
+#: How many unreadable files the text lists before pointing to ``vaereg ls --problems``.
+SHOWN_PROBLEMS = 10
+
+
+def _print_problems(rows) -> None:
+    from vaereg.errors import problem_line
+
+    if not rows:
+        return
+    print(f"{len(rows)} indexed {'file' if len(rows) == 1 else 'files'} could not be read")
+    for row in rows[:SHOWN_PROBLEMS]:
+        print(f"  {problem_line(row.path, row.error)}")
+    if len(rows) > SHOWN_PROBLEMS:
+        print(f"  ... and {len(rows) - SHOWN_PROBLEMS} more: vaereg ls --problems")
 
 
 def _print(reading) -> None:

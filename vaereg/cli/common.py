@@ -80,6 +80,11 @@ def warn(message: str) -> None:
     print(f"vaereg: warning: {printable(message)}", file=sys.stderr)
 
 
+def note(message: str) -> None:
+    """Something worth knowing that is no failure (a file that is no VAE and was not read)."""
+    print(f"vaereg: note: {printable(message)}", file=sys.stderr)
+
+
 def fail(message: str, status: ExitStatus = ExitStatus.FAILED) -> int:
     """Say a problem (escaped, one line per line of the message) and return the exit status."""
     text = "\n".join(printable(line) for line in str(message).split("\n"))

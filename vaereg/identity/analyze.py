@@ -19,6 +19,7 @@ from vaereg._fs import not_regular_reason, open_regular, os_error_text
 from vaereg.errors import FileProblem, ModelFormatError, internal_error
 from vaereg.identity.digest import TensorStats, compute_identity
 from vaereg.identity.filehash import file_hashes
+from vaereg.identity.kinds import model_kind
 from vaereg.identity.locate import CanonicalVae, canonicalize, find_vae
 from vaereg.identity.report import FileHashes, HashReport
 from vaereg.plugin.manager import Plugins
@@ -112,9 +113,11 @@ def analyze(
     try:
         with open_model(path, plugins) as model:
             fmt = model.format
-            vae, stats = None, {}
+            vae, stats, kind = None, {}, None
             hashed, data_offset = _hash_target(path, model.source)
-            if model.vae is not None:
+            if model.vae is None:
+                kind = model_kind(model.source.tensors)
+            else:
                 vae, stats = compute_identity(
                     model.vae,
                     model.source.read,
@@ -140,7 +143,7 @@ def analyze(
     except Exception as exc:  # noqa: BLE001 - a bug met on one file is that file's error, not the batch's end
         log.error("%s: %s", path, internal_error(exc), exc_info=exc)
         return HashReport(path=shown, format=fmt, error=internal_error(exc)), {}
-    return HashReport(path=shown, format=fmt, vae=vae, file=hashes), stats
+    return HashReport(path=shown, format=fmt, vae=vae, file=hashes, kind=kind), stats
 
 
 def _file_size(path: Path) -> int | None:

@@ -84,6 +84,8 @@ class HashReport:
     error: str | None = None
     vae: VaeIdentity | None = None
     file: FileHashes | None = None
+    #: for a model with no VAE, what it is when its tensor names tell ("lora", "upscaler"...: identity.kinds)
+    kind: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -96,4 +98,5 @@ class HashReport:
             "error": self.error,
             "vae": self.vae.to_json() if self.vae else None,
             "file": self.file.to_json() if self.file else None,
+            "kind": self.kind,
         }

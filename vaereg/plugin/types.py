@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
 
-from vaereg.errors import ModelFormatError
+from vaereg.errors import ModelFormatError, ModelNotRead
 from vaereg.identity.dtypes import DTYPE_BITS, FLOAT_DTYPES
 
-__all__ = ["DTYPE_BITS", "FLOAT_DTYPES", "LauncherFolders", "LayoutMapping", "ModelFormatError", "TensorInfo", "TensorSource"]
+__all__ = ["DTYPE_BITS", "FLOAT_DTYPES", "LauncherFolders", "LayoutMapping", "ModelFormatError", "ModelNotRead", "TensorInfo", "TensorSource"]
 
 
 @dataclass(frozen=True)

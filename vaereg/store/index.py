@@ -578,6 +578,10 @@ class Index:
         where, params = _below(folder)
         return {row.path: row for row in self._files(f"WHERE {where}", params)}
 
+    def problems(self) -> list[IndexedFile]:
+        """Every indexed file that could not be read, by path: it stays listed until fixed or removed."""
+        return self._files("WHERE f.error IS NOT NULL ORDER BY f.path")
+
     def pending_file_hashes(self, limit: int) -> list[IndexedFile]:
         """Readable rows still without whole-file hashes, in the order they were first recorded."""
         # rowid order is the order of the NULL entries in files_sha256, so this needs no sort

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Literal, Sequence
 
 from vaereg._fs import inside_any
-from vaereg.errors import internal_error
+from vaereg.errors import internal_error, is_not_read
 from vaereg.files.walk import FoundFile, Walk, walk_models
 from vaereg.store.ingest import Ingest
 
@@ -74,8 +74,12 @@ class ScanProgress:
 
 @dataclass(frozen=True)
 class ScanReport:
-    """What a scan did. `errors` are files that could not be identified ("<path>: <reason>"); `warnings`
-    are problems met on the way that are not a file's (unreadable folders, broken links, registry)."""
+    """What a scan did. `errors` are files that could not be read ("<path>: <reason>": truncated, damaged);
+    `not_read` are model files vaereg declines to read though nothing is wrong with them (a pickled
+    detector: `ModelNotRead`); `no_vae` counts the files read that hold no VAE (LoRAs, upscalers, text
+    encoders...); `warnings` are problems met on the way that are not a file's (unreadable folders, broken
+    links, registry). All of them are about the files read by this scan; `vaereg ls --problems` lists every
+    indexed file that could not be read."""
 
     roots: tuple[str, ...]
     new: int
@@ -87,6 +91,10 @@ class ScanReport:
     warnings: tuple[str, ...]
     bytes_read: int
     seconds: float
+    not_read: tuple[str, ...] = ()
+    no_vae: int = 0
+    #: of the `no_vae` files, how many of each kind (`identity.kinds`; "other" when the names do not tell)
+    no_vae_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -101,6 +109,9 @@ class ScanReport:
             "removed": self.removed,
             "unchanged": self.unchanged,
             "errors": list(self.errors),
+            "not_read": list(self.not_read),
+            "no_vae": self.no_vae,
+            "no_vae_kinds": dict(self.no_vae_kinds),
             "warnings": list(self.warnings),
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
@@ -148,6 +159,8 @@ class ScanPlan:
         total = sum(f.size for f in todo)
         done_bytes = 0
         errors: list[str] = []
+        not_read: list[str] = []
+        no_vae: dict[str, int] = {}
         warnings: list[str] = list(self.walk.warnings)
         for n, found in enumerate(todo):
             if on_progress:
@@ -161,7 +174,10 @@ class ScanPlan:
             finally:
                 done_bytes += found.size
             if outcome.error:
-                errors.append(f"{found.path}: {outcome.error}")
+                (not_read if is_not_read(outcome.error) else errors).append(f"{found.path}: {outcome.error}")
+            elif outcome.status == "recorded" and outcome.report is not None and outcome.report.vae is None:
+                kind = outcome.report.kind or "other"
+                no_vae[kind] = no_vae.get(kind, 0) + 1
             elif outcome.status == "unsettled":
                 warnings.append(f"{found.path}: changed while it was read; left for the next scan")
             warnings.extend(outcome.warnings)
@@ -178,6 +194,9 @@ class ScanPlan:
             warnings=tuple(warnings),
             bytes_read=ingest.bytes_read,
             seconds=time.monotonic() - self.planned_at,
+            not_read=tuple(not_read),
+            no_vae=sum(no_vae.values()),
+            no_vae_kinds=dict(sorted(no_vae.items(), key=lambda kv: (-kv[1], kv[0]))),
         )
 
 

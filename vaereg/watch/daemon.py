@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from vaereg.config import Config
+from vaereg.errors import is_not_read
 from vaereg.files.names import download_in_progress
 from vaereg.files.walk import FoundFile
 from vaereg.identity.report import HashReport
@@ -330,11 +331,13 @@ class Daemon:
         if outcome.status != "recorded" or outcome.report is None or outcome.st is None:
             return
         report = outcome.report
-        if report.error:
+        if is_not_read(report.error):  # a detector or other pickled object: a note, not a problem
+            log.info("%s: %s", path, report.error)
+        elif report.error:
             self._note_error(f"{path}: {report.error}")
         else:
             vae = report.vae
-            log.info("identified %s: %s", path, f"{vae.family} {vae.id}" if vae else "no VAE")
+            log.info("identified %s: %s", path, f"{vae.family} {vae.id}" if vae else f"no VAE ({report.kind or 'unknown kind'})")
             if self.config.file_hashes:
                 self.hash_queue.put(path, outcome.st.st_size, (slim(report), outcome.st.st_mtime_ns))
             if self.config.auto_fix and vae is not None and vae.prefix:
