@@ -354,6 +354,14 @@ def _nesting_checked(load: Callable[[Any], None]) -> Callable[[Any], None]:
     return run
 
 
+#: Modules whose names a model never pickles but an attack does: they run commands, code or I/O on load.
+_RUNS_CODE = frozenset({
+    "os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil", "socket", "importlib",
+    "runpy", "pty", "webbrowser", "ctypes", "code", "codeop", "commands", "marshal", "pickle", "_pickle", "operator",
+    "types", "functools", "asyncio", "multiprocessing", "urllib", "http", "requests", "platform",
+})
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """Resolves globals only from `_GLOBALS` and persistent ids only to storage references, within budgets.
 
@@ -423,11 +431,16 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = _GLOBALS.get((module, name))
         if found is None:
+            wanted = escaped(f"{module}.{name}")
+            if module.partition(".")[0] in _RUNS_CODE:
+                # No model pickles these: the file is built to run something when loaded.
+                raise ModelFormatError(
+                    f"refused: the pickle wants to import {wanted}, which runs code: the file may be malicious"
+                    " (nothing was run)"
+                )
             # Not broken, just not a state dict: a whole pickled object (an ultralytics detector, a module)
             # that only running its code could rebuild.
-            raise ModelNotRead(
-                f"the pickle wants to import {escaped(f'{module}.{name}')}; vaereg runs no code from a pickle"
-            )
+            raise ModelNotRead(f"the pickle wants to import {wanted}; vaereg runs no code from a pickle")
         return found
 
     def persistent_load(self, pid: Any) -> _Storage:

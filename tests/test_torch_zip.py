@@ -419,10 +419,22 @@ def test_malicious_pickle_is_refused_and_never_runs(
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "hook": make(pwned)}, path)
     assert not pwned.exists()
-    with pytest.raises(ModelFormatError, match=r"^not read: the pickle wants to import .*" + refused) as caught:
+    with pytest.raises(ModelFormatError, match=r"^refused: the pickle wants to import .*" + refused) as caught:
         open_model(path)
-    assert "; vaereg runs no code from a pickle" in str(caught.value)
+    assert "which runs code: the file may be malicious (nothing was run)" in str(caught.value)
+    assert not isinstance(caught.value, ModelNotRead)  # an attack is an error, not a note
     assert not pwned.exists()
+
+
+def test_a_pickled_object_that_runs_nothing_is_a_note(tmp_path: Path) -> None:
+    """An ADetailer detector pickles its class: not a state dict, not read, and not an error either."""
+    records = {
+        "face/data.pkl": b"\x80\x02cultralytics.nn.tasks\nDetectionModel\nq\x00)\x81q\x01}q\x02b.",
+        "face/version": b"3\n",
+    }
+    path = write_zip(tmp_path / "face_yolov8n.pt", records)
+    with pytest.raises(ModelNotRead, match=r"^not read: the pickle wants to import ultralytics\.nn\.tasks\.DetectionModel;"):
+        open_model(path)
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -432,7 +444,7 @@ def test_refusal_in_every_pickle_protocol(tmp_path: Path, protocol: int) -> None
     tree = {"w": tensor, "x": Payload(os.system, f"touch {pwned}")}
     records = {"archive/data.pkl": torch_like_pickle(tree, protocol=protocol), "archive/data/0": bytes(4)}
     path = write_zip(tmp_path / "evil.pt", records)
-    with pytest.raises(ModelFormatError, match=f"not read: the pickle wants to import {os.system.__module__}.system"):
+    with pytest.raises(ModelFormatError, match=f"refused: the pickle wants to import {os.system.__module__}.system"):
         open_model(path)
     assert not pwned.exists()
 
