@@ -126,12 +126,13 @@ def test_a_scan_that_completes_exits_0_and_lists_what_it_could_not_read(library,
 
 def test_strict_makes_unreadable_files_fail(library, capsys):
     assert main(["scan", "--strict", "--no-file-hashes", str(library.paths["broken"])]) == 1
-    out = capsys.readouterr().out
-    assert f"error {library.paths['broken']}: truncated" in out
+    err = capsys.readouterr().err
+    assert f"vaereg: {library.paths['broken']}: truncated" in err
     assert main(["scan", "--no-file-hashes", str(library.webui / "models/Lora"), str(library.webui / "models/ESRGAN")]) == 0
     assert "2 model files hold no VAE: 1 LoRA, 1 upscaler" in capsys.readouterr().out
     assert main(["scan", "--strict", "--no-file-hashes", str(library.paths["yolo"])]) == 0  # a note only
-    assert f"note {library.paths['yolo']}: not read: the pickle wants to import" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert f"vaereg: note: {library.paths['yolo']}: not read: the pickle wants to import" in err
 
 
 def test_unreadable_files_stay_listed_until_fixed(library, capsys, tmp_path):

@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 from vaereg.errors import RegistryError
 
@@ -401,3 +401,23 @@ def read_text(path: Path) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise RegistryError(f"{path}:{line}:{col}: not UTF-8 text") from None
+
+
+#: The order vaereg gives the fields of entries it creates; a person's own order is never changed.
+FIELD_ORDER = ("name", "aliases", "family", "base", "id", "encoder_id", "decoder_id", "notes", "source", "flags", "files")
+#: A local entry left with only these fields after its name is removed carries nothing a person added.
+IDENTITY_FIELDS = frozenset({"id", "encoder_id", "decoder_id", "family"})
+
+LOCAL_HEADER = (
+    "vaereg local registry: the names, aliases, notes and flags you add, and ids learnt from scans.",
+    "Edit it freely: vaereg keeps comments and order when it writes. Format: docs/registry.md",
+)
+
+
+def numbered_slugs(base: str) -> Iterator[str]:
+    """`base`, then ``<base>-2``, ``<base>-3``, ...: the slugs a new entry may take, in order."""
+    yield base
+    n = 2
+    while True:
+        yield f"{base}-{n}"
+        n += 1
