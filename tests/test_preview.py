@@ -1,4 +1,9 @@
-"""Decoding: canonical tensors -> diffusers' AutoencoderKL, round trips, fp16 overflow, washed out, the sheet."""
+"""Decoding: canonical tensors -> diffusers' AutoencoderKL, round trips, fp16 overflow, washed out, the sheet.
+
+Named to run after test_fuzz_files/test_hostile: their limits on a child's peak RSS (tests/clirun.py, wait4)
+also count pytest's own high-water mark, which Linux carries into every child it spawns, and these tests
+raise it (torch, diffusers and networks in process).
+"""
 
 from __future__ import annotations
 
