@@ -305,12 +305,15 @@ def test_alias_needs_a_named_vae_then_adds_to_its_entry(library: Library, catalo
     assert catalog.lookup(library.hash("vae-fp16.safetensors", "blake3")).matches[0].aliases == ("mine", "the one")
 
 
-def test_unname_removes_the_local_name_and_refuses_when_there_is_none(
+def test_unname_removes_the_local_name_and_changes_nothing_when_there_is_none(
     library: Library, catalog: Catalog, config: Config
 ) -> None:
     vae_id, fine_id = library.hash("vae.safetensors", "id"), library.hash("finetune.safetensors", "id")
-    with pytest.raises(RegistryError, match="has no name"):
-        catalog.unname(vae_id)
+    plan = catalog.plan_unname(vae_id)
+    assert plan.empty
+    nothing = plan.execute()
+    assert (nothing.changed, nothing.entry, nothing.id) == (False, None, vae_id)
+    assert not config.registry.exists()  # nothing written
     catalog.name(vae_id, "My VAE")
     catalog.name(fine_id, "Fine")
     result = catalog.unname(library.hash("vae-fp16.safetensors", "sha256"))

@@ -276,7 +276,8 @@ def test_cli(world, tmp_path, capsys, monkeypatch):
     assert main(["check", str(model)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(model)
-    assert lines[1].startswith("  verdict:     needs an external VAE: its VAE is a merge of VAE A (0.70)")
+    assert lines[1].startswith("  It needs an external VAE: its own is a merge of VAE A (0.70)")
+    assert lines[1].endswith(", not a VAE trained as such.")
     assert lines[2:4] == [f"  recommended: VAE A (id {world.ids['A'][:12]})", f"               {world.paths['A']}"]
 
 

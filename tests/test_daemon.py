@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -319,6 +320,26 @@ def test_moving_a_file_out_of_sight_removes_it(tmp_path, lib, config, plugins_wi
 
         wait_for(lambda: daemon.index.get(str(a)) is None, "the removal")
         assert recorder.removed == [str(a)]
+
+
+def test_a_move_between_watched_roots_is_followed_and_logged_as_a_move(
+    tmp_path, lib, config, plugins_with, recorder, caplog
+):
+    other = tmp_path / "other-root"
+    other.mkdir()
+    a, dest = lib / "a.safetensors", other / "a.safetensors"
+    with running(config, plugins_with, [lib, other]) as daemon:
+        a.write_bytes(vae_bytes(tmp_path))
+        wait_row(daemon, a)
+        wait_idle(daemon)
+        with caplog.at_level(logging.INFO, logger="vaereg"):
+            a.rename(dest)
+            wait_for(lambda: daemon.index.get(str(dest)) and not daemon.index.get(str(a)), "the move")
+            wait_idle(daemon)
+
+        assert recorder.paths() == {str(a)}  # not read again
+        assert recorder.moved == [(str(a), str(dest))] and recorder.removed == []
+        assert f"moved {a} -> {dest}" in [r.getMessage() for r in caplog.records]
 
 
 def test_files_moved_in_are_identified(tmp_path, lib, config, plugins_with, recorder):

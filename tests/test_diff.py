@@ -168,7 +168,10 @@ def test_cli_error_exit_status(tmp_path, capsys, base):
     a = factory.save_safetensors(base, tmp_path / "a.safetensors")
     (tmp_path / "b.safetensors").write_text("not weights")
     assert main(["diff", str(a), str(tmp_path / "b.safetensors")]) == 1
-    assert capsys.readouterr().err.startswith(f"vaereg: {tmp_path / 'b.safetensors'}: ")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"vaereg: {tmp_path / 'b.safetensors'}: ")
+    assert main(["diff", str(a), str(tmp_path / "gone.safetensors")]) == 1
+    assert capsys.readouterr().err == f"vaereg: {tmp_path / 'gone.safetensors'}: no such file or directory\n"
 
 
 # --- relations from identities and sketches alone -------------------------------------------------------

@@ -83,11 +83,10 @@ def test_a_new_merged_checkpoint_gets_its_preference_and_a_users_is_kept(tmp_pat
 
 
 def test_auto_fix_is_off_by_default_and_must_be_a_boolean(tmp_path):
-    import pytest
-
-    from vaereg.errors import ConfigError
-
     assert Config(home=tmp_path).auto_fix is False
     assert Config.from_mapping({"launchers": {"auto_fix": True}}, home=tmp_path, source=tmp_path / "v.toml").auto_fix
-    with pytest.raises(ConfigError, match="launchers.auto_fix must be true or false"):
-        Config.from_mapping({"launchers": {"auto_fix": "yes"}}, home=tmp_path, source=tmp_path / "v.toml")
+    # a wrong type is a warning with its position, and the default applies
+    wrong = Config.from_mapping({"launchers": {"auto_fix": "yes"}}, home=tmp_path, source=tmp_path / "v.toml",
+                                text='[launchers]\nauto_fix = "yes"\n')
+    assert wrong.auto_fix is False
+    assert wrong.warnings == (f"{tmp_path / 'v.toml'}:2:1: launchers.auto_fix must be true or false; using the default",)

@@ -482,10 +482,12 @@ def test_kill_9_mid_write_leaves_a_consistent_index(tmp_path):
                 assert ready.wait(120), "the writer process did not start"
                 target = index.stats().files + 30
                 go.set()
-                deadline = time.monotonic() + 60
-                while index.stats().files < target and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                assert index.stats().files >= target, "the writer did not get going"
+                # a loaded machine (CI beside other work) can starve the writer: wait long, but not for a dead one
+                deadline = time.monotonic() + 180
+                while index.stats().files < target and time.monotonic() < deadline and writer.is_alive():
+                    time.sleep(0.02)
+                assert writer.is_alive(), f"the writer died on its own (exit code {writer.exitcode})"
+                assert index.stats().files >= target, "the writer did not get going in 180 s"
                 writer.kill()  # SIGKILL: the writer gets no chance to finish or roll back
                 writer.join(10)
                 assert writer.exitcode == -9

@@ -93,8 +93,8 @@ def test_precision_variants_are_one_vae(library, scanned, plugins):
 def test_check_cli_shows_where_else_the_vae_is(library, scanned, capsys):
     assert main(["check", str(library.paths["mix55"])]) == 0
     out = capsys.readouterr().out
-    verdict = next(line for line in out.splitlines() if "verdict:" in line)
-    assert "needs an external VAE: its VAE is a merge of" in verdict
+    verdict = out.splitlines()[1]
+    assert verdict.startswith("  It needs an external VAE: its own is a merge of")
     assert "animevae (0.50)" in verdict and "My Anime VAE (0.50)" in verdict
     assert f"  also in:     {library.paths['mix55-pruned']}" in out
     assert main(["check", "--json", str(library.paths["mix55"])]) == 0
@@ -119,7 +119,8 @@ def test_a_scan_that_completes_exits_0_and_lists_what_it_could_not_read(library,
         " vaereg runs no code from a pickle"
     ]
     # LoRA and upscaler read fine and hold no VAE; the .part download is not looked at.
-    assert out["no_vae"] == 2 and out["no_vae_kinds"] == {"lora": 1, "upscaler": 1} and out["new"] == 11
+    assert out["no_vae"] == 2 and out["no_vae_kinds"] == {"lora": 1, "upscaler": 1}
+    assert (out["new"], out["failed"]) == (10, 1)  # the broken file is failed, not new
     assert main(["scan", "--strict", "--no-file-hashes", str(library.webui / "models")]) == 0  # nothing new
     capsys.readouterr()
 
@@ -176,7 +177,7 @@ def test_scan_without_a_folder_scans_the_launchers_in_the_usual_places(library, 
     assert found["a1111"]["vae"] == [str(library.webui / "models/VAE")]
     assert found["comfyui"]["checkpoints"][0] == str(library.comfyui / "models/checkpoints")
     # Only VAE and checkpoint folders: the LoRA, upscaler and detector folders are not scanned.
-    assert out["new"] == 8 and out["not_read"] == [] and out["no_vae"] == 0
+    assert (out["new"], out["failed"]) == (7, 1) and out["not_read"] == [] and out["no_vae"] == 0
     assert main(["scan", "--no-file-hashes"]) == 0
     err = capsys.readouterr().err
     assert f"a1111 at {library.webui}" in err and f"comfyui at {library.comfyui}" in err

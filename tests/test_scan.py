@@ -11,6 +11,7 @@ from events import Events
 from factory import make_checkpoint, make_vae, save_safetensors
 
 from vaereg.cli import main
+from vaereg.cli.common import human_size
 from vaereg.files.names import download_in_progress
 from vaereg.files.walk import walk_models
 from vaereg.hookspecs import hookimpl
@@ -350,12 +351,13 @@ def test_scan_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert status == 0  # a scan that completes; --strict makes unreadable files fail
     assert list(out) == [
-        *("roots", "new", "changed", "moved", "removed", "unchanged", "errors", "not_read", "no_vae", "no_vae_kinds"),
-        "warnings",
-        *("bytes_read", "seconds", "launchers"),
+        *("roots", "new", "changed", "moved", "removed", "unchanged", "failed", "errors", "not_read", "no_vae"),
+        *("no_vae_kinds", "warnings", "bytes_read", "seconds", "launchers"),
     ]
-    assert (out["roots"], out["new"], out["unchanged"]) == ([str(lib)], 2, 0)
+    assert (out["roots"], out["new"], out["failed"], out["unchanged"]) == ([str(lib)], 1, 1, 0)
     assert out["errors"] == [f"{lib / 'bad.ckpt'}: " + out["errors"][0].split(": ", 1)[1]]
+    # only the file that was read counts as read
+    assert out["bytes_read"] == (lib / "a.safetensors").stat().st_size
 
     (lib / "bad.ckpt").unlink()
     assert main(["scan", str(lib), "--json"]) == 0
@@ -363,18 +365,27 @@ def test_scan_json(tmp_path, capsys):
     assert (out["unchanged"], out["removed"], out["errors"]) == (1, 1, [])
 
 
-def test_scan_text_lists_errors_at_the_end(tmp_path, capsys):
+def test_scan_text_says_failed_files_on_stderr_and_counts_them_as_failed(tmp_path, capsys):
     lib = tmp_path / "lib"
     vae_file(lib / "a.safetensors")
     (lib / "bad.ckpt").write_bytes(b"hello")
 
-    assert main(["scan", str(lib), "--no-file-hashes"]) == 0
+    assert main(["scan", str(lib)]) == 0  # a scan that completes; --strict makes the unreadable file fail
 
-    out, err = capsys.readouterr()
-    lines = out.strip().splitlines()
-    assert lines[0].startswith("2 new, 0 changed, 0 moved, 0 removed, 0 unchanged")
+    captured = capsys.readouterr()
+    size = human_size((lib / "a.safetensors").stat().st_size)
+    lines = captured.out.splitlines()
+    assert lines[0] == f"1 new, 1 failed, 0 unchanged ({size} read in " + lines[0].split(" in ", 1)[1]
     assert lines[-1] == "1 file could not be read; `vaereg ls --problems` lists them until fixed"
-    assert err.strip().splitlines()[-1].startswith(f"vaereg: {lib / 'bad.ckpt'}: ")
+    assert captured.err.startswith(f"vaereg: {lib / 'bad.ckpt'}: ")
+    assert "Errno" not in captured.err and len(captured.err.splitlines()) == 1
+    assert main(["scan", str(lib), "--strict"]) == 0  # nothing new was read: nothing failed in this scan
+    capsys.readouterr()
+
+    os.utime(lib / "a.safetensors", ns=(10**18, 10**18))
+    assert main(["scan", str(lib), "--no-file-hashes"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 new, 1 changed, 1 unchanged (") and " read " not in out  # headers only: not "read"
 
 
 def test_scan_of_a_missing_folder_is_a_usage_error(tmp_path, capsys):

@@ -110,6 +110,7 @@ class Vaereg:
             if self._index is None:
                 from vaereg.store.index import Index
 
+                self.config.state_folder(self.config.index.parent)  # one line with the remedy, not a traceback
                 self._index = Index(self.config.index)
             return self._index
 

@@ -22,8 +22,10 @@ __all__ = [
     "is_not_read",
     "ConfigError",
     "RegistryError",
+    "StateError",
     "NameTakenError",
     "IndexVersionError",
+    "IndexUnreadableError",
     "CatalogLookupError",
     "NoMatchError",
     "AmbiguousQueryError",
@@ -82,6 +84,10 @@ class RegistryError(UserError):
     """A registry write was refused or failed; the message names the file and the problem."""
 
 
+class StateError(UserError):
+    """vaereg's state (VAEREG_HOME, the index) cannot be used as it is; the message names it and the remedy."""
+
+
 class NameTakenError(RegistryError):
     """A name or alias another VAE has was asked for without ``force``; `holders` are the (field, entry) pairs
     that have it, field "name" or "alias"."""
@@ -97,8 +103,12 @@ class NameTakenError(RegistryError):
         self.holders = tuple(holders)
 
 
-class IndexVersionError(UserError):
+class IndexVersionError(StateError):
     """The index file was written by a newer vaereg whose schema this one does not know."""
+
+
+class IndexUnreadableError(StateError):
+    """The index file is not an SQLite database (or a damaged one)."""
 
 
 class CatalogLookupError(UserError, LookupError):

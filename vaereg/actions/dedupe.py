@@ -12,22 +12,29 @@ and renamed over the copy, so the path always names a complete file. See docs/de
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
 import stat
-import sys
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import xxhash
 
-from vaereg._fs import os_error_text, temp_beside
-from vaereg.files.names import download_in_progress, is_safetensors_name
+from vaereg._fs import os_error_text
+from vaereg.actions.linking import (
+    BLOCK,
+    SETTLE_SECONDS,
+    FileState,
+    Mode,
+    Refused,
+    replace_by_link,
+)
+from vaereg.files.names import (
+    is_diffusers_weights,
+    is_safetensors_name,
+)
 from vaereg.files.walk import walk_models
 from vaereg.identity.analyze import identify
 
@@ -37,17 +44,9 @@ if TYPE_CHECKING:
 
 #: Bytes read from each end of a file for the cheap pre-hash.
 EDGE_BYTES = 1 << 20
-BLOCK = 8 << 20
 #: Standalone files up to this size are identified for the same-VAE advice; larger ones are checkpoints
 #: (an SD/SDXL/Flux VAE is 160-340 MB; with training state left in, under 1 GB).
 VAE_FILE_MAX_BYTES = 1 << 30
-#: A file modified this recently may still be being written: execute leaves it alone.
-SETTLE_SECONDS = 5.0
-#: Linux `ioctl(dest, FICLONE, src)`: share the source's blocks copy-on-write.
-FICLONE = 0x40049409
-_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EXDEV}
-
-Mode = Literal["link", "reflink"]
 
 
 class FileIndex(Protocol):
@@ -56,23 +55,14 @@ class FileIndex(Protocol):
     def get(self, path: str) -> IndexedFile | None: ...
 
 
-@dataclass(frozen=True)
-class FileState:
-    """A file as stat'ed while planning: execute refuses it if it is not still exactly this."""
+class LinkedIndex(FileIndex, Protocol):
+    """What linking asks of the index: a row follows its file's new inode when the bytes stayed the same."""
 
-    path: str
-    size: int
-    mtime_ns: int
-    dev: int
-    inode: int
-    nlink: int
+    def restat(self, path: str, st: os.stat_result, *, sha256: str, was: tuple[int, int, int, int]) -> bool: ...
 
-    @classmethod
-    def of(cls, path: str, st: os.stat_result) -> FileState:
-        return cls(path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_nlink)
 
-    def unchanged(self, st: os.stat_result) -> bool:
-        return (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) == (self.size, self.mtime_ns, self.dev, self.inode)
+#: progress(done, total, path): a file about to be read (total None while unknown), or a copy about to be linked
+OnProgress = Callable[[int, "int | None", str], None]
 
 
 @dataclass(frozen=True)
@@ -125,6 +115,13 @@ class SameVaeFile:
     format: str | None
     dtype: str | None
     identical_copies: int = 0
+    layout: str | None = None
+
+    @property
+    def single_file_loadable(self) -> bool:
+        """Whether a launcher's VAE list can load it as a file: not a diffusers folder's weights, not stored
+        with diffusers key names (A1111 and Forge load only the original layout)."""
+        return not is_diffusers_weights(self.path) and self.layout != "diffusers"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +130,7 @@ class SameVaeFile:
             "format": self.format,
             "dtype": self.dtype,
             "identical_copies": self.identical_copies,
+            "layout": self.layout,
         }
 
 
@@ -147,7 +145,13 @@ class SameVae:
     @property
     def advice(self) -> str:
         others = ", ".join(Path(f.path).name for f in self.files if f.path != self.suggest)
-        why = " (safetensors loads without running code)" if _is_safetensors(self.suggest) else ""
+        kept = next(f for f in self.files if f.path == self.suggest)
+        reasons = []
+        if kept.single_file_loadable and any(not f.single_file_loadable for f in self.files):
+            reasons.append("launchers load it as a single file")
+        if _is_safetensors(self.suggest):
+            reasons.append("safetensors loads without running code")
+        why = f" ({'; '.join(reasons)})" if reasons else ""
         return (
             f"{Path(self.suggest).name} holds the same VAE weights as {others} (another container, precision"
             f" or metadata): keep one, e.g. {Path(self.suggest).name}{why}"
@@ -193,10 +197,6 @@ class DedupeResult:
         }
 
 
-class _Refused(Exception):
-    """A copy execute will not replace; the message says why."""
-
-
 @dataclass(frozen=True)
 class DedupePlan:
     """What dedupe would do. Nothing has been touched; `execute` acts."""
@@ -224,23 +224,47 @@ class DedupePlan:
             "errors": list(self.errors),
         }
 
-    def execute(self, mode: Mode = "link", *, settle_seconds: float = SETTLE_SECONDS) -> DedupeResult:
+    def execute(
+        self,
+        mode: Mode = "link",
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+        index: LinkedIndex | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> DedupeResult:
         """Replace every planned copy by a hard link (`link`) or a copy-on-write clone (`reflink`) of its
-        group's kept file. A copy that changed, is still being written or differs is skipped with the reason."""
+        group's kept file. A copy that changed, is still being written or differs is skipped with the reason.
+
+        With `index`, the row of each replaced copy takes its new inode and mtime (its bytes are the same),
+        so a rescan does not read it again and ``ls`` stops counting the bytes it held.
+        """
         if mode not in ("link", "reflink"):
             raise ValueError(f"unknown mode {mode!r}: use 'link' or 'reflink'")
         linked: list[LinkedCopy] = []
         skipped: list[PathNote] = []
+        total = sum(len(group.copies) for group in self.groups)
         for group in self.groups:
             for copy in group.copies:
+                if on_progress:
+                    on_progress(len(linked) + len(skipped), total, copy.path)
                 try:
-                    freed = _replace(group.keep, copy, mode, settle_seconds)
-                except _Refused as exc:
+                    freed = replace_by_link(group.keep, copy, mode, settle_seconds)
+                except Refused as exc:
                     skipped.append(PathNote(copy.path, str(exc)))
                 except OSError as exc:
                     skipped.append(PathNote(copy.path, os_error_text(exc)))
                 else:
                     linked.append(LinkedCopy(copy.path, group.keep.path, freed))
+                    if index is not None:
+                        try:
+                            index.restat(
+                                copy.path,
+                                os.stat(copy.path),
+                                sha256=group.sha256,
+                                was=(copy.dev, copy.inode, copy.size, copy.mtime_ns),
+                            )
+                        except OSError:
+                            pass  # gone again already: the next scan says so
         return DedupeResult(mode, tuple(linked), tuple(skipped))
 
 
@@ -304,7 +328,7 @@ def _fresh_row(index: FileIndex | None, state: FileState) -> IndexedFile | None:
 
 
 def _identical(
-    files: list[FileState], index: FileIndex | None, errors: list[str]
+    files: list[FileState], index: FileIndex | None, errors: list[str], on_read: Callable[[str], None]
 ) -> list[tuple[str, list[FileState]]]:
     """(sha256, files) for every set of two or more inodes holding the same bytes."""
     by_size: dict[int, list[FileState]] = defaultdict(list)
@@ -330,6 +354,8 @@ def _identical(
             for names in candidates:
                 known = next((r.sha256 for r in (_fresh_row(index, n) for n in names) if r and r.sha256), None)
                 try:
+                    if not known:
+                        on_read(names[0].path)
                     by_sha[known or _sha256(names[0].path)].extend(names)
                 except OSError as exc:
                     errors.append(f"{names[0].path}: {os_error_text(exc)}")
@@ -374,9 +400,10 @@ def _is_safetensors(path: str) -> bool:
     return is_safetensors_name(path)
 
 
-def _preferred(f: SameVaeFile) -> tuple[bool, int, str]:
-    """safetensors first (no pickle), then the larger file (the higher precision), then the path."""
-    return (not _is_safetensors(f.path), -f.size, f.path)
+def _preferred(f: SameVaeFile) -> tuple[bool, bool, int, str]:
+    """A file launchers load as a VAE first (never a diffusers folder's weights over a single file), then
+    safetensors (no pickle), then the larger file (the higher precision), then the path."""
+    return (not f.single_file_loadable, not _is_safetensors(f.path), -f.size, f.path)
 
 
 def _same_vae(
@@ -384,6 +411,7 @@ def _same_vae(
     groups: list[DuplicateGroup],
     index: FileIndex | None,
     plugins: Plugins,
+    on_read: Callable[[str], None],
 ) -> list[SameVae]:
     """Standalone VAE files of one `id` and different bytes. One file per distinct content is identified
     (byte-identical files hold the same VAE), by the index where its row is fresh, else by reading it."""
@@ -402,15 +430,16 @@ def _same_vae(
         if row is not None:
             if row.id is None or row.embedded:
                 continue
-            vae_id, fmt, dtype = row.id, row.format, row.dtype
+            vae_id, fmt, dtype, layout = row.id, row.format, row.dtype, row.layout
         else:
             if f.size > VAE_FILE_MAX_BYTES:
                 continue
+            on_read(f.path)
             report = identify(Path(f.path), plugins, with_file_hashes=False)
             if report.vae is None or report.vae.prefix:  # unreadable, no VAE, or a checkpoint
                 continue
-            vae_id, fmt, dtype = report.vae.id, report.format, report.vae.dtype
-        by_id[vae_id].append(SameVaeFile(f.path, f.size, fmt, dtype, copies_of.get(f.path, 0)))
+            vae_id, fmt, dtype, layout = report.vae.id, report.format, report.vae.dtype, report.vae.layout
+        by_id[vae_id].append(SameVaeFile(f.path, f.size, fmt, dtype, copies_of.get(f.path, 0), layout))
     found = []
     for vae_id, holders in sorted(by_id.items()):
         if len(holders) > 1:
@@ -425,17 +454,27 @@ def plan_dedupe(
     index: FileIndex | None = None,
     plugins: Plugins | None = None,
     same_vae: bool = True,
+    on_progress: OnProgress | None = None,
 ) -> DedupePlan:
     """Find the byte-identical model files under `roots` and what linking them would reclaim. Reads only.
 
     `index` (a `vaereg.store.index.Index`) supplies SHA-256s and VAE ids for files whose row still matches
     their size, mtime and inode; every other file is read. `same_vae=False` skips the same-VAE advice.
+    `on_progress(n, None, path)` hears of each file before it is read.
     """
     root_paths = [Path(r) for r in roots]
     passed: list[PathNote] = []
     errors: list[str] = []
     files = _model_files(root_paths, passed, errors)
-    groups = [_group(sha, members) for sha, members in _identical(files, index, errors)]
+    reads = 0
+
+    def on_read(path: str) -> None:
+        nonlocal reads
+        if on_progress:
+            on_progress(reads, None, path)
+        reads += 1
+
+    groups = [_group(sha, members) for sha, members in _identical(files, index, errors, on_read)]
     groups.sort(key=lambda g: (-g.reclaimable_bytes, g.keep.path))
     advice: list[SameVae] = []
     if same_vae:
@@ -443,7 +482,7 @@ def plan_dedupe(
             from vaereg.plugin.manager import Plugins
 
             plugins = Plugins()
-        advice = _same_vae(files, groups, index, plugins)
+        advice = _same_vae(files, groups, index, plugins, on_read)
     return DedupePlan(
         roots=tuple(str(r) for r in root_paths),
         files=len(files),
@@ -452,67 +491,3 @@ def plan_dedupe(
         passed_over=tuple(passed),
         errors=tuple(errors),
     )
-
-
-# -- acting
-
-
-def _same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            block = fa.read(BLOCK)
-            if block != fb.read(BLOCK):
-                return False
-            if not block:
-                return True
-
-
-def _check_settled(state: FileState, settle_seconds: float) -> os.stat_result:
-    st = os.stat(state.path, follow_symlinks=False)
-    if not state.unchanged(st):
-        raise _Refused(f"{state.path} changed since planning (size, mtime or inode): plan again")
-    if download_in_progress(state.path):
-        raise _Refused(f"{state.path} is being downloaded (a partial file or control file is beside it)")
-    age = time.time() - st.st_mtime_ns / 1e9
-    if abs(age) < settle_seconds:
-        raise _Refused(f"{state.path} was modified {age:.1f} s ago and may still be being written: try again later")
-    return st
-
-
-def _reflink(source: str, dest: str) -> None:
-    if not sys.platform.startswith("linux"):
-        raise _Refused("reflinks are made with Linux's FICLONE only: use --link for hard links instead")
-    import fcntl
-
-    with open(source, "rb") as src, open(dest, "xb") as dst:
-        try:
-            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-        except OSError as exc:
-            if exc.errno in _NO_REFLINK:
-                raise _Refused(
-                    "this filesystem cannot share blocks between files (reflinks work on btrfs, XFS made with"
-                    " reflink=1, bcachefs, ZFS 2.2+): use --link for hard links instead"
-                ) from None
-            raise
-
-
-def _replace(keep: FileState, copy: FileState, mode: Mode, settle_seconds: float) -> int:
-    """Replace `copy` by a link to `keep`; returns the bytes this freed (0 while other links hold the copy)."""
-    _check_settled(keep, settle_seconds)
-    copy_st = _check_settled(copy, settle_seconds)
-    if keep.dev != copy.dev:
-        raise _Refused(f"on another filesystem than {keep.path}: no link can join them")
-    if not _same_bytes(keep.path, copy.path):
-        raise _Refused(f"its bytes differ from {keep.path} now: plan again")
-    # Compared in full, but a writer may have appended meanwhile: a file still growing is not a copy yet.
-    for state in (keep, copy):
-        if not state.unchanged(os.stat(state.path, follow_symlinks=False)):
-            raise _Refused(f"{state.path} changed while being compared: it may still be being written")
-    with temp_beside(copy.path) as temp:
-        if mode == "link":
-            os.link(keep.path, temp)
-        else:
-            _reflink(keep.path, temp)
-            shutil.copystat(copy.path, temp)  # a clone is a new file: keep the copy's mode and times
-        os.replace(temp, copy.path)
-    return copy.size if copy_st.st_nlink == 1 else 0

@@ -137,8 +137,9 @@ class ExtractPlan:
         body += b" " * (-len(body) % 8)
         return struct.pack("<Q", len(body)) + body
 
-    def execute(self) -> ExtractResult:
-        """Write OUT. Raises ExtractError when a problem stands or the source changed since planning."""
+    def execute(self, *, on_progress: Callable[[int, int], None] | None = None) -> ExtractResult:
+        """Write OUT. Raises ExtractError when a problem stands or the source changed since planning.
+        `on_progress(bytes_written, size)` hears of each tensor written."""
         if self.problems:
             raise ExtractError("; ".join(self.problems))
         st = os.stat(self.weights_file)
@@ -154,6 +155,8 @@ class ExtractPlan:
                     if len(data) != t.end - t.begin:
                         raise ExtractError(f"tensor {t.name}: {len(data)} bytes, expected {t.end - t.begin}")
                     out.write(data)
+                    if on_progress:
+                        on_progress(t.end, self.tensors[-1].end)
                 out.flush()
                 os.fsync(out.fileno())
             _publish(Path(temp), self.output, self.force)
@@ -200,7 +203,15 @@ def _layout(tensors: dict[str, TensorInfo], dtype: Dtype) -> tuple[OutputTensor,
     return tuple(placed)
 
 
-def _problems(model: Path, out: Path, force: bool) -> list[str]:
+#: Endings launchers read as pickles (torch.load): a safetensors body under one of them fails to load.
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+
+
+def output_problems(model: Path | str, out: Path | str, force: bool) -> list[str]:
+    """Why OUT cannot be written, knowable before reading the model (the CLI asks first): it exists (without
+    `force`), is the model, lies in no folder, or has a pickle's ending for a safetensors file."""
+    model, out = Path(model), Path(out)
     found = []
     if out.exists() and model.exists() and os.path.samefile(model, out):
         found.append(f"{out} is the model itself")
@@ -208,7 +219,19 @@ def _problems(model: Path, out: Path, force: bool) -> list[str]:
         found.append(f"{out} exists: use --force to replace it")
     if not out.parent.is_dir():
         found.append(f"{out.parent} is not a folder")
+    if out.suffix.lower() in PICKLE_SUFFIXES:
+        found.append(
+            f"{out} would hold a safetensors file under a pickle's name ({out.suffix}): launchers would"
+            f" torch.load it and fail; name it {out.stem}.safetensors"
+        )
     return found
+
+
+def output_warnings(out: Path | str) -> list[str]:
+    out = Path(out)
+    if out.suffix.lower() not in (*SAFETENSORS_SUFFIXES, *PICKLE_SUFFIXES):
+        return [f"{out} does not end in .safetensors: launchers list VAE files by their ending"]
+    return []
 
 
 def plan_extract(
@@ -251,8 +274,8 @@ def plan_extract(
     except Exception as exc:  # noqa: BLE001 - a bug met reading the model: its one line, traceback logged
         logging.getLogger("vaereg.actions").error("%s: %s", model, internal_error(exc), exc_info=exc)
         raise ExtractError(f"{model}: {internal_error(exc)}") from None
-    problems = _problems(model, out, force)
-    warnings = []
+    problems = output_problems(model, out, force)
+    warnings = output_warnings(out)
     if overflow:
         where = ", ".join(f"{name} ({n})" for name, n in sorted(overflow.items()))
         limit = f"the fp16 range (|x| > {FP16_MAX:g})" if dtype == "fp16" else f"the {dtype} range"

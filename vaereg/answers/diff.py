@@ -201,7 +201,9 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
             except FileProblem as exc:
                 return DiffReport(*shown, error=f"{path}: {exc}")
             except OSError as exc:
-                return DiffReport(*shown, error=f"{path}: {(exc.strerror or str(exc)).lower()}")
+                from vaereg._fs import os_error_text
+
+                return DiffReport(*shown, error=f"{path}: {os_error_text(exc)}")
             if model.vae is None:
                 return DiffReport(*shown, error=f"{path}: holds no VAE")
             models.append(model)

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return ExitStatus.USAGE
         return int(args.run(args, ctx))
-    except KeyboardInterrupt:
-        return ExitStatus.INTERRUPTED
+    except KeyboardInterrupt:  # a command that kept something says what; here nothing was left half done
+        return _interrupted()
     except BrokenPipeError:  # `vaereg ls | head`
         _quiet_stdout()
         return ExitStatus.OK
@@ -56,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(exc, debug=ctx.debug)
     finally:
         ctx.close()
+
+
+def _interrupted() -> int:
+    try:
+        print("vaereg: interrupted", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return ExitStatus.INTERRUPTED
 
 
 class _Quiet(logging.NullHandler):

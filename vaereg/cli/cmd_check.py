@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, file_problem, short, warn
+from vaereg.cli.common import Context, emit_json, fail, file_problem, printable, short, shows_progress, warn, working
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -50,45 +50,74 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         decoder = checker(ctx.plugins, warn)
     # The launchers scan reads: the configured ones and those in the usual places.
     launchers = list(find_launchers(ctx.plugins, ctx.config.launchers).found)
-    report = check_model(
-        args.model,
-        plugins=ctx.plugins,
-        # check only reads: without an index yet, the registry's ids are all there is to compare with
-        index=ctx.index if ctx.config.index.is_file() else None,
-        registry=ctx.registry,
-        launchers=launchers,
-        vae_folders=args.vae_folders,
-        decode=decoder,
-    )
+    # check only reads: without an index yet, the registry's ids are all there is to compare with
+    index = ctx.index if ctx.config.index.is_file() else None
+    registry = ctx.registry  # its warnings before the spinner
+    with working(shows_progress(args.json), f"checking {args.model.name}..."):
+        report = check_model(
+            args.model,
+            plugins=ctx.plugins,
+            index=index,
+            registry=registry,
+            launchers=launchers,
+            vae_folders=args.vae_folders,
+            decode=decoder,
+        )
     for message in report.warnings:
         warn(message)
+    if report.error:
+        file_problem(report.path, report.error)
     if args.json:
         emit_json(report.to_json())
-    else:
+    elif report.ok:
         _print(report)
     return ExitStatus.OK if report.ok else ExitStatus.FAILED
+
+
+def verdict(report: CheckReport) -> list[str]:
+    """The verdict as sentences: what the model's own VAE is, whether it will do, and what a launcher's
+    "Automatic" VAE setting loads instead."""
+    from vaereg.answers.check import describe
+
+    embedded = report.embedded
+    if embedded is None:
+        lines = ["It has no VAE of its own: load an external one."]
+    else:
+        what = describe(embedded)
+        if not embedded.health.ok:
+            lines = [f"It needs an external VAE: its own ({what}) is unhealthy: {embedded.health}."]
+        elif report.needs_external_vae and embedded.blend:
+            lines = [f"It needs an external VAE: its own is {what}, not a VAE trained as such."]
+        elif report.needs_external_vae:
+            lines = [f"It needs an external VAE: {report.reason}."]
+        else:
+            lines = [f"Its own VAE is fine: {what} (healthy)."]
+    if report.needs_external_vae and report.recommended is None and ": use a " in report.reason:
+        lines.append("No healthy known VAE is related to it: use a VAE of its family you trust.")
+    auto = report.automatic_vae
+    if auto is not None:
+        known = f" ({auto.name or 'VAE ' + short(auto.id)})" if auto.id else ""
+        same = report.recommended is not None and auto.id == report.recommended.id
+        tail = ", the recommended VAE" if same else ""
+        lines.append(
+            f"A1111/Forge's \"Automatic\" VAE setting loads {printable(auto.path)}{known}{tail} instead of its own VAE."
+        )
+    return lines
 
 
 def _print(report: CheckReport) -> None:
     from vaereg.answers.check import describe
 
-    if report.error:
-        file_problem(report.path, report.error)
-        return
-    print(report.path)
-    verdict = "needs an external VAE" if report.needs_external_vae else "its own VAE is fine"
-    print(f"  verdict:     {verdict}: {report.reason}")
+    print(printable(report.path))
+    for sentence in verdict(report):
+        print(f"  {sentence}")
     if report.recommended:
         rec = report.recommended
         print(f"  recommended: {rec.label} (id {short(rec.id)})")
         for path in rec.paths:
-            print(f"               {path}")
+            print(f"               {printable(path)}")
         if not rec.paths and rec.source:
             print(f"               no copy here; download it from {rec.source}")
-    if report.automatic_vae:
-        auto = report.automatic_vae
-        known = f" ({auto.name or short(auto.id)})" if auto.id else ""
-        print(f"  Automatic:   A1111/Forge load {auto.path}{known} instead of the embedded VAE")
     embedded = report.embedded
     if embedded:
         vae = embedded.vae

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return fail(
             "nothing to watch: name folders, --launcher, or daemon.watch/launchers in the config", ExitStatus.USAGE
         )
+    config.state_folder()  # an unmounted drive or an unwritable home: one line with the remedy, exit 2
     _setup_logging(args.log_file, config.home)
     daemon = Daemon(config, ctx.plugins, args.roots, launchers=args.launcher, force_polling=args.poll)
     try:

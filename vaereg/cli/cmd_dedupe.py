@@ -9,7 +9,19 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, console, emit_json, fail, human_size, short, warn
+from vaereg.cli.common import (
+    Context,
+    console,
+    emit_json,
+    fail,
+    file_problem,
+    human_size,
+    printable,
+    progress,
+    short,
+    shows_progress,
+    warn,
+)
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -50,17 +62,49 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     dirs = list(args.dirs) or list(ctx.config.watch)
     if not dirs:
         return fail("no DIR given and no folders configured to watch (daemon.watch in vaereg.toml)", ExitStatus.USAGE)
+    for folder in dirs:
+        if not folder.exists():
+            return file_problem(folder, "no such file or directory", ExitStatus.USAGE)
     if not args.dirs and not args.json:
         warn(f"looking in the watched folders: {', '.join(map(str, dirs))}")
+    show = shows_progress(args.json)
     index = _open_index(ctx)
     try:
-        plan = plan_dedupe(dirs, index=index, plugins=ctx.plugins)
+        try:
+            with progress(show, None, what="looking for copies") as update:
+                plan = plan_dedupe(
+                    dirs, index=index, plugins=ctx.plugins,
+                    on_progress=lambda n, total, path: update(n, f"reading {Path(path).name}"),
+                )
+        except KeyboardInterrupt:
+            return fail("interrupted while looking for copies; nothing was changed", ExitStatus.INTERRUPTED)
+        if not args.json:
+            _print_plan(plan, acting=args.mode is not None)  # shown before anything is touched
+        for line in plan.errors:
+            fail(line)
+        result = None
+        if args.mode:
+            done = {"n": 0, "total": sum(len(g.copies) for g in plan.groups)}
+
+            def on_progress(n: int, total: int | None, path: str) -> None:
+                done["n"] = n
+                update(n, f"linking {Path(path).name}")
+
+            try:
+                with progress(show, done["total"], what="linking") as update:
+                    result = plan.execute(args.mode, index=index, on_progress=on_progress)
+            except KeyboardInterrupt:
+                return fail(
+                    f"interrupted: {done['n']} of {done['total']} copies handled; each copy is whole, either"
+                    " linked or untouched; run dedupe again to go on",
+                    ExitStatus.INTERRUPTED,
+                )
     finally:
         if index is not None:
             index.close()
-    if not args.json:
-        _print_plan(plan, acting=args.mode is not None)  # shown before anything is touched
-    result = plan.execute(args.mode) if args.mode else None
+    if result is not None:
+        for note in result.skipped:
+            file_problem(note.path, f"not replaced: {note.reason}")
     if args.json:
         out = plan.to_json()
         if result is not None:
@@ -72,17 +116,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return ExitStatus.FAILED if failed else ExitStatus.OK
 
 
-def _print_plan(plan: DedupePlan, acting: bool) -> None:
-    from rich.markup import escape  # paths may hold [brackets]
+def shown(text: str) -> str:
+    """A path for rich: control characters and undecodable bytes escaped, [brackets] not taken as markup."""
+    from rich.markup import escape
 
+    return escape(printable(text))
+
+
+def _print_plan(plan: DedupePlan, acting: bool) -> None:
     out = console()
     for g in plan.groups:
         names = 1 + len(g.copies) + len(g.already_linked) + len(g.other_device)
         out.print(f"[bold]{human_size(g.size)} x {names}[/bold]  sha256 {short(g.sha256)}")
-        out.print(f"  keep           {escape(g.keep.path)}", soft_wrap=True)
+        out.print(f"  keep           {shown(g.keep.path)}", soft_wrap=True)
         for label, files in (("copy", g.copies), ("already linked", g.already_linked), ("other drive", g.other_device)):
             for f in files:
-                out.print(f"  {label:<14} {escape(f.path)}", soft_wrap=True)
+                out.print(f"  {label:<14} {shown(f.path)}", soft_wrap=True)
     copies = sum(len(g.copies) for g in plan.groups)
     summary = f"reclaimable: {human_size(plan.reclaimable_bytes)} in {_count(copies, 'copy', 'copies')}"
     if not plan.groups:
@@ -99,20 +148,16 @@ def _print_plan(plan: DedupePlan, acting: bool) -> None:
         for f in advice.files:
             extra = f", +{f.identical_copies} identical" if f.identical_copies else ""
             what = f"{f.format or '-'} {f.dtype or '-'}, {human_size(f.size)}{extra}"
-            out.print(f"  {escape(f.path)}  ({what})", soft_wrap=True)
-        out.print(f"  {escape(advice.advice)}; vaereg leaves these alone", soft_wrap=True)
-    for line in plan.errors:
-        out.print(f"[red]error[/red] {escape(line)}", soft_wrap=True)
+            out.print(f"  {shown(f.path)}  ({what})", soft_wrap=True)
+        out.print(f"  {shown(advice.advice)}; vaereg leaves these alone", soft_wrap=True)
 
 
 def _print_result(result: DedupeResult) -> None:
-    from rich.markup import escape
-
     out = console()
     verb = "linked" if result.mode == "link" else "cloned"
     out.print(f"{verb} {_count(len(result.linked), 'copy', 'copies')}, reclaimed {human_size(result.reclaimed_bytes)}")
-    for note in result.skipped:
-        out.print(f"[yellow]skipped[/yellow] {escape(note.path)}: {escape(note.reason)}", soft_wrap=True)
+    if result.skipped:
+        out.print(f"{_count(len(result.skipped), 'copy', 'copies')} left as they were (said above)")
 
 
 def _count(n: int, one: str, many: str) -> str:

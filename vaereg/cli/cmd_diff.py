@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, short
+from vaereg.cli.common import Context, emit_json, fail, printable, short, shows_progress, working
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -34,22 +34,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.diff import diff_models
 
-    report = diff_models(args.a, args.b, ctx.plugins)
+    with working(shows_progress(args.json), f"comparing {args.a.name} and {args.b.name}..."):
+        report = diff_models(args.a, args.b, ctx.plugins)
+    if report.error:
+        fail(report.error)
     if args.json:
         emit_json(report.to_json())
-    else:
+    elif not report.error:
         _print(report)
     return ExitStatus.FAILED if report.error else ExitStatus.OK
 
 
 def _print(report: DiffReport) -> None:
-    if report.error:  # "PATH: reason"
-        fail(report.error)
-        return
     assert report.relation is not None and report.vae_a and report.vae_b
     print(f"{report.relation}: {MEANING[report.relation]}" + (f" - {report.reason}" if report.reason else ""))
     for label, path, vae in (("A", report.a, report.vae_a), ("B", report.b, report.vae_b)):
-        print(f"  {label}: {path}  {vae.family} {vae.dtype}, id {short(vae.id)}")
+        print(f"  {label}: {printable(path)}  {vae.family} {vae.dtype}, id {short(vae.id)}")
     for group in report.groups:
         if group.differing:
             print(

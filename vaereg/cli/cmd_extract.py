@@ -1,11 +1,28 @@
-"""``vaereg extract MODEL -o OUT.safetensors``: the embedded VAE as a standalone file."""
+"""``vaereg extract MODEL -o OUT.safetensors``: the embedded VAE as a standalone file.
+
+OUT is refused before MODEL is read when it exists (without --force), lies in no folder, or has a pickle's
+ending (.pt, .ckpt...: the file written is safetensors). Ctrl-C leaves OUT as it was.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from vaereg.cli.common import Context, console, emit_json, fail, human_size, short, warn
+from vaereg.cli.common import (
+    Context,
+    console,
+    emit_json,
+    fail,
+    human_size,
+    os_problem,
+    printable,
+    progress,
+    short,
+    shows_progress,
+    warn,
+    working,
+)
 from vaereg.cli.exit import ExitStatus
 
 
@@ -25,24 +42,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.actions.extract import plan_extract
+    from vaereg.actions.extract import output_problems, plan_extract
     from vaereg.errors import ExtractError
 
+    refused = output_problems(args.model, args.output, args.force)
+    if refused:
+        return fail("; ".join(refused))
+    show = shows_progress(args.json)
     try:
-        plan = plan_extract(args.model, args.output, args.dtype, plugins=ctx.plugins, force=args.force)
+        with working(show, f"reading the VAE of {args.model.name}..."):
+            plan = plan_extract(args.model, args.output, args.dtype, plugins=ctx.plugins, force=args.force)
         for message in plan.warnings:
             warn(message)
-        result = plan.execute()
+        with progress(show, plan.size, what=f"writing {args.output.name}", in_bytes=True) as update:
+            result = plan.execute(on_progress=lambda done, total: update(done))
     except ExtractError as exc:
         return fail(str(exc))
     except OSError as exc:
-        return fail(f"{exc.filename or args.model}: {exc.strerror or exc}")
+        return fail(os_problem(exc, args.model))
+    except KeyboardInterrupt:
+        return fail(f"interrupted: {args.output} left as it was", ExitStatus.INTERRUPTED)
     if args.json:
         emit_json(result.to_json())
         return ExitStatus.OK
     v = result.identity
     console().print(
-        f"wrote {result.output}: {v.family} VAE, {v.tensors} tensors, {v.dtype}, {human_size(result.size)}"
-        f"  id {short(v.id)}  exact_id {short(v.exact_id)}"
+        f"wrote {printable(result.output)}: {v.family} VAE, {v.tensors} tensors, {v.dtype}, {human_size(result.size)}"
+        f"  id {short(v.id)}  exact_id {short(v.exact_id)}",
+        markup=False,
     )
     return ExitStatus.OK

@@ -1,12 +1,21 @@
-"""``vaereg hash PATH...``: the VAE identities and file hashes of files, folders and checkpoints."""
+"""``vaereg hash PATH...``: the VAE identities and file hashes of files, folders and checkpoints.
+
+The table names a VAE the registry knows (by its id, or by the SHA-256 of a file it lists). A path that
+cannot be read is said on stderr (``vaereg: PATH: reason``) and, with ``--json``, in its object's `error`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, file_problem, human_size, print_table, short
+from vaereg.cli.common import Context, emit_json, file_problem, human_size, print_table, progress, short, shows_progress
 from vaereg.cli.exit import ExitStatus
+
+if TYPE_CHECKING:
+    from vaereg.identity.report import HashReport
+    from vaereg.store.registry.read import Registry
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,27 +36,41 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     failed = False
     reports = []
-    for path in args.paths:
-        report = identify(path, ctx.plugins, with_file_hashes=args.file_hashes)
-        failed |= not report.ok
-        if args.json:
-            emit_json(report.to_json())
-        else:
-            reports.append(report)
+    # one file is quick enough to need no bar; several may take minutes
+    with progress(shows_progress(args.json) and len(args.paths) > 1, len(args.paths), what="hashing") as update:
+        for n, path in enumerate(args.paths):
+            update(n, f"hashing {path.name}")
+            report = identify(path, ctx.plugins, with_file_hashes=args.file_hashes)
+            if not report.ok:
+                failed = True
+                file_problem(report.path, report.error)
+            if args.json:
+                emit_json(report.to_json())
+            else:
+                reports.append(report)
     if not args.json:
-        _print_table(reports)
+        _print_table(reports, ctx.registry)
     return ExitStatus.FAILED if failed else ExitStatus.OK
 
 
-def _print_table(reports) -> None:
-    rows, errors = [], []
+def registry_name(report: HashReport, registry: Registry) -> str | None:
+    """The registry's name for the report's VAE: by its id, else by the file's SHA-256 (a listed file)."""
+    entries = registry.find_by_id(report.vae.id) if report.vae else []
+    if not entries and report.file and report.file.sha256:
+        entries = registry.find_by_sha256(report.file.sha256)
+    named = [entry for entry in entries if entry.name]
+    return named[-1].name if named else None
+
+
+def _print_table(reports: list[HashReport], registry: Registry) -> None:
+    rows = []
     for r in reports:
         if not r.ok:
-            errors.append(r)
             continue
         v = r.vae
         rows.append((
             r.path,
+            (registry_name(r, registry) or "unnamed") if v else "-",
             r.format or "-",
             f"{v.family} {v.dtype}" if v else (f"no VAE ({r.kind})" if r.kind else "no VAE"),
             short(v.id if v else None),
@@ -57,6 +80,4 @@ def _print_table(reports) -> None:
             human_size(r.file.size) if r.file else "-",
         ))
     if rows:
-        print_table(("path", "format", "vae", "id", "encoder", "decoder", "autov2", "size"), rows)
-    for r in errors:
-        file_problem(r.path, r.error)
+        print_table(("path", "name", "format", "vae", "id", "encoder", "decoder", "autov2", "size"), rows)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vaereg.cli.common import Context, emit_json, fail
+from vaereg.cli.common import Context, emit_json, fail, os_problem
 from vaereg.cli.exit import ExitStatus
 
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     except InstallError as exc:
         return fail(str(exc), ExitStatus.USAGE)
     except OSError as exc:
-        return fail(f"{exc.filename or plan.target}: {exc.strerror or exc}")
+        return fail(os_problem(exc, args.root))
     if args.json:
         emit_json({**plan.to_json(), "mode": mode})
         return ExitStatus.OK

@@ -2,6 +2,8 @@
 
 A VAE is a canonical id: its fp32 and fp16 files and the checkpoints embedding it are copies of one VAE.
 "Reclaimable" counts the bytes that byte-identical standalone copies waste (``vaereg dedupe`` links them).
+An unnamed VAE shows its aliases, or the folder of a diffusers copy. ``-v`` lists every copy with its
+format, dtype and size. ``--json`` prints JSON Lines, one object per VAE (docs/json.md).
 ``--json`` prints JSON Lines, one object per VAE (docs/json.md). ``--problems`` lists instead every indexed
 file that could not be read, with its reason, until it is fixed or removed (``{"path", "reason", "not_read"}``
 per line with ``--json``; ``not_read`` marks a model file vaereg declines to read, such as a pickled detector).
@@ -10,15 +12,21 @@ per line with ``--json``; ``not_read`` marks a model file vaereg declines to rea
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+from typing import TYPE_CHECKING
 
 from vaereg.cli.common import Context, emit_json_lines, human_size, print_table, short
 from vaereg.cli.exit import ExitStatus
+
+if TYPE_CHECKING:
+    from vaereg.store.catalog import VaeSummary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ls", help="list the distinct VAEs on this machine with their copies")
     p.add_argument("--json", action="store_true", help="JSON Lines, one object per VAE (docs/json.md)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every copy: path, format, dtype, size")
     p.add_argument("--problems", action="store_true", help="list the indexed files that could not be read")
     p.set_defaults(run=run)
 
@@ -42,10 +50,21 @@ def run_problems(args: argparse.Namespace, ctx: Context) -> int:
     return ExitStatus.OK
 
 
+def label(vae: VaeSummary) -> str:
+    """What to call the VAE in the table: its name; unnamed, its aliases or its diffusers folder's name."""
+    from vaereg.files.names import is_diffusers_weights, model_name
+
+    if vae.name:
+        return vae.name
+    if vae.aliases:
+        return f"unnamed ({', '.join(vae.aliases)})"
+    folders = [model_name(c.path) for c in vae.copies if not c.embedded and is_diffusers_weights(c.path)]
+    return f"unnamed ({folders[0]})" if folders else "unnamed"
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.problems:
         return run_problems(args, ctx)
-
     vaes = ctx.catalog().distinct_vaes()
     if args.json:
         emit_json_lines(vae.to_json() for vae in vaes)
@@ -54,14 +73,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print("no VAEs indexed yet: vaereg scan DIR indexes a folder", file=sys.stderr)
         return ExitStatus.OK
     rows = [
-        (vae.label, vae.family, vae.base or "-", short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
+        (label(vae), vae.family, vae.base or "-", short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
          human_size(vae.reclaimable_bytes) if vae.reclaimable_bytes else "-")
         for vae in vaes
     ]
     print_table(("name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
+    if args.verbose:
+        for vae in vaes:
+            print(f"\n{label(vae)}  {vae.id}")
+            copies = io.StringIO()
+            print_table(
+                ("path", "format", "dtype", "size", "stored"),
+                [(c.path, c.format or "-", c.dtype or "-", human_size(c.size), "embedded" if c.embedded else "standalone")
+                 for c in vae.copies],
+                out=copies,
+            )
+            sys.stdout.write("".join(f"  {line}\n" for line in copies.getvalue().splitlines()))
     reclaimable = sum(vae.reclaimable_bytes for vae in vaes)
-    copies = sum(len(vae.copies) for vae in vaes)
-    summary = f"{len(vaes)} VAEs in {copies} files"
+    copies_count = sum(len(vae.copies) for vae in vaes)
+    summary = f"{len(vaes)} VAEs in {copies_count} files"
     if reclaimable:
         summary += f"; {human_size(reclaimable)} held by identical copies (vaereg dedupe)"
     print(summary, file=sys.stderr)

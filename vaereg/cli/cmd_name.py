@@ -70,7 +70,9 @@ def apply(args: argparse.Namespace, ctx: Context, plan_with: Callable) -> int:
         return ExitStatus.OK
     where = ctx.config.registry
     target = result.id or f"vae.{result.slug}"
-    if not result.changed:
+    if not result.changed and args.command == "unname" and (result.entry is None or result.entry.name is None):
+        print(f"{target}: has no name; nothing to change")
+    elif not result.changed:
         print(f"{target}: nothing to change in {where}")
     elif result.entry is None:
         print(f"{target}: removed vae.{result.slug} from {where}")

@@ -6,12 +6,15 @@ are scanned (their VAE and checkpoint folders); ``--launcher PATH`` names one. W
 printed (docs/daemon.md, "vaereg scan --json")::
 
     {"roots": [str], "launchers": [{"launcher", "root", "vae", "checkpoints"}], "new": int, "changed": int,
-     "moved": int, "removed": int, "unchanged": int, "errors": ["<path>: <reason>"],
+     "moved": int, "removed": int, "unchanged": int, "failed": int, "errors": ["<path>: <reason>"],
      "not_read": ["<path>: not read: <why>"], "no_vae": int, "no_vae_kinds": {kind: int}, "warnings": [str],
      "bytes_read": int,
      "seconds": float}
 
-A scan that completes exits 0, listing the files it could not read; with ``--strict`` those make it exit 1.
+A scan that completes exits 0, listing the files it could not read, each also said on stderr
+(``vaereg: PATH: reason``); with ``--strict`` those make it exit 1. Ctrl-C exits 130 and says how far the scan
+got (what was indexed stays indexed). ``--rebuild-index`` moves an index this vaereg cannot use aside and
+builds a new one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,18 @@ import os
 import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, console, emit_json, fail, human_size, note
+from vaereg.cli.common import (
+    Context,
+    console,
+    emit_json,
+    fail,
+    human_size,
+    note,
+    progress,
+    shows_progress,
+    warn,
+    working,
+)
 from vaereg.cli.exit import ExitStatus
 
 
@@ -46,6 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip sha256/AutoV1-3/BLAKE3/CRC32 (they read every new file whole)",
     )
+    p.add_argument(
+        "--rebuild-index",
+        action="store_true",
+        help="move the index aside (to index.sqlite3.broken-N) and build a new one; names are kept",
+    )
     p.set_defaults(run=run)
 
 
@@ -68,21 +87,45 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         for found in launchers:
             print(f"{found.launcher} at {found.root}", file=sys.stderr)
     config = ctx.config
+    if args.rebuild_index:
+        status = _move_index_aside(ctx)
+        if status:
+            return status
     ctx.registry  # noqa: B018 - its warnings first
     with_file_hashes = args.file_hashes and config.file_hashes
-    show_progress = not args.json and sys.stdout.isatty()
+    show_progress = shows_progress(args.json)
     index, ingest = ctx.index, ctx.vaereg.ingester()
-    if show_progress:
-        with console().status("looking at the folders..."):
+    try:
+        with working(show_progress, "looking at the folders..."):
             plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
-        report = _execute_with_bar(plan, ingest, with_file_hashes)
-    else:
-        plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
-        report = plan.execute(ingest, with_file_hashes=with_file_hashes)
+    except KeyboardInterrupt:
+        return fail("interrupted while looking at the folders; nothing was changed", ExitStatus.INTERRUPTED)
+    where = {"done": 0, "total": len(plan.to_identify)}
+    try:
+        with progress(show_progress, plan.bytes_to_read, what="identifying", in_bytes=True) as update:
+
+            def on_progress(p) -> None:
+                where["done"] = p.files_done
+                name = os.path.basename(p.path) if p.path else "done"
+                update(p.bytes_done, f"{p.files_done}/{p.files_total} {name}")
+
+            report = plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
+    except KeyboardInterrupt:
+        return fail(
+            f"interrupted: {where['done']} of {where['total']} new or changed files read and indexed;"
+            " run scan again to go on",
+            ExitStatus.INTERRUPTED,
+        )
+    for message in report.warnings:
+        warn(message)
+    for message in report.not_read:  # "PATH: not read: what it is": a note, not a failure
+        note(message)
+    for line in report.errors:
+        fail(line)
     if args.json:
         emit_json({**report.to_json(), "launchers": [_launcher_json(found) for found in launchers]})
     else:
-        _print_summary(report)
+        _print_summary(report, with_file_hashes)
     return ExitStatus.FAILED if report.errors and args.strict else ExitStatus.OK
 
 
@@ -132,33 +175,18 @@ def _print_none_found(args: argparse.Namespace, ctx: Context) -> None:
     )
 
 
-def _execute_with_bar(plan, ingest, with_file_hashes: bool):
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+def _move_index_aside(ctx: Context) -> int:
+    """Move the index aside (a daemon must not be writing it); 0 when done or there was none."""
+    from vaereg.store.index import move_aside
+    from vaereg.watch.state import read_status
 
-    from vaereg.store.scan import ScanProgress
-
-    columns = (
-        TextColumn("{task.description}", table_column=None),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console(), transient=True) as bar:
-        task = bar.add_task("identifying", total=plan.bytes_to_read or None)
-
-        def on_progress(p: ScanProgress) -> None:
-            name = os.path.basename(p.path) if p.path else "done"
-            bar.update(task, completed=p.bytes_done, description=f"{p.files_done}/{p.files_total} {name}")
-
-        return plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
+    config = ctx.config
+    if read_status(config.home).running:
+        return fail(f"{config.index}: a vaereg daemon is using the index: stop it first", ExitStatus.USAGE)
+    aside = move_aside(config.index)
+    if aside is not None:
+        print(f"vaereg: moved the index aside to {aside}; building a new one", file=sys.stderr)
+    return 0
 
 
 #: How the summary names each kind of model file with no VAE, one and several.
@@ -173,31 +201,32 @@ _KIND_WORDS = {
 }
 
 
-def _print_summary(report) -> None:
-    from rich.markup import escape
-
+def _print_summary(report, with_file_hashes: bool) -> None:
     out = console()
     counts = ", ".join(
         f"{n} {label}"
         for n, label in (
             (report.new, "new"),
             (report.changed, "changed"),
+            (report.failed, "failed"),
             (report.moved, "moved"),
             (report.removed, "removed"),
             (report.unchanged, "unchanged"),
         )
+        if n or label in ("new", "unchanged")
     )
-    out.print(f"{counts} ({human_size(report.bytes_read)} read in {report.seconds:.1f} s)")
-    for message in report.warnings:
-        out.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
+    if report.bytes_read and with_file_hashes:
+        out.print(f"{counts} ({human_size(report.bytes_read)} read in {report.seconds:.1f} s)", markup=False)
+    elif report.bytes_read:
+        out.print(f"{counts} ({human_size(report.bytes_read)} of files identified in {report.seconds:.1f} s)",
+                  markup=False)
+    else:
+        out.print(f"{counts} (in {report.seconds:.1f} s)", markup=False)
     if report.no_vae:
         what = "model file holds" if report.no_vae == 1 else "model files hold"
         kinds = ", ".join(f"{n} {_KIND_WORDS.get(kind, kind)[n != 1]}" for kind, n in report.no_vae_kinds.items())
-        out.print(f"{report.no_vae} {what} no VAE: {kinds}")
-    for message in report.not_read:  # "PATH: what it is", not a failure
-        note(message)
-    for message in report.errors:  # "PATH: reason", one line each on stderr
-        fail(message)
-    if report.errors:
+        out.print(f"{report.no_vae} {what} no VAE: {kinds}", markup=False)
+    if report.errors:  # each said on stderr above
         n = len(report.errors)
-        out.print(f"{n} {'file' if n == 1 else 'files'} could not be read; `vaereg ls --problems` lists them until fixed")
+        out.print(f"{n} {'file' if n == 1 else 'files'} could not be read; `vaereg ls --problems` lists them until fixed",
+                  markup=False)

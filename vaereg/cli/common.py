@@ -7,10 +7,12 @@ control characters escaped so one problem is always one line. docs/json.md says 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
+from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TextIO
 
 from vaereg.cli.exit import ExitStatus
 from vaereg.errors import FileProblem, UserError, printable, problem_line
@@ -36,7 +38,10 @@ class Context:
     def config(self) -> Config:
         from vaereg.config import Config
 
-        return Config.load()
+        config = Config.load()
+        for message in config.warnings:
+            warn(message)
+        return config
 
     @cached_property
     def plugins(self) -> Plugins:
@@ -119,8 +124,14 @@ def report_error(exc: BaseException, *, debug: bool = False) -> int:
     return fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", ExitStatus.INTERNAL)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    # A file name that is not UTF-8 holds lone surrogates (Python's surrogate escapes): written as JSON
+    # escapes ("\udce9"), the line stays valid UTF-8 and json.loads gives the same name back.
+    text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False))
+    sys.stdout.write(text + "\n")
 
 
 def emit_json_lines(objs: Iterable[Any]) -> None:
@@ -142,11 +153,21 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-def console():
+def _console_class():
     from rich.console import Console
 
+    class QuietOnClosedPipe(Console):
+        # rich exits 1 on a closed pipe; the command's own handler exits quietly with its status instead
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return QuietOnClosedPipe
+
+
+def console():
     # soft_wrap: long lines (paths, ids) are left for the terminal to wrap, never broken inside an id
-    return Console(highlight=False, soft_wrap=True)
+    return _console_class()(highlight=False, soft_wrap=True)
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | None = None) -> None:
@@ -157,3 +178,58 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], out: Text
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     for line in (list(headers), *rows):
         out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() + "\n")
+
+
+def err_console():
+    return _console_class()(highlight=False, soft_wrap=True, stderr=True)
+
+
+def shows_progress(json_output: bool = False) -> bool:
+    """Progress is drawn on stderr, and only for a person: stderr is a terminal and no JSON is asked for."""
+    stream = sys.stderr
+    return not json_output and stream is not None and stream.isatty()
+
+
+#: update(done, description=None): how far a long step is
+Update = Callable[..., None]
+
+
+@contextmanager
+def progress(enabled: bool, total: int | None, *, what: str = "", in_bytes: bool = False) -> Iterator[Update]:
+    """A progress bar on stderr while the block runs (removed when it ends); a no-op when not `enabled`.
+    Yields ``update(done, description=None)``: `done` files or bytes of `total`."""
+    if not enabled:
+        yield lambda done, description=None: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    amount = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
+    columns = (TextColumn("{task.description}", table_column=None), BarColumn(), *amount, TimeRemainingColumn())
+    with Progress(*columns, console=err_console(), transient=True) as bar:
+        task = bar.add_task(printable(what), total=total or None)
+
+        def update(done: int, description: str | None = None) -> None:
+            if description is not None:
+                bar.update(task, completed=done, description=printable(description))
+            else:
+                bar.update(task, completed=done)
+
+        yield update
+
+
+@contextmanager
+def working(enabled: bool, text: str) -> Iterator[None]:
+    """A spinner with `text` on stderr while a step of unknown length runs; nothing when not `enabled`."""
+    if not enabled:
+        yield
+        return
+    with err_console().status(printable(text)):
+        yield

@@ -51,3 +51,24 @@ SKIPPED_FOLDERS = frozenset({".git", ".hg", ".svn", "__pycache__", "node_modules
 def not_model_folder(path: str, name: str) -> bool:
     """Whether a folder met while walking is software to pass over (a virtualenv, a VCS folder...)."""
     return name in SKIPPED_FOLDERS or os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+#: The weights files of a diffusers folder (``config.json`` beside them): named after their folder.
+DIFFUSERS_WEIGHTS_STEM = "diffusion_pytorch_model"
+
+
+def is_diffusers_weights(path: str | os.PathLike[str]) -> bool:
+    """A diffusers folder's weights file (``diffusion_pytorch_model[.fp16].safetensors|.bin``)."""
+    return os.path.basename(os.fspath(path)).lower().startswith(DIFFUSERS_WEIGHTS_STEM + ".")
+
+
+def model_name(path: str | os.PathLike[str]) -> str:
+    """What a person calls the model at `path`: its file name, but a diffusers folder (or its weights file) by
+    the folder's name, and a pipeline's ``vae`` folder by the pipeline's (``sdxl-base/vae``)."""
+    text = os.fspath(path).rstrip("/\\") or os.fspath(path)
+    folder = os.path.dirname(text) if is_diffusers_weights(text) else text
+    if folder is not text or os.path.isdir(text):
+        name = os.path.basename(folder)
+        parent = os.path.basename(os.path.dirname(folder))
+        return f"{parent}/{name}" if name.lower() == "vae" and parent else name
+    return os.path.basename(text)

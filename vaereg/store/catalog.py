@@ -416,8 +416,8 @@ class Catalog:
         """Plan removing the local name of the VAE `query` names, so a lower layer's name (if any) shows."""
         target = self.one(query)
         entry = target.entry
-        if entry is None or entry.name is None:
-            raise RegistryError(f"{target.id or query} has no name")
+        if entry is None or entry.name is None:  # already unnamed: nothing to change, nothing to refuse
+            return NamingPlan("unname", target, entry.slug if entry else "", (), self)
         if target.id is not None and entry.id == target.id:
             changes = self.registry.plan_remove_name(target.id).describe()  # refuses a name not written locally
         else:
@@ -440,6 +440,8 @@ class Catalog:
                 moved_from = registry.get(slug)
                 self.plugins.registry_changed(slug, moved_from.to_json() if moved_from else None)
         before = registry.get(plan.slug) if plan.slug else None
+        if plan.action == "unname" and plan.empty:
+            return NamingResult(plan.action, target.id, plan.slug, before, False)
         entry: Entry | None
         if plan.action == "name":
             assert plan.name is not None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from vaereg.errors import IndexVersionError
+from vaereg.errors import IndexUnreadableError, IndexVersionError, StateError
 from vaereg.identity.report import (
     FILE_HASH_NAMES,
     FileHashes,
@@ -301,8 +301,13 @@ _SELECT_FILE = (
     f"SELECT {', '.join([f'f.{c}' for c in _FILE_COLUMNS] + [f'v.{c}' for c in _VAE_COLUMNS[1:]])}"
     " FROM files f LEFT JOIN vaes v ON v.exact_id = f.exact_id"
 )
+#: A bound path (or other text that may hold a file name) as TEXT: a name with undecodable bytes is bound as
+#: those bytes (`_text`), which SQLite then keeps as TEXT, byte for byte; reading decodes them back.
+_TEXT = "CAST(? AS TEXT)"
+_TEXT_COLUMNS = ("path", "error")
 _UPSERT_FILE = (
-    f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({', '.join('?' for _ in _FILE_COLUMNS)})"
+    f"INSERT INTO files ({', '.join(_FILE_COLUMNS)})"
+    f" VALUES ({', '.join(_TEXT if c in _TEXT_COLUMNS else '?' for c in _FILE_COLUMNS)})"
     f" ON CONFLICT (path) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _FILE_COLUMNS[1:])}"
 )
 _INSERT_VAE = (
@@ -357,12 +362,49 @@ def _below(folder: str) -> tuple[str, list[str]]:
     """
     sep = "\\" if "\\" in folder else "/"
     base = folder.rstrip(sep)
-    return "f.path >= ? AND f.path < ?", [base + sep, base + chr(ord(sep) + 1)]
+    return f"f.path >= {_TEXT} AND f.path < {_TEXT}", [_text(base + sep), _text(base + chr(ord(sep) + 1))]
+
+
+#: The remedy for an index this vaereg cannot use: it is a cache; the registry (names, notes) is kept apart.
+REBUILD_HINT = "`vaereg scan --rebuild-index DIR...` moves it aside and builds a new one (names are kept)"
+
+
+def move_aside(path: Path) -> Path | None:
+    """Rename the index at `path` (and its WAL and shared-memory files) to ``<name>.broken-<n>`` beside it, so
+    a new one can be built; nothing is deleted. Returns the new name, None when there was no index."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    n = 1
+    while any(Path(f"{path}.broken-{n}{tail}").exists() for tail in ("", "-wal", "-shm")):
+        n += 1
+    aside = Path(f"{path}.broken-{n}")
+    for tail in ("-wal", "-shm", ""):  # the main file last: while it is there, the others belong to it
+        if Path(f"{path}{tail}").exists():
+            os.replace(f"{path}{tail}", f"{aside}{tail}")
+    return aside
+
+
+def _text(value: str | None) -> str | bytes | None:
+    """`value` as bound to `_TEXT`: itself, or for a surrogate-escaped file name (bytes that are not UTF-8,
+    as os.listdir gives them) the bytes of the name."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: the module opens no transactions of its own; every write says BEGIN IMMEDIATE.
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    conn.text_factory = _decode_text  # paths stored as undecodable bytes come back surrogate-escaped
     try:
         deadline = time.monotonic() + BUSY_TIMEOUT
         while True:
@@ -388,15 +430,38 @@ class Index:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._pid = os.getpid()
-        self._conn = _connect(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = _connect(self.path)
+        except OSError as exc:
+            from vaereg._fs import os_error_text
+
+            raise StateError(f"{self.path}: the index cannot be opened ({os_error_text(exc)}): check paths.index"
+                             " and VAEREG_HOME") from None
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
         try:
             self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise self._unusable(exc) from None
         except BaseException:
             self._conn.close()
             raise
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> StateError:
+        """The one-line error for an index SQLite refuses: damaged (rebuild it), or busy/unreachable."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "not a database" not in text:
+            if "locked" in text or "busy" in text:
+                return StateError(f"{self.path}: the index is locked by another process; try again")
+            return StateError(f"{self.path}: the index cannot be opened ({text}): check paths.index and VAEREG_HOME")
+        return IndexUnreadableError(
+            f"{self.path}: not a vaereg index ({text}); it only caches what scans found:"
+            f" {REBUILD_HINT}"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -441,8 +506,8 @@ class Index:
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
             if version > SCHEMA_VERSION:
                 raise IndexVersionError(
-                    f"{self.path}: index schema {version} is newer than this vaereg's ({SCHEMA_VERSION});"
-                    " upgrade vaereg or point paths.index elsewhere"
+                    f"{self.path}: index schema {version} is newer than this vaereg's ({SCHEMA_VERSION}):"
+                    f" upgrade vaereg, or {REBUILD_HINT}"
                 )
             for steps in _MIGRATIONS[version:]:
                 for statement in steps:
@@ -477,7 +542,7 @@ class Index:
     # -- files
 
     def get(self, path: str) -> IndexedFile | None:
-        found = self._files("WHERE f.path = ?", (path,))
+        found = self._files(f"WHERE f.path = {_TEXT}", (_text(path),))
         return found[0] if found else None
 
     def by_inode(self, dev: int, inode: int, size: int, mtime_ns: int) -> list[IndexedFile]:
@@ -498,8 +563,8 @@ class Index:
         with self._write() as conn:
             old = conn.execute(
                 f"SELECT exact_id, dev, inode, size, mtime_ns, {', '.join(_HASH_COLUMNS)}"
-                " FROM files WHERE path = ?",
-                (path,),
+                f" FROM files WHERE path = {_TEXT}",
+                (_text(path),),
             ).fetchone()
             hashes: tuple[Any, ...]
             if report.file is not None and report.file.sha256 is not None:
@@ -513,10 +578,10 @@ class Index:
             conn.execute(
                 _UPSERT_FILE,
                 (
-                    path,
+                    _text(path),
                     *stat_key,
                     report.format,
-                    report.error,
+                    _text(report.error),
                     _lower(vae.exact_id) if vae else None,
                     int(bool(vae and vae.prefix)),
                     vae.prefix if vae else None,
@@ -534,8 +599,24 @@ class Index:
         with self._write() as conn:
             cursor = conn.execute(
                 f"UPDATE files SET {', '.join(f'{n} = ?' for n in FILE_HASH_NAMES)}, hashed_at = ?"
-                " WHERE path = ? AND (? IS NULL OR mtime_ns = ?)",
-                (*values, time.time(), path, expect_mtime_ns, expect_mtime_ns),
+                f" WHERE path = {_TEXT} AND (? IS NULL OR mtime_ns = ?)",
+                (*values, time.time(), _text(path), expect_mtime_ns, expect_mtime_ns),
+            )
+            return cursor.rowcount == 1
+
+    def restat(self, path: str, st: os.stat_result, *, sha256: str, was: tuple[int, int, int, int]) -> bool:
+        """The file at `path` was replaced by another name of the same bytes (a hard link or clone made by
+        dedupe): its row takes the new stat key, hashes and identity kept. Only a row that described those
+        bytes follows (its SHA-256 is `sha256`, or its stat key is `was`: dev, inode, size, mtime_ns)."""
+        dev, inode, size, mtime_ns = was
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE files SET dev = ?, inode = ?, size = ?, mtime_ns = ? WHERE path = {_TEXT}"
+                " AND (sha256 = ? OR (dev = ? AND inode = ? AND size = ? AND mtime_ns = ?))",
+                (
+                    _sql_int(st.st_dev), _sql_int(st.st_ino), st.st_size, st.st_mtime_ns, _text(path),
+                    sha256.lower(), _sql_int(dev), _sql_int(inode), size, mtime_ns,
+                ),
             )
             return cursor.rowcount == 1
 
@@ -543,22 +624,22 @@ class Index:
         """Give the row of `old` the path `new`, hashes and all; a row already at `new` is replaced (the
         rename replaced that file). False when `old` is not indexed."""
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM files WHERE path = ?", (old,)).fetchone() is None:
+            if conn.execute(f"SELECT 1 FROM files WHERE path = {_TEXT}", (_text(old),)).fetchone() is None:
                 return False
             if old != new:
-                replaced = conn.execute("SELECT exact_id FROM files WHERE path = ?", (new,)).fetchone()
-                conn.execute("DELETE FROM files WHERE path = ?", (new,))
-                conn.execute("UPDATE files SET path = ? WHERE path = ?", (new, old))
+                replaced = conn.execute(f"SELECT exact_id FROM files WHERE path = {_TEXT}", (_text(new),)).fetchone()
+                conn.execute(f"DELETE FROM files WHERE path = {_TEXT}", (_text(new),))
+                conn.execute(f"UPDATE files SET path = {_TEXT} WHERE path = {_TEXT}", (_text(new), _text(old)))
                 if replaced is not None:
                     self._drop_unheld(conn, [replaced[0]])
             return True
 
     def remove(self, path: str) -> bool:
         with self._write() as conn:
-            row = conn.execute("SELECT exact_id FROM files WHERE path = ?", (path,)).fetchone()
+            row = conn.execute(f"SELECT exact_id FROM files WHERE path = {_TEXT}", (_text(path),)).fetchone()
             if row is None:
                 return False
-            conn.execute("DELETE FROM files WHERE path = ?", (path,))
+            conn.execute(f"DELETE FROM files WHERE path = {_TEXT}", (_text(path),))
             self._drop_unheld(conn, [row[0]])
             return True
 
@@ -569,7 +650,7 @@ class Index:
         with self._write() as conn:
             rows = conn.execute(f"SELECT f.path, f.exact_id FROM files f WHERE {where}", params).fetchall()
             gone = sorted((path, exact_id) for path, exact_id in rows if path not in seen)
-            conn.executemany("DELETE FROM files WHERE path = ?", [(path,) for path, _ in gone])
+            conn.executemany(f"DELETE FROM files WHERE path = {_TEXT}", [(_text(path),) for path, _ in gone])
             self._drop_unheld(conn, [exact_id for _, exact_id in gone])
         return [path for path, _ in gone]
 

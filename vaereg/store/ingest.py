@@ -63,6 +63,10 @@ def _stat_or_none(path: str) -> os.stat_result | None:
 _NOT_YET = object()
 
 
+def _read_fine(result: object) -> bool:
+    return not isinstance(result, HashReport) or result.error is None
+
+
 def slim(report: HashReport) -> HashReport:
     """The report without the per-tensor digests and sketch (tens of KB) that only the index needs."""
     if report.vae is None:
@@ -126,8 +130,9 @@ class Ingest:
             result = read()
         except FileNotFoundError:
             return "vanished", None, None
-        with self._lock:
-            self.bytes_read += before.st_size
+        if _read_fine(result):  # a file refused after its first bytes was not read
+            with self._lock:
+                self.bytes_read += before.st_size
         after = _stat_or_none(path)
         if after is None:
             return "vanished", result, None

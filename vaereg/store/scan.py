@@ -74,11 +74,12 @@ class ScanProgress:
 
 @dataclass(frozen=True)
 class ScanReport:
-    """What a scan did. `errors` are files that could not be read ("<path>: <reason>": truncated, damaged);
-    `not_read` are model files vaereg declines to read though nothing is wrong with them (a pickled
-    detector: `ModelNotRead`); `no_vae` counts the files read that hold no VAE (LoRAs, upscalers, text
-    encoders...); `warnings` are problems met on the way that are not a file's (unreadable folders, broken
-    links, registry). All of them are about the files read by this scan; `vaereg ls --problems` lists every
+    """What a scan did. `new` and `changed` count the files read and indexed; `failed` those that could not
+    be read, each in `errors` ("<path>: <reason>": truncated, damaged); `not_read` are model files vaereg
+    declines to read though nothing is wrong with them (a pickled detector: `ModelNotRead`); `no_vae` counts
+    the files read that hold no VAE (LoRAs, upscalers, text encoders...); `warnings` are problems met on the
+    way that are not a file's (unreadable folders, broken links, registry); `bytes_read` sums the files read
+    successfully. All of them are about the files read by this scan; `vaereg ls --problems` lists every
     indexed file that could not be read."""
 
     roots: tuple[str, ...]
@@ -91,6 +92,7 @@ class ScanReport:
     warnings: tuple[str, ...]
     bytes_read: int
     seconds: float
+    failed: int = 0
     not_read: tuple[str, ...] = ()
     no_vae: int = 0
     #: of the `no_vae` files, how many of each kind (`identity.kinds`; "other" when the names do not tell)
@@ -108,6 +110,7 @@ class ScanReport:
             "moved": self.moved,
             "removed": self.removed,
             "unchanged": self.unchanged,
+            "failed": self.failed,
             "errors": list(self.errors),
             "not_read": list(self.not_read),
             "no_vae": self.no_vae,
@@ -159,6 +162,7 @@ class ScanPlan:
         total = sum(f.size for f in todo)
         done_bytes = 0
         errors: list[str] = []
+        failed: set[str] = set()
         not_read: list[str] = []
         no_vae: dict[str, int] = {}
         warnings: list[str] = list(self.walk.warnings)
@@ -170,11 +174,16 @@ class ScanPlan:
             except Exception as exc:  # noqa: BLE001 - a bug met on one file is its error, not the scan's end
                 logging.getLogger("vaereg.store").error("%s: %s", found.path, internal_error(exc), exc_info=exc)
                 errors.append(f"{found.path}: {internal_error(exc)}")
+                failed.add(found.path)
                 continue
             finally:
                 done_bytes += found.size
             if outcome.error:
-                (not_read if is_not_read(outcome.error) else errors).append(f"{found.path}: {outcome.error}")
+                if is_not_read(outcome.error):
+                    not_read.append(f"{found.path}: {outcome.error}")
+                else:
+                    errors.append(f"{found.path}: {outcome.error}")
+                    failed.add(found.path)
             elif outcome.status == "recorded" and outcome.report is not None and outcome.report.vae is None:
                 kind = outcome.report.kind or "other"
                 no_vae[kind] = no_vae.get(kind, 0) + 1
@@ -185,8 +194,8 @@ class ScanPlan:
             on_progress(ScanProgress(len(todo), len(todo), done_bytes, total, None))
         return ScanReport(
             roots=self.roots,
-            new=len(self.new),
-            changed=len(self.changed),
+            new=sum(f.path not in failed for f in self.new),
+            changed=sum(f.path not in failed for f in self.changed),
             moved=len(self.moved),
             removed=len(self.removed),
             unchanged=self.unchanged,
@@ -194,6 +203,7 @@ class ScanPlan:
             warnings=tuple(warnings),
             bytes_read=ingest.bytes_read,
             seconds=time.monotonic() - self.planned_at,
+            failed=len(failed),
             not_read=tuple(not_read),
             no_vae=sum(no_vae.values()),
             no_vae_kinds=dict(sorted(no_vae.items(), key=lambda kv: (-kv[1], kv[0]))),

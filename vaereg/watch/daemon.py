@@ -317,7 +317,10 @@ class Daemon:
         row = self.index.get(path)
         verdict, old = classify(found, row, self.index)
         if verdict == "moved" and old is not None:
-            self.ingest.moved(old, path)
+            # from another watched root (the watch there saw it leave, this one saw it arrive): said as a
+            # move within a root is
+            if self.ingest.moved(old, path):
+                log.info("moved %s -> %s", old, path)
             return
         if verdict == "unchanged":
             assert row is not None
