@@ -2,13 +2,18 @@
 
 The child's address space is capped with RLIMIT_AS (an allocation past it fails instead of swapping the
 machine), it is killed at the deadline, and its own peak RSS is read from `wait4`.
+
+The command runs under a small launcher: a child's peak RSS (`ru_maxrss`) starts at the peak of the process
+it was forked from, and a pytest process that has imported torch and diffusers is past the limit before the
+child runs a line of its own. The launcher forks the command from itself, sets the limit, waits for it and
+writes its peak RSS to a file; it ends as the command did (same exit status, or the same signal).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,11 +39,22 @@ class Run:
         return self.stderr.splitlines()
 
 
-def _limit_memory(limit: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return apply
+#: argv: limit, report file, command... (see the module docstring).
+_LAUNCHER = """
+import os, resource, signal, sys
+limit, report, command = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(command[0], command)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(str(usage.ru_maxrss))
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+os._exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def run_vaereg(
@@ -55,28 +71,34 @@ def run_vaereg(
     """
     env = {**os.environ, "VAEREG_HOME": str(home), "MALLOC_ARENA_MAX": "2", "COLUMNS": "400", "NO_COLOR": "1"}
     env.pop("VAEREG_CONFIG", None)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "peak_rss"
+        command = [sys.executable, *(program or ["-m", "vaereg"]), *map(str, args)]
         proc = subprocess.Popen(
-            [sys.executable, *(program or ["-m", "vaereg"]), *map(str, args)],
+            [sys.executable, "-c", _LAUNCHER, str(memory), str(report), *command],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             env=env,
             cwd=cwd,
-            preexec_fn=_limit_memory(memory),
+            start_new_session=True,  # the deadline kills the launcher and the command together
         )
         fired = threading.Event()
 
         def kill() -> None:
             fired.set()
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
 
         killer = threading.Timer(timeout, kill)
         killer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
         finally:
             killer.cancel()
+        peak_kib = int(report.read_text() or 0) if report.exists() else 0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -84,7 +106,7 @@ def run_vaereg(
             returncode=proc.returncode,
             stdout=out.read().decode("utf-8", "replace"),
             stderr=err.read().decode("utf-8", "replace"),
-            peak_rss=usage.ru_maxrss * 1024,
+            peak_rss=peak_kib * 1024,
             killed=fired.is_set(),
         )
 

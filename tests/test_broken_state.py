@@ -104,6 +104,8 @@ def test_an_index_that_is_not_a_database_is_moved_aside_on_request(tmp_path, con
 
 
 def test_an_index_from_a_newer_vaereg(tmp_path, config, capsys):
+    from vaereg.store.index import SCHEMA_VERSION
+
     config.home.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(config.index)
     conn.execute("PRAGMA user_version = 99")
@@ -111,7 +113,7 @@ def test_an_index_from_a_newer_vaereg(tmp_path, config, capsys):
     assert main(["ls"]) == 2
     line = one_line(capsys.readouterr().err)
     assert line == (
-        f"vaereg: {config.index}: index schema 99 is newer than this vaereg's (1): upgrade vaereg, or"
+        f"vaereg: {config.index}: index schema 99 is newer than this vaereg's ({SCHEMA_VERSION}): upgrade vaereg, or"
         " `vaereg scan --rebuild-index DIR...` moves it aside and builds a new one (names are kept)"
     )
     lib = library(tmp_path / "lib", 1)

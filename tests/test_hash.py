@@ -265,7 +265,7 @@ def test_cli_json_lines_in_order_and_exit_status(vae, tmp_path, capsys, referenc
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert status == 1
     assert [line["path"] for line in lines] == [str(good), str(bad), str(pt)]
-    assert set(lines[0]) == {"path", "format", "error", "vae", "file", "kind"}
+    assert set(lines[0]) == {"path", "format", "error", "base", "vae", "file", "kind"}
     assert set(lines[0]["vae"]) == {
         "id", "exact_id", "encoder_id", "decoder_id", "family", "latent_channels",
         "dtype", "layout", "prefix", "tensors", "params",

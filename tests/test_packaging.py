@@ -20,6 +20,9 @@ def test_every_source_package_is_listed():
     for folder in (ROOT / "vaereg").rglob("__init__.py"):
         name = ".".join(folder.parent.relative_to(ROOT).parts)
         assert name in listed, f"{name} is missing from [tool.setuptools] packages"
+    for folder in (ROOT / "plugins").rglob("__init__.py"):
+        name = ".".join(("vaereg_plugins", *folder.parent.relative_to(ROOT / "plugins").parts))
+        assert name in listed, f"{name} is missing from [tool.setuptools] packages"
     for package, folder in dirs.items():
         assert package in listed and (ROOT / folder / "__init__.py").is_file()
 
@@ -35,7 +38,8 @@ def test_entry_points_name_importable_plugin_modules():
     for name, target in project["entry-points"]["vaereg"].items():
         assert name.startswith("vaereg.")
         module = target.removeprefix("vaereg_plugins.")
-        assert (ROOT / "plugins" / f"{module}.py").is_file(), target
+        found = (ROOT / "plugins" / f"{module}.py").is_file() or (ROOT / "plugins" / module / "__init__.py").is_file()
+        assert found, target
 
 
 def test_shipped_registry_found_from_a_source_checkout(config):

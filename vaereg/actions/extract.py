@@ -28,7 +28,7 @@ from vaereg.errors import ExtractError, FileProblem, internal_error
 from vaereg.identity.analyze import open_model
 from vaereg.identity.digest import compute_identity, widen_float32
 from vaereg.identity.dtypes import DTYPE_BITS, FLOAT_DTYPES, FP16_MAX, PACKED_FLOATS
-from vaereg.identity.locate import CanonicalVae
+from vaereg.identity.locate import CanonicalVae, complete_mapping
 from vaereg.identity.report import VaeIdentity
 from vaereg.plugin.types import TensorInfo
 
@@ -264,7 +264,9 @@ def plan_extract(
             vae = opened.vae
             source_identity, _ = compute_identity(vae, opened.source.read)
             tensors = _layout(dict(vae.tensors), dtype)
-            output_identity, overflow = _output_identity(vae, tensors, opened.read, source_identity)
+            output_identity, overflow = _output_identity(
+                vae, tensors, opened.read, source_identity, _written_layout(vae, plugins)
+            )
     except (ExtractError, OSError):
         raise
     except FileProblem as exc:
@@ -316,15 +318,25 @@ def plan_extract(
     )
 
 
+def _written_layout(vae: CanonicalVae, plugins: Plugins) -> str:
+    """The layout `vaereg hash` will see in the written file: the canonical names are their family's
+    canonical layout (``ldm`` for the KL autoencoders, ``wan`` for Wan's...), native names stay native."""
+    if vae.layout == "native":
+        return "native"
+    names = list(vae.tensors)
+    mapping = plugins.map_layout(names)
+    return mapping.layout if mapping is not None and complete_mapping(mapping, names) else "native"
+
+
 def _output_identity(
     vae: CanonicalVae,
     tensors: tuple[OutputTensor, ...],
     read: Callable[[str], bytes | memoryview],
     source: VaeIdentity,
+    layout: str,
 ) -> tuple[VaeIdentity, dict[str, int]]:
     """The identity the written file will have (what `vaereg hash` will say of it), and the overflow count
     per tensor. Computed over the converted tensors exactly as `execute` will write them."""
-    layout = "native" if vae.layout == "native" else "ldm"
     if all(t.dtype == t.stored_dtype for t in tensors):  # nothing converted: the same values
         return dataclasses.replace(source, layout=layout, prefix=""), {}
     overflow: dict[str, int] = {}

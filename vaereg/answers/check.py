@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from vaereg.answers.automatic import AutomaticVae, automatic_vae
 from vaereg.answers.health import Health, assess
 from vaereg.answers.known import KnownVae, KnownVaes
+from vaereg.answers.latent import may_recommend
 from vaereg.answers.relation import relation_rank
 from vaereg.identity.report import VaeIdentity
 
@@ -78,6 +79,8 @@ class CheckReport:
     automatic_vae: AutomaticVae | None = None
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    #: the model's base (identity/base.py): only VAEs of its latent space are recommended
+    base: str | None = None
     decode: DecodeFindings | None = None  # `check --decode`: what the round trip measured
 
     @property
@@ -87,6 +90,7 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
+            "base": self.base,
             "embedded": self.embedded.to_json() if self.embedded else None,
             "needs_external_vae": self.needs_external_vae,
             "reason": self.reason,
@@ -123,7 +127,7 @@ def check_model(
     automatic = automatic_vae(path, launchers, vae_folders, index, registry)
     vae = report.vae
     if vae is None:
-        return CheckReport(shown, None, True, "the model holds no VAE", automatic_vae=automatic)
+        return CheckReport(shown, None, True, "the model holds no VAE", automatic_vae=automatic, base=report.base)
     launcher_vae_folders = [folder for found in launchers for folder in found.vae] + list(vae_folders)
     known = KnownVaes.gather(
         vae, own_path=path, index=index, registry=registry, launcher_vae_folders=launcher_vae_folders
@@ -135,14 +139,27 @@ def check_model(
     needs, reason = _verdict(embedded, findings)
     recommended = None
     if needs:
-        # Only what can be loaded: a standalone file, else a registry entry with a source to download.
+        # Only what can be loaded: a standalone file, else a registry entry with a source to download; and
+        # only a VAE of the model's latent space (answers/latent.py).
         own = known.group_of(vae.id)
-        fit = [k for k in ranked if k.id != own and known.healthy(k.id)]
+        fit = [
+            k
+            for k in ranked
+            if k.id != own
+            and known.healthy(k.id)
+            and may_recommend(report.base, known.bases(k.id), same_encoder=vae.encoder_id in known.encoder_ids(k.id))
+        ]
         recommended = next((k for k in fit if k.paths), None) or next((k for k in fit if k.source), None)
         if recommended is None:
-            reason += f"; no healthy known VAE with a file to load is related to it: use a {vae.family} VAE you trust"
+            space = f"{report.base} " if report.base else ""
+            reason += (
+                f"; no healthy known {space}VAE with a file to load is related to it:"
+                f" use a {report.base or vae.family} VAE you trust"
+            )
     warnings = () if index is not None else ("no index (run `vaereg scan`): only registry ids were compared",)
-    return CheckReport(shown, embedded, needs, reason, recommended, automatic, warnings=warnings, decode=findings)
+    return CheckReport(
+        shown, embedded, needs, reason, recommended, automatic, warnings=warnings, base=report.base, decode=findings
+    )
 
 
 def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tuple[EmbeddedVae, list[KnownVae]]:

@@ -26,7 +26,9 @@ RES_BLOCKS = 2
 #: Channel multipliers of the kl-f8 autoencoders, used where a VAE's own shapes do not tell.
 DEFAULT_CH_MULT = (1, 2, 4, 4)
 
-_FAMILY = re.compile(r"kl-f(\d+)-(\d+)ch")
+_FAMILY = re.compile(r"kl-f(\d+)-(\d+)ch|flux2-(\d+)ch")
+#: FLUX.2's latent statistics: a BatchNorm without affine parameters (BFL's ``AutoEncoder.bn``).
+FLUX2_STATISTICS = ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked")
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,13 @@ def expected_tensors(family: str, shapes: Mapping[str, tuple[int, ...]]) -> set[
     channels of each level are read from the VAE's own shapes where it has them.
     """
     found = _FAMILY.fullmatch(family)
-    if not found or int(found[1]) & (int(found[1]) - 1):
+    if not found:
         return None
-    levels = int(found[1]).bit_length()  # kl-f8: 3 downsamplers, 4 levels
-    latent = int(found[2])
+    flux2 = found[3] is not None
+    factor, latent = (8, int(found[3])) if flux2 else (int(found[1]), int(found[2]))
+    if factor & (factor - 1):
+        return None
+    levels = factor.bit_length()  # kl-f8: 3 downsamplers, 4 levels
     channels = _level_channels(levels, shapes)
     names: set[str] = set()
 
@@ -121,10 +126,12 @@ def expected_tensors(family: str, shapes: Mapping[str, tuple[int, ...]]) -> set[
             block_in = channels[i]
         if i != 0:
             conv(f"decoder.up.{i}.upsample.conv")
-    # SD-style 4-channel VAEs carry the quant convolutions; SD3/Flux's 16-channel ones drop them.
-    if latent == 4 or "quant_conv.weight" in shapes:
+    # SD-style 4-channel VAEs and FLUX.2's carry the quant convolutions; SD3/FLUX.1's 16-channel ones drop them.
+    if latent == 4 or flux2 or "quant_conv.weight" in shapes:
         conv("quant_conv")
         conv("post_quant_conv")
+    if flux2:
+        names.update(FLUX2_STATISTICS)
     return names
 
 

@@ -167,6 +167,30 @@ class KnownVaes:
         entry = self.entry(vae_id)
         return entry.flags if entry else ()
 
+    def bases(self, vae_id: str) -> set[str]:
+        """The base models known for `vae_id`: its registry entry's, and those of the indexed checkpoints
+        that embed it or a VAE with one of its encoders."""
+        found: set[str] = set()
+        for member in self.members(vae_id):  # its precision variants are the same latent space
+            entry = self.entry(member)
+            if entry is not None and entry.base:
+                found.add(entry.base)
+            if self.index is not None:
+                found |= self.index.bases(id=member)
+        if self.index is not None:
+            for encoder_id in self.encoder_ids(vae_id):
+                found |= self.index.bases(encoder_id=encoder_id)
+        return found
+
+    def encoder_ids(self, vae_id: str) -> set[str]:
+        """The encoder ids known for `vae_id` and its precision variants (their exact variants', their
+        registry entries')."""
+        found: set[str] = set()
+        for member in self.members(vae_id):
+            found |= {v.encoder_id for v in self.variants.get(member, ())}
+            found |= {e.encoder_id for e in self.entries.get(member, ()) if e.encoder_id}
+        return found
+
     def standalone(self, vae_id: str) -> list[IndexedFile]:
         return [c for c in self.copies.get(vae_id, ()) if not c.embedded]
 

@@ -58,7 +58,7 @@ def _print_match(match) -> None:
         ("id", match.id or "(not known yet: no copy scanned)"),
         ("aliases", ", ".join(match.aliases)),
         ("family", match.family),
-        ("base", match.base),
+        ("base", ", ".join(match.bases)),
         ("notes", (match.notes or "").replace("\n", "\n" + " " * 12)),
         ("flags", ", ".join(match.flags)),
         ("matched", "; ".join(f"{hit.kind} {hit.value}" for hit in match.matched)),

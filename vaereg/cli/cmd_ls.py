@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print("no VAEs indexed yet: vaereg scan DIR indexes a folder", file=sys.stderr)
         return ExitStatus.OK
     rows = [
-        (label(vae), vae.family, vae.base or "-", short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
+        (label(vae), vae.family, ", ".join(vae.bases) or "-", short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
          human_size(vae.reclaimable_bytes) if vae.reclaimable_bytes else "-")
         for vae in vaes
     ]

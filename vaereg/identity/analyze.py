@@ -17,6 +17,7 @@ from typing import Iterator
 
 from vaereg._fs import not_regular_reason, open_regular, os_error_text
 from vaereg.errors import FileProblem, ModelFormatError, internal_error
+from vaereg.identity.base import detect_base
 from vaereg.identity.digest import TensorStats, compute_identity
 from vaereg.identity.filehash import file_hashes
 from vaereg.identity.kinds import model_kind
@@ -50,6 +51,7 @@ class OpenedModel:
     path: Path
     source: TensorSource
     vae: CanonicalVae | None
+    base: str | None = None
 
     @property
     def format(self) -> str:
@@ -83,7 +85,7 @@ def open_model(path: Path, plugins: Plugins) -> Iterator[OpenedModel]:
         infos = source.tensors
         location = find_vae(list(infos))
         vae = canonicalize(location, infos, plugins.map_layout) if location else None
-        yield OpenedModel(path=path, source=source, vae=vae)
+        yield OpenedModel(path=path, source=source, vae=vae, base=detect_base(infos))
 
 
 def _hash_target(path: Path, source: TensorSource) -> tuple[Path, int | None]:
@@ -109,10 +111,10 @@ def analyze(
 ) -> tuple[HashReport, dict[str, TensorStats]]:
     """Identify `path`; the per-tensor health stats come along when asked for (one pass either way)."""
     shown = str(path)
-    fmt = None
+    fmt = base = None
     try:
         with open_model(path, plugins) as model:
-            fmt = model.format
+            fmt, base = model.format, model.base
             vae, stats, kind = None, {}, None
             hashed, data_offset = _hash_target(path, model.source)
             if model.vae is None:
@@ -143,7 +145,7 @@ def analyze(
     except Exception as exc:  # noqa: BLE001 - a bug met on one file is that file's error, not the batch's end
         log.error("%s: %s", path, internal_error(exc), exc_info=exc)
         return HashReport(path=shown, format=fmt, error=internal_error(exc)), {}
-    return HashReport(path=shown, format=fmt, vae=vae, file=hashes, kind=kind), stats
+    return HashReport(path=shown, format=fmt, vae=vae, file=hashes, kind=kind, base=base), stats
 
 
 def _file_size(path: Path) -> int | None:

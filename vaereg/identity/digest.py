@@ -24,7 +24,9 @@ from vaereg.identity.locate import CanonicalVae, group_of
 from vaereg.identity.report import TensorDigest, VaeIdentity
 from vaereg.plugin.types import TensorInfo
 
-SPEC_VERSION = 1
+#: The manifests' format, hashed into every id. Spec v2 (report.SPEC_VERSION) did not change it, so the VAEs
+#: whose canonical tensors did not change kept their ids.
+MANIFEST_VERSION = 1
 #: Values sampled per tensor for the linear sketch.
 SKETCH_PER_TENSOR = 32
 #: Below this many bytes of tensors, hashing in one thread is faster than starting a pool.
@@ -135,7 +137,7 @@ def _digest_tensor(
 
 def _manifest_id(domain: str, lines: Iterable[tuple[str, str, tuple[int, ...], str]]) -> str:
     h = xxhash.xxh3_128()
-    h.update(f"vaereg-{domain}-v{SPEC_VERSION}\n".encode())
+    h.update(f"vaereg-{domain}-v{MANIFEST_VERSION}\n".encode())
     for name, dtype, shape, digest in lines:
         h.update(f"{name} {dtype} {','.join(map(str, shape))} {digest}\n".encode())
     return h.hexdigest()

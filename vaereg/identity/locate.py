@@ -1,6 +1,10 @@
 """Where the VAE sits in a model, and what its canonical layout looks like.
 
 Pure functions over tensor descriptors: no files, no tensor data. See docs/identity-spec.md.
+
+Complete by construction: every tensor below the VAE's root is part of it, except the training state the
+spec names (``loss.*``, ``model_ema.*``). A layout mapping renames the keys only when it names every one of
+them; otherwise the keys are kept as stored (layout ``native``). Nothing is ever left out silently.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from vaereg.identity.family import recognise
 from vaereg.plugin.types import LayoutMapping, TensorInfo
 
 #: Prefixes under which full checkpoints keep their VAE, most common first. Other prefixes are found by
@@ -21,10 +26,24 @@ IGNORED_ROOTS = ("loss.", "model_ema.")
 #: Both layouts (LDM and diffusers) name these two tensors alike, so they locate a KL VAE of either layout.
 _ANCHORS = ("encoder.conv_in.weight", "decoder.conv_in.weight")
 
-_ATTN_WEIGHT = re.compile(r"^(?:en|de)coder\.mid\.attn_1\.(?:q|k|v|proj_out)\.weight$")
+#: The roots of a VAE's two halves, in every family's canonical names: the encoder with what turns its
+#: output into latents (KL's ``quant_conv``, Wan's ``conv1``, Stable Cascade stage A's ``in_block`` and
+#: ``down_blocks``), the decoder with what comes before it (``post_quant_conv``, Wan's ``conv2``, a VQ
+#: codebook, the consistency decoder's UNet). Anything else (FLUX.2's ``bn``, LTX-Video's
+#: ``per_channel_statistics``) is in `id` only.
+ENCODER_ROOTS = ("encoder.", "quant_conv.", "conv1.", "in_block.", "down_blocks.")
+DECODER_ROOTS = (
+    "decoder.", "post_quant_conv.", "conv2.", "decoder_unet.", "quantize.", "vquantizer.", "up_blocks.", "out_block.",
+)
 
-ENCODER_ROOTS = ("encoder.", "quant_conv.")
-DECODER_ROOTS = ("decoder.", "post_quant_conv.")
+#: Files that are a VAE (or half of one) with no root of their own, whole: Stable Cascade's stage A,
+#: ComfyUI's combined TAESD, one original TAESD half (``nn.Sequential`` keys), one Mochi half.
+_ROOTLESS_MARKERS = ("vquantizer.codebook.weight", "taesd_encoder.0.weight", "taesd_decoder.1.weight")
+_SEQUENTIAL_KEY = re.compile(r"^\d+\.(?:conv\.[024]\.)?(?:weight|bias)$")
+#: The roots of Genmo's Mochi VAE halves, published as two files (their residual blocks hold a ``stack``).
+_MOCHI_HALVES = (("layers.", "output_norm.", "output_proj."), ("blocks.", "output_proj."))
+
+_ATTN_WEIGHT = re.compile(r"^(?:en|de)coder\.mid\.attn_1\.(?:q|k|v|proj_out)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -35,12 +54,22 @@ class VaeLocation:
     keys: tuple[str, ...]
 
 
+def _rootless(names: Sequence[str]) -> bool:
+    if any(marker in names for marker in _ROOTLESS_MARKERS):
+        return True
+    if any(".stack." in n for n in names) and any(all(n.startswith(roots) for n in names) for roots in _MOCHI_HALVES):
+        return True
+    # An original tiny-autoencoder half: numbered layers, some of them blocks of three convolutions.
+    return bool(names) and all(_SEQUENTIAL_KEY.match(n) for n in names) and any(".conv.4." in n for n in names)
+
+
 def find_vae(names: Sequence[str]) -> VaeLocation | None:
     """Find the VAE among a model's tensor names, or None when there is none.
 
     A KL autoencoder is recognised by its two anchor keys under one prefix. Failing that, a known VAE
     prefix holding both encoder and decoder keys marks a VAE of another architecture; a bare file with
-    top-level ``encoder.*`` and ``decoder.*`` keys is taken as a standalone VAE of that kind.
+    top-level ``encoder.*`` and ``decoder.*`` keys is taken as a standalone VAE of that kind, and a few
+    architectures without such roots (stage A, tiny-autoencoder halves) are known by their own keys.
     """
     present = set(names)
     candidates = {
@@ -53,8 +82,10 @@ def find_vae(names: Sequence[str]) -> VaeLocation | None:
             prefix
             for prefix in KNOWN_PREFIXES
             if any(n.startswith(prefix + "encoder.") for n in names)
-            and any(n.startswith(prefix + "decoder.") for n in names)
+            and any(n.startswith((prefix + "decoder.", prefix + "decoder_unet.")) for n in names)
         }
+    if not candidates and _rootless(names):
+        candidates = {""}
     if not candidates:
         return None
     rank = {p: i for i, p in enumerate(KNOWN_PREFIXES)}
@@ -89,6 +120,13 @@ class CanonicalVae:
     latent_channels: int | None
 
 
+def complete_mapping(mapping: LayoutMapping | None, keys: Sequence[str]) -> bool:
+    """A mapping is used only when it names every key, each onto a name of its own."""
+    if mapping is None or set(mapping.keys) != set(keys):
+        return False
+    return len(set(mapping.keys.values())) == len(mapping.keys)
+
+
 def canonicalize(
     location: VaeLocation,
     infos: Mapping[str, TensorInfo],
@@ -97,43 +135,18 @@ def canonicalize(
     """Bring a located VAE to canonical names and shapes and work out its family."""
     local = [k[len(location.prefix) :] for k in location.keys]
     mapping = map_layout(local)
-    if mapping is None or not mapping.keys:
-        # No known layout: keep the keys as stored. A bare file may hold more than the autoencoder, so
-        # there only the autoencoder's own roots count.
-        roots = ENCODER_ROOTS + DECODER_ROOTS
-        layout, names = "native", {k: k for k in local if location.prefix or k.startswith(roots)}
-    else:
+    if mapping is not None and complete_mapping(mapping, local):
         layout, names = mapping.layout, dict(mapping.keys)
+    else:
+        layout, names = "native", {k: k for k in local}
     stored: dict[str, str] = {}
     tensors: dict[str, TensorInfo] = {}
     for key, canonical in names.items():
         info = infos[location.prefix + key]
         stored[canonical] = info.name
         tensors[canonical] = TensorInfo(canonical, info.dtype, canonical_shape(canonical, info.shape))
-    family, latent = _family(tensors) if layout != "native" else ("unknown", None)
-    if family == "unknown":
-        layout = "native"
-    return CanonicalVae(location.prefix, layout, stored, tensors, family, latent)
-
-
-def _family(tensors: Mapping[str, TensorInfo]) -> tuple[str, int | None]:
-    """Name the architecture from shapes: ``kl-f<downscale>-<latent channels>ch``, else unknown.
-
-    SD1.x, SD2.x and SDXL VAEs share every shape (kl-f8-4ch); SD3 and Flux use 16 latent channels and no
-    quant convolutions (kl-f8-16ch).
-    """
-    conv_in = tensors.get("decoder.conv_in.weight")
-    enc_out = tensors.get("encoder.conv_out.weight")
-    if conv_in is None or enc_out is None or len(conv_in.shape) != 4 or len(enc_out.shape) != 4:
-        return "unknown", None
-    latent = conv_in.shape[1]
-    if enc_out.shape[0] != 2 * latent:  # a KL encoder predicts mean and log-variance
-        return "unknown", None
-    has_quant = "quant_conv.weight" in tensors
-    if has_quant != ("post_quant_conv.weight" in tensors):
-        return "unknown", None
-    downsamples = {n.split(".")[2] for n in tensors if n.startswith("encoder.down.") and ".downsample." in n}
-    return f"kl-f{2 ** len(downsamples)}-{latent}ch", latent
+    family = recognise(tensors)
+    return CanonicalVae(location.prefix, layout, stored, tensors, family.name, family.latent_channels)
 
 
 def group_of(name: str) -> str:

@@ -13,6 +13,11 @@ from typing import Any, Mapping
 FILE_HASH_NAMES = ("sha256", "autov1", "autov2", "autov3", "blake3", "crc32")
 
 
+#: The identity specification the reports follow (docs/identity-spec.md); the index keeps it per row, so
+#: rows identified under an older one are identified again (store/ingest.py).
+SPEC_VERSION = 2
+
+
 @dataclass(frozen=True)
 class TensorDigest:
     """One canonical tensor: its shape, stored dtype and the two xxh3-128 digests (hex)."""
@@ -84,6 +89,8 @@ class HashReport:
     error: str | None = None
     vae: VaeIdentity | None = None
     file: FileHashes | None = None
+    #: The model a checkpoint is for (identity/base.py), None for a standalone VAE.
+    base: str | None = None
     #: for a model with no VAE, what it is when its tensor names tell ("lora", "upscaler"...: identity.kinds)
     kind: str | None = None
 
@@ -96,6 +103,7 @@ class HashReport:
             "path": self.path,
             "format": self.format,
             "error": self.error,
+            "base": self.base,
             "vae": self.vae.to_json() if self.vae else None,
             "file": self.file.to_json() if self.file else None,
             "kind": self.kind,

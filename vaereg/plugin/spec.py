@@ -36,11 +36,13 @@ def vaereg_open_model(path: Path, head: bytes) -> TensorSource | None:
 
 @hookspec(firstresult=True)
 def vaereg_map_layout(keys: Sequence[str]) -> LayoutMapping | None:
-    """Map a VAE's key layout onto the canonical CompVis/LDM names.
+    """Map a VAE's key layout onto its family's canonical names (CompVis/LDM for the KL autoencoders).
 
-    Called once per identified VAE with its keys, the common prefix (``first_stage_model.``, ``vae.``...)
-    already removed. Return a :class:`LayoutMapping` when the keys are in a layout this plugin knows, else
-    ``None``. With no answer the keys are kept as they are and the VAE's family is "unknown".
+    Called once per identified VAE with all its keys, the common prefix (``first_stage_model.``, ``vae.``...)
+    already removed. Return a :class:`LayoutMapping` naming every key when the keys are in a layout this
+    plugin knows, else ``None``. A mapping that leaves a key out, or gives two keys one name, is not used:
+    the keys are then kept as they are (layout ``native``), as with no answer. The family is recognised
+    afterwards, from the names and shapes (docs/identity-spec.md).
     """
 
 

@@ -63,10 +63,11 @@ class TensorSource(Protocol):
 
 @dataclass(frozen=True)
 class LayoutMapping:
-    """How one key layout maps onto the canonical (CompVis/LDM) VAE layout.
+    """How one key layout maps onto its family's canonical layout.
 
-    `keys` maps each VAE key as found (after the prefix) to its canonical name. Keys not in the mapping are
-    not part of the VAE.
+    `keys` maps each VAE key as found (after the prefix) to its canonical name. It must name every key: a
+    mapping that leaves one out is not used (the VAE keeps its keys as stored), since every tensor under the
+    VAE's root is part of its identity.
     """
 
     layout: str

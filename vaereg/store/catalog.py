@@ -96,6 +96,15 @@ class _Described:
         """The model whose latent space the VAE serves, as its registry entry says (``SD1``, ``SDXL``...)."""
         return self.entry.base if self.entry else None
 
+    @property
+    def bases(self) -> list[str]:
+        """The models whose latent space the VAE serves: the registry's `base`, and the base models of the
+        indexed checkpoints that embed it (identity/base.py)."""
+        found = {copy.base for copy in getattr(self, "copies", ()) if copy.base}
+        if self.base:
+            found.add(self.base)
+        return sorted(found)
+
 
 @dataclass(frozen=True)
 class MatchedHash:
@@ -133,6 +142,7 @@ class LookupMatch(_Described):
             "copies": [copy.to_json() for copy in self.copies],
             "slug": self.slug,
             "base": self.base,
+            "bases": self.bases,
         }
 
 
@@ -191,6 +201,7 @@ class VaeSummary(_Described):
             "standalone": self.standalone,
             "embedded": self.embedded,
             "base": self.base,
+            "bases": self.bases,
         }
 
 

@@ -27,6 +27,7 @@ from vaereg.errors import IndexUnreadableError, IndexVersionError, StateError
 from vaereg.identity.report import (
     FILE_HASH_NAMES,
     FileHashes,
+    SPEC_VERSION,
     HashReport,
     TensorDigest,
     VaeIdentity,
@@ -103,6 +104,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX files_autov3 ON files (autov3)",
         "CREATE INDEX files_blake3 ON files (blake3)",
     ),
+    (
+        # Identity spec v2: which model a checkpoint is for, and which spec a row's identity follows (rows
+        # from before are v1, re-identified or carried forward by the next scan: store/ingest.py).
+        "ALTER TABLE files ADD COLUMN base TEXT",
+        "ALTER TABLE files ADD COLUMN spec INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX files_base ON files (base)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -174,6 +182,8 @@ class IndexedFile:
     blake3: str | None
     crc32: str | None
     hashed_at: float | None
+    base: str | None  # the model a checkpoint is for (identity/base.py)
+    spec: int  # the identity spec version the row was identified under
     id: str | None
     encoder_id: str | None
     decoder_id: str | None
@@ -209,7 +219,7 @@ class IndexedFile:
                 params=self.params or 0,
             )
         hashes = self.hashes or FileHashes(self.size)
-        return HashReport(path=self.path, format=self.format, error=self.error, vae=vae, file=hashes)
+        return HashReport(path=self.path, format=self.format, error=self.error, vae=vae, file=hashes, base=self.base)
 
     def unchanged(self, size: int, mtime_ns: int, inode: int) -> bool:
         """Whether a file of this inode, size and mtime is the one indexed here, unchanged (the inode folded
@@ -290,6 +300,7 @@ _FILE_COLUMNS = (
     *("path", "dev", "inode", "size", "mtime_ns", "format", "error", "exact_id", "embedded", "prefix"),
     "indexed_at",
     *_HASH_COLUMNS,
+    *("base", "spec"),
 )
 _VAE_COLUMNS = (
     *("exact_id", "id", "encoder_id", "decoder_id", "family", "latent_channels", "dtype", "layout"),
@@ -587,10 +598,37 @@ class Index:
                     vae.prefix if vae else None,
                     now,
                     *hashes,
+                    report.base,
+                    SPEC_VERSION,
                 ),
             )
             if old is not None:
                 self._drop_unheld(conn, [old[0]])
+
+    def carry_forward(self, path: str, st: os.stat_result, base: str | None) -> bool:
+        """Mark the row of `path` as identified under the current spec, its identity unchanged (the caller
+        proved it from the file's header), with the base model found meanwhile. False when the row no longer
+        describes the file as `st` shows it."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE files SET base = ?, spec = ? WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
+                (base, SPEC_VERSION, path, st.st_size, st.st_mtime_ns, _sql_int(st.st_ino)),
+            )
+            return cursor.rowcount == 1
+
+    def bases(self, *, id: str | None = None, encoder_id: str | None = None) -> set[str]:
+        """The base models of the indexed checkpoints that embed a VAE with this `id` (or this `encoder_id`):
+        what vaereg learns of which latent space a VAE serves."""
+        kind, value = ("id", id) if id is not None else ("encoder_id", encoder_id)
+        if value is None:
+            return set()
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT f.base FROM files f JOIN vaes v ON v.exact_id = f.exact_id"
+                f" WHERE v.{kind} = ? AND f.base IS NOT NULL",
+                (value.lower(),),
+            )
+            return {row[0] for row in rows}
 
     def set_file_hashes(self, path: str, hashes: FileHashes, *, expect_mtime_ns: int | None = None) -> bool:
         """Store whole-file hashes computed after `record`; refused (False) if the row is gone or, with

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, TypeVar
 
 from vaereg._fs import stat_key_of
-from vaereg.identity.analyze import analyze, model_file_hashes
-from vaereg.identity.report import HashReport
+from vaereg.errors import FileProblem
+from vaereg.identity.analyze import analyze, model_file_hashes, open_model
+from vaereg.identity.report import SPEC_VERSION, HashReport
 
 if TYPE_CHECKING:
+    from vaereg.identity.locate import CanonicalVae
     from vaereg.plugin.manager import Plugins
-    from vaereg.store.index import Index
+    from vaereg.store.index import Index, IndexedFile
     from vaereg.store.registry.read import Registry
     from vaereg.store.registry.schema import Entry
 
@@ -63,6 +65,19 @@ def _stat_or_none(path: str) -> os.stat_result | None:
 _NOT_YET = object()
 
 
+def unchanged_by_spec(row: IndexedFile, vae: CanonicalVae | None) -> bool:
+    """Whether a row identified under spec v1 has the same identity under the current spec, judged from
+    the VAE located and canonicalised again (header only). True for a file that held no VAE and still holds
+    none, and for a KL autoencoder mapped completely (ldm/diffusers) onto the very tensors v1 counted: v1
+    kept the mapped tensors, v2 keeps all, so equal counts mean equal sets, and the manifest format did not
+    change. Everything else (FLUX.2, Wan, the video VAEs, unknown families) is identified anew."""
+    if row.exact_id is None:
+        return vae is None
+    if vae is None or not vae.family.startswith("kl-") or vae.layout not in ("ldm", "diffusers"):
+        return False
+    return (vae.family, len(vae.tensors), vae.layout, vae.prefix) == (row.family, row.tensors, row.layout, row.prefix or "")
+
+
 def _read_fine(result: object) -> bool:
     return not isinstance(result, HashReport) or result.error is None
 
@@ -94,7 +109,11 @@ class Ingest:
             self._closed = True
 
     def identify(self, path: str, *, with_file_hashes: bool) -> Outcome:
-        """Read `path`, record what it holds and fire `file_identified`."""
+        """Read `path`, record what it holds and fire `file_identified`. A row identified under an older
+        identity spec whose identity cannot have changed is carried forward from the file's header alone."""
+        carried = self._carry_forward(path)
+        if carried is not None:
+            return carried
         problem, report, st = self._read(
             path, lambda: analyze(Path(path), self.plugins, with_file_hashes=with_file_hashes)[0]
         )
@@ -106,6 +125,31 @@ class Ingest:
             return True
 
         return self._commit(record, report, st)
+
+    def _carry_forward(self, path: str) -> Outcome | None:
+        """Bring an older spec's row up to date without reading the tensors, when the header proves its ids
+        unchanged (`unchanged_by_spec`): the row gets the base model and the current spec, no event fires
+        (nothing a plugin knows changed). None when the file must be identified anew."""
+        row = self.index.get(path)
+        if row is None or row.spec >= SPEC_VERSION or row.error is not None:
+            return None
+        before = _stat_or_none(path)
+        if before is None or not row.unchanged(before.st_size, before.st_mtime_ns, before.st_ino):
+            return None
+        try:
+            with open_model(Path(path), self.plugins) as model:
+                vae, base = model.vae, model.base
+        except (OSError, ValueError, KeyError, IndexError, FileProblem):
+            return None  # identified anew, which reports the problem
+        after = _stat_or_none(path)
+        if after is None or stat_key(after) != stat_key(before) or not unchanged_by_spec(row, vae):
+            return None
+        with self._lock:
+            if self._closed:
+                return Outcome("closed", None, before)
+            if not self.index.carry_forward(path, before, base):
+                return None
+        return Outcome("recorded", dataclasses.replace(row.report(), base=base), before)
 
     def add_file_hashes(self, path: str, report: HashReport, expect_mtime_ns: int) -> Outcome:
         """Compute the whole-file hashes of a file recorded without them, store them, fire

@@ -25,12 +25,16 @@ from vaereg.errors import internal_error, is_not_read
 from vaereg.files.walk import FoundFile, Walk, walk_models
 from vaereg.store.ingest import Ingest
 
+from vaereg.identity.report import SPEC_VERSION
+
 if TYPE_CHECKING:
     from vaereg.store.index import Index, IndexedFile
 
 def same_file(row: IndexedFile, found: FoundFile) -> bool:
-    """Whether the index row still describes the file: same inode, size and mtime."""
-    return row.unchanged(found.size, found.mtime_ns, found.inode)
+    """Whether the index row still describes the file: same inode, size and mtime, identified under the
+    current identity spec (a row from an older spec is looked at again: `Ingest.identify` carries it
+    forward from the file's header when its identity cannot have changed, else identifies it anew)."""
+    return row.unchanged(found.size, found.mtime_ns, found.inode) and row.spec >= SPEC_VERSION
 
 
 def moved_from(index: Index, found: FoundFile, *, taken: Collection[str] = ()) -> str | None:
