@@ -4,9 +4,15 @@ Builds an SDXL-sized checkpoint (default 6.9 GB; fp32 VAE of real size under ``f
 fp16 UNet/text-encoder stand-ins around it) in a scratch folder, warms the page cache, then times:
 
 - A1111's ``calculate_sha256`` (hashlib over 1 MiB blocks), the hash launchers compute for a new model;
-- ``vaereg hash --no-file-hashes FILE`` as one CLI call (process start included), with its peak RSS;
-- ``vaereg hash FILE`` with every whole-file hash (sha256, AutoV1/2/3, BLAKE3, CRC32);
+- ``vaereg hash --no-file-hashes FILE`` as one CLI call (process start included), with its peak RSS and
+  CPU time, alone and with a second process spinning on the other core;
+- the default whole-file hashes in process (``file_hashes``: sha256, AutoV1/2, BLAKE3, CRC32; AutoV3 only
+  up to ``[hash] autov3_max_mb``), alternating with A1111's sha256 so both see the same machine;
+- ``vaereg scan`` of the file's folder (identity, then the whole-file hashes), then ``vaereg hash FILE``
+  answered from the index;
 - ``vaereg --help``, which must not import torch or numpy.
+
+Every CLI call gets a scratch VAEREG_HOME. Times are wall clock; CPU is user + system of the child.
 
 Usage: python bench/bench_hash.py [--size-gb 6.9] [--dir bench/out] [--format safetensors|ckpt] [--keep]
 """
@@ -88,17 +94,24 @@ def build_checkpoint(path: Path, size: int, fmt: str) -> None:
     torch.save({"state_dict": sd}, path)
 
 
-def peak_rss(cmd: list[str]) -> tuple[float, int, str]:
+#: CPU seconds (user + system) of the last `peak_rss` call's child
+LAST_CPU = [0.0]
+
+
+def peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
     wrapper = (
         "import resource, subprocess, sys, time, json;"
         "t=time.perf_counter(); p=subprocess.run(sys.argv[1:], capture_output=True, text=True);"
-        "e=time.perf_counter()-t;"
-        "print(json.dumps([e, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024, p.stdout, p.returncode]))"
+        "e=time.perf_counter()-t; u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(json.dumps([e, u.ru_maxrss*1024, p.stdout, p.returncode, u.ru_utime + u.ru_stime]))"
     )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True).stdout
-    elapsed, rss, stdout, code = json.loads(out)
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    elapsed, rss, stdout, code, cpu = json.loads(out)
     if code not in (0, 1):
         raise SystemExit(f"{cmd} exited {code}")
+    LAST_CPU[0] = cpu
     return elapsed, rss, stdout
 
 
@@ -118,26 +131,59 @@ def main() -> None:
         print(f"built {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s")
     a1111_sha256(path)  # warm the page cache
     vaereg = [sys.executable, "-m", "vaereg"]
+    import os
+    import tempfile
 
-    sha_times = []
+    from vaereg.identity.filehash import file_hashes
+
+    home = Path(tempfile.mkdtemp(prefix="vaereg-bench-home-"))
+    env = {**os.environ, "VAEREG_HOME": str(home)}
+    env.pop("VAEREG_CONFIG", None)
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+
+    sha_times, set_times = [], []
+    header_size = int.from_bytes(path.open("rb").read(8), "little")
     for _ in range(max(1, args.repeat // 2)):
         t = time.perf_counter()
         a1111_sha256(path)
         sha_times.append(time.perf_counter() - t)
-    ident = [peak_rss([*vaereg, "hash", "--no-file-hashes", "--json", str(path)]) for _ in range(args.repeat)]
+        t = time.perf_counter()
+        file_hashes(path, data_offset=8 + header_size, autov3=False)
+        set_times.append(time.perf_counter() - t)
+    ident, cpus = [], []
+    for _ in range(args.repeat):
+        ident.append(peak_rss([*vaereg, "hash", "--no-file-hashes", "--json", str(path)], env))
+        cpus.append(LAST_CPU[0])
     report = json.loads(ident[0][2])
-    full = peak_rss([*vaereg, "hash", "--json", str(path)])
-    helps = [peak_rss([*vaereg, "--help"])[0] for _ in range(args.repeat)]
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = [peak_rss([*vaereg, "hash", "--no-file-hashes", "--json", str(path)], env)[0] for _ in range(args.repeat)]
+    finally:
+        spinner.kill()
+    t = time.perf_counter()
+    subprocess.run([*vaereg, "scan", "--json", str(path.parent)], env=env, capture_output=True, check=True)
+    scan_t = time.perf_counter() - t
+    indexed = [peak_rss([*vaereg, "hash", "--json", str(path)], env)[0] for _ in range(args.repeat)]
+    helps = [peak_rss([*vaereg, "--help"], env)[0] for _ in range(args.repeat)]
 
     sha = statistics.median(sha_times)
     ident_t = statistics.median(e for e, _, _ in ident)
+    busy_t = statistics.median(busy)
+    set_t = statistics.median(set_times)
     print(f"file:                        {path.name}, {path.stat().st_size / 1e9:.2f} GB, VAE {report['vae']['family']} "
           f"{report['vae']['dtype']} {report['vae']['tensors']} tensors")
-    print(f"A1111 sha256 (in-process):   {sha:.2f} s")
-    print(f"vaereg hash --no-file-hashes: {ident_t:.3f} s median of {args.repeat} (CLI call), "
+    print(f"A1111 sha256 (in-process):   {sha:.2f} s median of {len(sha_times)}")
+    print(f"vaereg hash --no-file-hashes: {ident_t:.3f} s median of {args.repeat} (CLI call, CPU {statistics.median(cpus):.2f} s), "
           f"peak RSS {max(r for _, r, _ in ident) / 1e6:.0f} MB  -> {sha / ident_t:.1f}x faster")
-    print(f"vaereg hash (all file hashes): {full[0]:.2f} s, peak RSS {full[1] / 1e6:.0f} MB")
+    print(f"  ... with a second process spinning: {busy_t:.3f} s median -> {sha / busy_t:.1f}x")
+    print(f"whole-file hashes, default set (in-process): {set_t:.2f} s median -> {sha / set_t:.0%} of sha256's throughput")
+    print(f"vaereg scan of the folder (identity + hashes): {scan_t:.2f} s")
+    print(f"vaereg hash FILE, answered from the index: {statistics.median(indexed):.3f} s median")
     print(f"vaereg --help:               {statistics.median(helps):.3f} s median")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    import shutil
+
+    shutil.rmtree(home)
     if not args.keep:
         path.unlink()
 

@@ -266,10 +266,10 @@ def test_a_file_renamed_before_its_hashes_gets_them_under_its_new_name(tmp_path,
     gate = threading.Event()
     real = vaereg.store.ingest.model_file_hashes
 
-    def held(path, plugins):
+    def held(path, plugins, **kwargs):
         if path.name == "a.safetensors":
             gate.wait(DEADLINE)
-        return real(path, plugins)
+        return real(path, plugins, **kwargs)
 
     monkeypatch.setattr(vaereg.store.ingest, "model_file_hashes", held)
     a, b = lib / "a.safetensors", lib / "b.safetensors"

@@ -147,14 +147,16 @@ def test_scan_indexes_new_files_with_the_identity_of_identify(tmp_path, index, p
 
     assert (report.new, report.changed, report.moved, report.removed, report.unchanged) == (2, 0, 0, 0, 0)
     assert report.errors == () and report.ok
-    assert report.bytes_read == a.stat().st_size + b.stat().st_size
+    assert report.bytes_read == a.stat().st_size + b.stat().st_size  # each file counted once
+    assert report.hashed == 2
     for path in (a, b):
         expected = identify(path, plugins)
         row = index.get(str(path))
         assert row.id == expected.vae.id and row.exact_id == expected.vae.exact_id
         assert row.sha256 == expected.file.sha256
-    assert sorted(r.path for r in events.identified) == [str(a), str(b)]
-    assert all(r.file.sha256 for r in events.identified)
+    # first with the identity (the whole-file hashes follow in a second phase), then with the hashes too
+    assert [r.path for r in events.identified] == [str(a), str(b), str(a), str(b)]
+    assert [bool(r.file.sha256) for r in events.identified] == [False, False, True, True]
 
 
 def test_rescan_of_an_unchanged_library_reads_nothing(tmp_path, index, plugins_with, reads):
@@ -333,9 +335,14 @@ def test_progress_is_reported_in_bytes(tmp_path, index, plugins):
     plan_scan([str(tmp_path / "lib")], index).execute(Ingest(index, plugins), on_progress=seen.append)
 
     total = a.stat().st_size + b.stat().st_size
-    assert [(p.files_done, p.bytes_done) for p in seen] == [(0, 0), (1, a.stat().st_size), (2, total)]
+    steps = [(0, 0), (1, a.stat().st_size), (2, total)]
+    # identities of both files first, then their whole-file hashes
+    assert [(p.phase, p.files_done, p.bytes_done) for p in seen] == [
+        *(("identify", *step) for step in steps),
+        *(("hash", *step) for step in steps),
+    ]
     assert all(p.bytes_total == total and p.files_total == 2 for p in seen)
-    assert seen[-1].path is None
+    assert seen[2].path is None and seen[-1].path is None
 
 
 # -- the command
@@ -351,8 +358,8 @@ def test_scan_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert status == 0  # a scan that completes; --strict makes unreadable files fail
     assert list(out) == [
-        *("roots", "new", "changed", "moved", "removed", "unchanged", "failed", "errors", "not_read", "no_vae"),
-        *("no_vae_kinds", "warnings", "bytes_read", "seconds", "launchers"),
+        *("roots", "new", "changed", "moved", "removed", "unchanged", "failed", "hashed", "errors", "not_read"),
+        *("no_vae", "no_vae_kinds", "warnings", "bytes_read", "seconds", "launchers"),
     ]
     assert (out["roots"], out["new"], out["failed"], out["unchanged"]) == ([str(lib)], 1, 1, 0)
     assert out["errors"] == [f"{lib / 'bad.ckpt'}: " + out["errors"][0].split(": ", 1)[1]]
@@ -375,7 +382,7 @@ def test_scan_text_says_failed_files_on_stderr_and_counts_them_as_failed(tmp_pat
     captured = capsys.readouterr()
     size = human_size((lib / "a.safetensors").stat().st_size)
     lines = captured.out.splitlines()
-    assert lines[0] == f"1 new, 1 failed, 0 unchanged ({size} read in " + lines[0].split(" in ", 1)[1]
+    assert lines[0] == f"1 new, 1 failed, 0 unchanged, 1 hashed ({size} read in " + lines[0].split(" in ", 1)[1]
     assert lines[-1] == "1 file could not be read; `vaereg ls --problems` lists them until fixed"
     assert captured.err.startswith(f"vaereg: {lib / 'bad.ckpt'}: ")
     assert "Errno" not in captured.err and len(captured.err.splitlines()) == 1

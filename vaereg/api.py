@@ -140,7 +140,9 @@ class Vaereg:
         """What ``vaereg hash --json PATH`` says of a file or folder; reads it, records nothing."""
         from vaereg.identity.analyze import identify
 
-        return identify(Path(path), self.plugins, with_file_hashes=with_file_hashes)
+        return identify(
+            Path(path), self.plugins, with_file_hashes=with_file_hashes, autov3_max_bytes=self.config.autov3_max_bytes
+        )
 
     def index_file(self, path: str | os.PathLike[str], *, with_file_hashes: bool = True) -> HashReport:
         """Identify a file and record it in the index as a scan would: the registry learns the ids of a file
@@ -169,6 +171,7 @@ class Vaereg:
 
                 self._ingest_registry = _FreshRegistry(self.config, self._shipped)
                 self._ingest = Ingest(self.index, self.plugins, self._ingest_registry.registry)
+                self._ingest.autov3_max_bytes = self.config.autov3_max_bytes
             assert self._ingest_registry is not None
             self._ingest_registry.get(self._ingest.reload_registry)  # not while it learns ids in another thread
             return self._ingest

@@ -53,6 +53,13 @@ def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def _megabytes_or_all(value: Any) -> int | None:
+    """`[hash] autov3_max_mb`: a number of MB (0: never) as bytes, or "all" (no limit)."""
+    if value == "all":
+        return 1 << 62
+    return value << 20 if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 #: Every setting: (table, key) -> (Config field, converter returning None for a wrong value, what it must be).
 SETTINGS: dict[tuple[str, str], tuple[str, Callable[[Any], Any], str]] = {
     ("paths", "index"): ("index_path", _path, "a path"),
@@ -64,6 +71,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, Callable[[Any], Any], str]] = {
     ("daemon", "settle_seconds"): ("settle_seconds", _number, "a number of seconds"),
     ("daemon", "workers"): ("workers", _count, "a whole number of at least 1"),
     ("hash", "file_hashes"): ("file_hashes", _flag, "true or false"),
+    ("hash", "autov3_max_mb"): ("autov3_max_bytes", _megabytes_or_all, 'a number of MB (0: never) or "all"'),
     ("launchers", "auto_fix"): ("auto_fix", _flag, "true or false"),
 }
 
@@ -81,6 +89,8 @@ class Config:
     settle_seconds: float = 2.0
     workers: int = 2
     file_hashes: bool = True
+    #: AutoV3 (a second SHA-256 over the file) only for files up to this many bytes (`[hash] autov3_max_mb`)
+    autov3_max_bytes: int = 1 << 30
     #: whether the user chose `home` (VAEREG_HOME): its parent folder is then never created
     home_chosen: bool = False
     #: settings left out, as ``<file>:<line>:<col>: <problem>`` (the CLI says them on stderr)

@@ -1,5 +1,8 @@
 """``vaereg hash PATH...``: the VAE identities and file hashes of files, folders and checkpoints.
 
+A file the index holds unchanged (same device, inode, size and mtime) is answered from the index without
+being read; ``--rehash`` reads it anyway.
+
 The table names a VAE the registry knows (by its id, or by the SHA-256 of a file it lists). A path that
 cannot be read is said on stderr (``vaereg: PATH: reason``) and, with ``--json``, in its object's `error`.
 """
@@ -28,19 +31,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip sha256/AutoV1-3/BLAKE3/CRC32 (they read the whole file)",
     )
+    p.add_argument("--rehash", action="store_true", help="read every file, even one the index holds unchanged")
+    p.add_argument(
+        "--autov3",
+        action="store_true",
+        help="compute AutoV3 whatever the file's size (a second SHA-256 pass; see [hash] autov3_max_mb)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.identity.analyze import identify
+    from vaereg.store.answer import indexed_report
 
     failed = False
     reports = []
+    from_index = not args.rehash and not (args.autov3 and args.file_hashes)
     # one file is quick enough to need no bar; several may take minutes
     with progress(shows_progress(args.json) and len(args.paths) > 1, len(args.paths), what="hashing") as update:
         for n, path in enumerate(args.paths):
             update(n, f"hashing {path.name}")
-            report = identify(path, ctx.plugins, with_file_hashes=args.file_hashes)
+            report = indexed_report(ctx.config.index, path, with_file_hashes=args.file_hashes) if from_index else None
+            if report is None:
+                from vaereg.identity.analyze import identify
+
+                limit = None if args.autov3 else ctx.config.autov3_max_bytes
+                report = identify(path, ctx.plugins, with_file_hashes=args.file_hashes, autov3_max_bytes=limit)
             if not report.ok:
                 failed = True
                 file_problem(report.path, report.error)

@@ -1,12 +1,14 @@
 """``vaereg scan [DIR...]``: bring the index up to date with folders of model files.
 
 Unchanged files cost a stat; renamed and moved ones are recognised without a read; deleted ones leave the
-index. With no DIR, the launcher installations of ``[daemon] launchers`` and those found in the usual places
+index. The identities of all new and changed files come first, then the whole-file hashes of every file
+below the folders that has none yet (so ``scan --no-file-hashes`` now and ``scan`` later fills them in).
+With no DIR, the launcher installations of ``[daemon] launchers`` and those found in the usual places
 are scanned (their VAE and checkpoint folders); ``--launcher PATH`` names one. With ``--json`` one object is
 printed (docs/daemon.md, "vaereg scan --json")::
 
     {"roots": [str], "launchers": [{"launcher", "root", "vae", "checkpoints"}], "new": int, "changed": int,
-     "moved": int, "removed": int, "unchanged": int, "failed": int, "errors": ["<path>: <reason>"],
+     "moved": int, "removed": int, "unchanged": int, "failed": int, "hashed": int, "errors": ["<path>: <reason>"],
      "not_read": ["<path>: not read: <why>"], "no_vae": int, "no_vae_kinds": {kind: int}, "warnings": [str],
      "bytes_read": int,
      "seconds": float}
@@ -58,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-file-hashes",
         dest="file_hashes",
         action="store_false",
-        help="skip sha256/AutoV1-3/BLAKE3/CRC32 (they read every new file whole)",
+        help="identities only: skip sha256/AutoV1-3/BLAKE3/CRC32 (they read every file whole); a later scan "
+        "without it fills them in",
     )
     p.add_argument(
         "--rebuild-index",
@@ -107,7 +110,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             def on_progress(p) -> None:
                 where["done"] = p.files_done
                 name = os.path.basename(p.path) if p.path else "done"
-                update(p.bytes_done, f"{p.files_done}/{p.files_total} {name}")
+                if p.phase == "identify":
+                    update(p.bytes_done, f"{p.files_done}/{p.files_total} {name}")
+                else:  # the whole-file hashes, after every identity
+                    update(plan.bytes_to_read, f"hashing {p.files_done}/{p.files_total} {name}")
 
             report = plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
     except KeyboardInterrupt:
@@ -212,6 +218,7 @@ def _print_summary(report, with_file_hashes: bool) -> None:
             (report.moved, "moved"),
             (report.removed, "removed"),
             (report.unchanged, "unchanged"),
+            (report.hashed, "hashed"),
         )
         if n or label in ("new", "unchanged")
     )

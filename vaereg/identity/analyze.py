@@ -19,7 +19,7 @@ from vaereg._fs import not_regular_reason, open_regular, os_error_text
 from vaereg.errors import FileProblem, ModelFormatError, internal_error
 from vaereg.identity.base import detect_base
 from vaereg.identity.digest import TensorStats, compute_identity
-from vaereg.identity.filehash import file_hashes
+from vaereg.identity.filehash import AUTOV3_MAX_BYTES, file_hashes, wants_autov3
 from vaereg.identity.kinds import model_kind
 from vaereg.identity.locate import CanonicalVae, canonicalize, find_vae
 from vaereg.identity.report import FileHashes, HashReport
@@ -94,12 +94,17 @@ def _hash_target(path: Path, source: TensorSource) -> tuple[Path, int | None]:
     return Path(getattr(source, "weights_path", path)), getattr(source, "data_offset", None)
 
 
-def model_file_hashes(path: Path, plugins: Plugins) -> FileHashes:
+def _file_hashes(target: Path, data_offset: int | None, autov3_max_bytes: int | None) -> FileHashes:
+    autov3 = wants_autov3(os.stat(target).st_size, data_offset, autov3_max_bytes)
+    return file_hashes(target, data_offset=data_offset, autov3=autov3)
+
+
+def model_file_hashes(path: Path, plugins: Plugins, *, autov3_max_bytes: int | None = AUTOV3_MAX_BYTES) -> FileHashes:
     """The whole-file hashes of a model, as `identify` computes them, without identifying it again
-    (only the header is read before the full read)."""
+    (only the header is read before the full read). AutoV3 only up to `autov3_max_bytes` (None: always)."""
     with open_model(path, plugins) as model:
         target, data_offset = _hash_target(path, model.source)
-    return file_hashes(target, data_offset=data_offset)
+    return _file_hashes(target, data_offset, autov3_max_bytes)
 
 
 def analyze(
@@ -108,8 +113,10 @@ def analyze(
     *,
     with_file_hashes: bool = True,
     with_stats: bool = False,
+    autov3_max_bytes: int | None = AUTOV3_MAX_BYTES,
 ) -> tuple[HashReport, dict[str, TensorStats]]:
-    """Identify `path`; the per-tensor health stats come along when asked for (one pass either way)."""
+    """Identify `path`; the per-tensor health stats come along when asked for (one pass either way).
+    AutoV3, a second SHA-256 pass, is computed for files up to `autov3_max_bytes` (None: always)."""
     shown = str(path)
     fmt = base = None
     try:
@@ -128,7 +135,7 @@ def analyze(
                     scratch_limit=_file_size(hashed),
                 )
         hashes = (
-            file_hashes(hashed, data_offset=data_offset)
+            _file_hashes(hashed, data_offset, autov3_max_bytes)
             if with_file_hashes
             else FileHashes(size=os.stat(hashed).st_size)
         )
@@ -155,6 +162,8 @@ def _file_size(path: Path) -> int | None:
         return None
 
 
-def identify(path: Path, plugins: Plugins, *, with_file_hashes: bool = True) -> HashReport:
+def identify(
+    path: Path, plugins: Plugins, *, with_file_hashes: bool = True, autov3_max_bytes: int | None = AUTOV3_MAX_BYTES
+) -> HashReport:
     """What `vaereg hash` reports for one path."""
-    return analyze(path, plugins, with_file_hashes=with_file_hashes)[0]
+    return analyze(path, plugins, with_file_hashes=with_file_hashes, autov3_max_bytes=autov3_max_bytes)[0]

@@ -46,7 +46,8 @@ def round_to_fp16(values: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.bitwise_or(a, t, out=a)
         chunk_out = halves[start : start + n]
         chunk_out[...] = a
-        if m.any():
-            with np.errstate(over="ignore"):
-                chunk_out[m] = values[start : start + n][m].astype(np.float16).view(np.uint16)
+        found = np.flatnonzero(m)
+        if found.size:
+            with np.errstate(over="ignore", invalid="ignore"):
+                chunk_out[found] = values[start : start + n][found].astype(np.float16).view(np.uint16)
     return out

@@ -3,6 +3,11 @@
 The built-ins load first, by import (``DEFAULT_PLUGINS``, as llm and tox do), then third-party plugins from
 the ``vaereg`` entry-point group, then ``check_pending()`` fails loudly on a misspelt hook implementation. A
 third-party plugin that fails to import is reported and skipped; the others load.
+
+Finding the entry points means reading the metadata of every installed distribution (and importing
+``importlib.metadata``), the largest part of a short command's start-up. So what was found is kept in
+``<VAEREG_HOME>/cache/entry-points.json`` with a stamp of the import path (each entry's mtime: installing,
+upgrading or removing a distribution changes its folder's), and read from there while the stamp holds.
 ``VAEREG_DISABLE_PLUGINS=a,b`` blocks plugins by name; the plugins vaereg cannot work without
 (``REQUIRED_PLUGINS``) are never blocked, and a name that is no plugin is reported.
 """
@@ -11,11 +16,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -69,6 +75,93 @@ def _builtin_package() -> None:
     module_spec.loader.exec_module(module)
 
 
+#: Bump when the cache's layout changes.
+_CACHE_VERSION = 1
+_ENTRY_POINT = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
+
+
+@dataclass(frozen=True)
+class FoundEntryPoint:
+    """An entry point as found in a distribution's metadata (or the cache of it)."""
+
+    name: str
+    value: str
+    version: str | None  # its distribution's
+
+    def load(self) -> Any:
+        match = _ENTRY_POINT.match(self.value)
+        if match is None:
+            raise ValueError(f"malformed entry point {self.value!r}")
+        obj = importlib.import_module(match.group("module"))
+        attrs = match.group("attr")
+        for attr in attrs.split(".") if attrs else ():
+            obj = getattr(obj, attr)
+        return obj
+
+
+def entry_points(group: str) -> list[Any]:
+    """The entry points of `group` in the installed distributions' metadata (objects with name, value,
+    load() and dist)."""
+    from importlib.metadata import entry_points as scan
+
+    return list(scan(group=group))
+
+
+def _path_stamp() -> list[tuple[str, int | None]]:
+    """Each import path entry with its mtime (None: missing). The current folder (`python -m`, `-c`) is left
+    out, so working in another folder does not void the cache."""
+    stamp: list[tuple[str, int | None]] = []
+    here = os.getcwd()
+    for entry in sys.path:
+        if entry in ("", ".", here):
+            continue
+        try:
+            stamp.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            stamp.append((entry, None))
+    return stamp
+
+
+def _cache_file() -> Path | None:
+    home = os.environ.get("VAEREG_HOME")
+    if home:
+        return Path(home).expanduser() / "cache" / "entry-points.json"
+    try:
+        from vaereg.config import _default_home
+    except ImportError:  # pragma: no cover - a config without it: no cache
+        return None
+    return _default_home() / "cache" / "entry-points.json"
+
+
+def find_entry_points(group: str) -> list[FoundEntryPoint]:
+    """The entry points of `group`, from the cache while the import path is unchanged, else scanned (and the
+    cache rewritten; a cache that cannot be written is no error)."""
+    stamp = _path_stamp()
+    key = {"version": _CACHE_VERSION, "python": sys.version, "group": group, "path": stamp}
+    cache = _cache_file()
+    if cache is not None:
+        try:
+            data = json.loads(cache.read_text(encoding="utf-8"))
+            if data.get("key") == json.loads(json.dumps(key)):
+                return [FoundEntryPoint(*item) for item in data["entry_points"]]
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+    found = []
+    for ep in entry_points(group):
+        dist = getattr(ep, "dist", None)
+        found.append(FoundEntryPoint(ep.name, ep.value, dist.version if dist else None))
+    if cache is not None:
+        try:
+            from vaereg._fs import atomic_write
+
+            cache.parent.mkdir(exist_ok=True)  # only inside an existing home: never creates the home itself
+            text = json.dumps({"key": key, "entry_points": [[e.name, e.value, e.version] for e in found]})
+            atomic_write(cache, text.encode(), durable=False)
+        except (OSError, ImportError):
+            pass
+    return found
+
+
 def blocked_from_environment(environ: dict[str, str] | None = None) -> list[str]:
     value = (os.environ if environ is None else environ).get("VAEREG_DISABLE_PLUGINS", "")
     return [n.strip() for n in value.split(",") if n.strip()]
@@ -111,7 +204,7 @@ def get_plugin_manager(
         pm.versions[name] = __version__
     known = set(DEFAULT_PLUGINS)
     if entry_point_group:
-        for ep in entry_points(group=entry_point_group):
+        for ep in find_entry_points(entry_point_group):
             known.add(ep.name)
             if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
                 continue
@@ -125,8 +218,7 @@ def get_plugin_manager(
             except ValueError as exc:  # the same module under a second name
                 pm.load_errors.append(f"plugin {ep.name!r} not registered: {exc}")
                 continue
-            dist = getattr(ep, "dist", None)
-            pm.versions[ep.name] = dist.version if dist else None
+            pm.versions[ep.name] = ep.version
     for name in wanted:
         if name not in known:
             pm.warnings.append(f"VAEREG_DISABLE_PLUGINS names {name!r}, which is no plugin (see `vaereg plugins`)")

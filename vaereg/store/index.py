@@ -706,6 +706,17 @@ class Index:
         # rowid order is the order of the NULL entries in files_sha256, so this needs no sort
         return self._files("WHERE f.sha256 IS NULL AND f.error IS NULL ORDER BY f.rowid LIMIT ?", (limit,))
 
+    def unhashed_under(self, roots: Iterable[str]) -> list[IndexedFile]:
+        """Readable rows inside the folders `roots` (or naming one of them) still without whole-file hashes,
+        by path: what the second phase of a scan reads."""
+        found: dict[str, IndexedFile] = {}
+        for root in roots:
+            where, params = _below(root)
+            pending = "f.sha256 IS NULL AND f.error IS NULL"
+            for row in self._files(f"WHERE (({where}) OR f.path = ?) AND {pending}", [*params, root]):
+                found[row.path] = row
+        return [found[path] for path in sorted(found)]
+
     # -- identities
 
     def lookup(self, query: str) -> list[HashHit]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Literal, TypeVar
 from vaereg._fs import stat_key_of
 from vaereg.errors import FileProblem
 from vaereg.identity.analyze import analyze, model_file_hashes, open_model
+from vaereg.identity.filehash import AUTOV3_MAX_BYTES
 from vaereg.identity.report import SPEC_VERSION, HashReport
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ class Ingest:
         self._closed = False
         #: bytes of the files opened so far (read whole when whole-file hashes were computed)
         self.bytes_read = 0
+        #: AutoV3 only for files up to this size (None: every file); `[hash] autov3_max_mb`
+        self.autov3_max_bytes: int | None = AUTOV3_MAX_BYTES
 
     def close(self) -> None:
         """Stop writing; waits for a write in progress. The caller closes the index afterwards."""
@@ -115,7 +118,10 @@ class Ingest:
         if carried is not None:
             return carried
         problem, report, st = self._read(
-            path, lambda: analyze(Path(path), self.plugins, with_file_hashes=with_file_hashes)[0]
+            path,
+            lambda: analyze(
+                Path(path), self.plugins, with_file_hashes=with_file_hashes, autov3_max_bytes=self.autov3_max_bytes
+            )[0],
         )
         if problem is not None or report is None or st is None:
             return Outcome(problem or "vanished", report, st)
@@ -154,17 +160,24 @@ class Ingest:
     def add_file_hashes(self, path: str, report: HashReport, expect_mtime_ns: int) -> Outcome:
         """Compute the whole-file hashes of a file recorded without them, store them, fire
         `file_identified` again with them. Nothing is stored if the file changed since it was recorded."""
-        problem, hashes, st = self._read(path, lambda: model_file_hashes(Path(path), self.plugins), expect_mtime_ns)
+        # counted in `bytes_read` when the file was identified, not a second time
+        problem, hashes, st = self._read(
+            path,
+            lambda: model_file_hashes(Path(path), self.plugins, autov3_max_bytes=self.autov3_max_bytes),
+            expect_mtime_ns,
+            count=False,
+        )
         if problem is not None or hashes is None or st is None:
             return Outcome(problem or "vanished", report, st)
         full = dataclasses.replace(report, file=hashes)
         return self._commit(lambda: self.index.set_file_hashes(path, hashes, expect_mtime_ns=expect_mtime_ns), full, st)
 
     def _read(
-        self, path: str, read: Callable[[], T], expect_mtime_ns: int | None = None
+        self, path: str, read: Callable[[], T], expect_mtime_ns: int | None = None, *, count: bool = True
     ) -> tuple[Status | None, T | None, os.stat_result | None]:
         """`read()` between two stats of `path`: (None, result, stat) when the file held still, else
-        ("vanished" | "unsettled", ...). With `expect_mtime_ns`, a file of another mtime is not read."""
+        ("vanished" | "unsettled", ...). With `expect_mtime_ns`, a file of another mtime is not read.
+        `count`: add the file's size to `bytes_read`."""
         before = _stat_or_none(path)
         if before is None:
             return "vanished", None, None
@@ -174,7 +187,7 @@ class Ingest:
             result = read()
         except FileNotFoundError:
             return "vanished", None, None
-        if _read_fine(result):  # a file refused after its first bytes was not read
+        if count and _read_fine(result):  # a file refused after its first bytes was not read
             with self._lock:
                 self.bytes_read += before.st_size
         after = _stat_or_none(path)

@@ -67,13 +67,15 @@ class Move:
 
 @dataclass(frozen=True)
 class ScanProgress:
-    """Where an execution stands; `path` is the file being read (None once done)."""
+    """Where an execution stands; `path` is the file being read (None once done). `phase` is "identify"
+    (the VAE's tensors of each new or changed file) or "hash" (whole files, for their file hashes)."""
 
     files_done: int
     files_total: int
     bytes_done: int
     bytes_total: int
     path: str | None
+    phase: str = "identify"
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class ScanReport:
     no_vae: int = 0
     #: of the `no_vae` files, how many of each kind (`identity.kinds`; "other" when the names do not tell)
     no_vae_kinds: dict[str, int] = field(default_factory=dict)
+    #: files whose whole-file hashes this scan computed (new ones, and those an earlier scan left without)
+    hashed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -115,6 +119,7 @@ class ScanReport:
             "removed": self.removed,
             "unchanged": self.unchanged,
             "failed": self.failed,
+            "hashed": self.hashed,
             "errors": list(self.errors),
             "not_read": list(self.not_read),
             "no_vae": self.no_vae,
@@ -156,8 +161,16 @@ class ScanPlan:
         with_file_hashes: bool = True,
         on_progress: Callable[[ScanProgress], None] | None = None,
     ) -> ScanReport:
-        """Apply moves and removals, identify and record the new and changed files (through `ingest`, which
-        writes the index and the registry and fires the events)."""
+        """Apply moves and removals, then work in two phases, each file committed as it is done:
+
+        1. identify and record the new and changed files (only their VAE's tensors are read), so the index
+           answers `ls`, `check` and `dedupe` rightly as soon as this phase ends;
+        2. with `with_file_hashes`, compute the whole-file hashes of every readable file below the roots that
+           has none yet (this scan's new files, and those an earlier ``--no-file-hashes`` scan left).
+
+        Interrupted at any point, a new scan redoes nothing that was committed: identified files are
+        unchanged to it, and only the files still without hashes are read whole.
+        """
         for move in self.moved:
             ingest.moved(move.old, move.new.path)
         for path in self.removed:
@@ -174,7 +187,7 @@ class ScanPlan:
             if on_progress:
                 on_progress(ScanProgress(n, len(todo), done_bytes, total, found.path))
             try:
-                outcome = ingest.identify(found.path, with_file_hashes=with_file_hashes)
+                outcome = ingest.identify(found.path, with_file_hashes=False)
             except Exception as exc:  # noqa: BLE001 - a bug met on one file is its error, not the scan's end
                 logging.getLogger("vaereg.store").error("%s: %s", found.path, internal_error(exc), exc_info=exc)
                 errors.append(f"{found.path}: {internal_error(exc)}")
@@ -196,6 +209,7 @@ class ScanPlan:
             warnings.extend(outcome.warnings)
         if on_progress:
             on_progress(ScanProgress(len(todo), len(todo), done_bytes, total, None))
+        hashed = self._hash_files(ingest, errors, warnings, on_progress) if with_file_hashes else 0
         return ScanReport(
             roots=self.roots,
             new=sum(f.path not in failed for f in self.new),
@@ -211,7 +225,41 @@ class ScanPlan:
             not_read=tuple(not_read),
             no_vae=sum(no_vae.values()),
             no_vae_kinds=dict(sorted(no_vae.items(), key=lambda kv: (-kv[1], kv[0]))),
+            hashed=hashed,
         )
+
+    def _hash_files(
+        self,
+        ingest: Ingest,
+        errors: list[str],
+        warnings: list[str],
+        on_progress: Callable[[ScanProgress], None] | None,
+    ) -> int:
+        """The second phase: whole-file hashes of the rows below the roots that have none. Returns how many
+        files were hashed."""
+        readable = [root for root in self.roots if root not in self.walk.unreadable]
+        rows = ingest.index.unhashed_under(readable)
+        total = sum(row.size for row in rows)
+        done_bytes = hashed = 0
+        for n, row in enumerate(rows):
+            if on_progress:
+                on_progress(ScanProgress(n, len(rows), done_bytes, total, row.path, "hash"))
+            try:
+                outcome = ingest.add_file_hashes(row.path, row.report(), row.mtime_ns)
+            except Exception as exc:  # noqa: BLE001 - as in the first phase: this file's error, the scan goes on
+                logging.getLogger("vaereg.store").error("%s: %s", row.path, internal_error(exc), exc_info=exc)
+                errors.append(f"{row.path}: {internal_error(exc)}")
+                continue
+            finally:
+                done_bytes += row.size
+            if outcome.status == "recorded":
+                hashed += 1
+            elif outcome.status == "unsettled":
+                warnings.append(f"{row.path}: changed while it was read; left for the next scan")
+            warnings.extend(outcome.warnings)
+        if on_progress:
+            on_progress(ScanProgress(len(rows), len(rows), done_bytes, total, None, "hash"))
+        return hashed
 
 
 def plan_scan(roots: Sequence[str | Path], index: Index, *, exclude: Iterable[str | Path] = ()) -> ScanPlan:
