@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from vaereg.answers.automatic import AutomaticVae, automatic_vae
 from vaereg.answers.health import Health, assess
@@ -24,6 +24,7 @@ from vaereg.answers.relation import relation_rank
 from vaereg.identity.report import VaeIdentity
 
 if TYPE_CHECKING:
+    from vaereg.answers.decode import DecodeFindings
     from vaereg.plugin.manager import Plugins
     from vaereg.plugin.types import LauncherFolders
     from vaereg.store.index import Index
@@ -80,6 +81,7 @@ class CheckReport:
     warnings: tuple[str, ...] = ()
     #: the model's base (identity/base.py): only VAEs of its latent space are recommended
     base: str | None = None
+    decode: DecodeFindings | None = None  # `check --decode`: what the round trip measured
 
     @property
     def ok(self) -> bool:
@@ -95,6 +97,7 @@ class CheckReport:
             "recommended": self.recommended.to_json() if self.recommended else None,
             "automatic_vae": self.automatic_vae.to_json() if self.automatic_vae else None,
             "error": self.error,
+            "decode": self.decode.to_json() if self.decode else None,
         }
 
 
@@ -106,11 +109,14 @@ def check_model(
     registry: Registry | None = None,
     launchers: Sequence[LauncherFolders] = (),
     vae_folders: Sequence[Path] = (),
+    decode: Callable[[Path, Sequence[KnownVae], tuple[str, ...]], DecodeFindings | None] | None = None,
 ) -> CheckReport:
     """Check the VAE inside `path` against the known VAEs; see the module docstring.
 
     `launchers` (their folders) and `vae_folders` tell where A1111/Forge would look for an "Automatic" VAE;
     without a launcher holding the model, the model's own folder and `vae_folders` are searched.
+    `decode` (``answers.decode.decode_check``, bound) runs the VAE: given the model, the known VAEs with
+    copies on disk, closest first, and the registry's flags, its findings join the verdict.
     """
     from vaereg.identity.analyze import analyze
 
@@ -127,7 +133,10 @@ def check_model(
         vae, own_path=path, index=index, registry=registry, launcher_vae_folders=launcher_vae_folders
     )
     embedded, ranked = _place(vae, known, stats)
-    needs, reason = _verdict(embedded)
+    findings = None
+    if decode is not None:
+        findings = decode(path, [k for k in ranked if k.paths and k.id != vae.id], known.flags(vae.id))
+    needs, reason = _verdict(embedded, findings)
     recommended = None
     if needs:
         # Only what can be loaded: a standalone file, else a registry entry with a source to download; and
@@ -148,7 +157,9 @@ def check_model(
                 f" use a {report.base or vae.family} VAE you trust"
             )
     warnings = () if index is not None else ("no index (run `vaereg scan`): only registry ids were compared",)
-    return CheckReport(shown, embedded, needs, reason, recommended, automatic, warnings=warnings, base=report.base)
+    return CheckReport(
+        shown, embedded, needs, reason, recommended, automatic, warnings=warnings, base=report.base, decode=findings
+    )
 
 
 def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tuple[EmbeddedVae, list[KnownVae]]:
@@ -175,10 +186,12 @@ def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tupl
     return EmbeddedVae(vae, name, best, health, related=known.vae(related[0]), embedded_in=embedded_in), ranked
 
 
-def _verdict(embedded: EmbeddedVae) -> tuple[bool, str]:
+def _verdict(embedded: EmbeddedVae, findings: DecodeFindings | None = None) -> tuple[bool, str]:
     what = describe(embedded)
     if not embedded.health.ok:
         return True, f"its VAE ({what}) is unhealthy: {embedded.health}"
+    if findings is not None and findings.problems:
+        return True, f"its VAE ({what}) decodes badly: {'; '.join(findings.problems)}"
     if embedded.blend:
         return True, f"its VAE is {what}, not a VAE trained as such"
     return False, f"its VAE ({what}) is healthy"

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, file_problem, printable, short, shows_progress, warn, working
+from vaereg.cli.common import Context, emit_json, fail, file_problem, printable, short, shows_progress, warn, working
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -27,14 +27,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a VAE folder A1111/Forge searches for the 'Automatic' VAE (default: the launchers' - configured"
         " or found in the usual places)",
     )
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also run the VAE on a test chart: fp16 overflow and washed-out colours, measured (the decode extra)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.check import check_model
-
     from vaereg.files.launchers import find_launchers
 
+    decoder = None
+    if args.decode:
+        from vaereg.answers.decode import DecodeUnavailable, checker, require_extra
+
+        try:
+            require_extra("vaereg check --decode")
+        except DecodeUnavailable as exc:
+            return fail(str(exc), ExitStatus.USAGE)
+        decoder = checker(ctx.plugins, warn)
     # The launchers scan reads: the configured ones and those in the usual places.
     launchers = list(find_launchers(ctx.plugins, ctx.config.launchers).found)
     # check only reads: without an index yet, the registry's ids are all there is to compare with
@@ -48,6 +61,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             registry=registry,
             launchers=launchers,
             vae_folders=args.vae_folders,
+            decode=decoder,
         )
     for message in report.warnings:
         warn(message)
@@ -114,3 +128,14 @@ def _print(report: CheckReport) -> None:
             print(f"  also in:     {embedded.embedded_in[0]}")
             for path in embedded.embedded_in[1:]:
                 print(f"               {path}")
+    if report.decode:
+        found = report.decode
+        trip = found.trip
+        peak = f"; largest activation {trip.peak}" if trip.peak else ""
+        figures = f"saturation {trip.saturation:.2f}x, contrast {trip.contrast:.2f}x of the input"
+        print(f"  decode:      PSNR {trip.psnr:.1f} dB, {figures}{peak}")
+        if found.reference:
+            ref = found.reference
+            print(f"               {ref.label}: saturation {ref.saturation:.2f}x, contrast {ref.contrast:.2f}x")
+        for line in (*found.problems, *found.notes):
+            print(f"               {line}")

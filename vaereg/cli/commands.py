@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 from vaereg.hookspecs import hookimpl
 
-COMMANDS = ("hash", "lookup", "ls", "scan", "check", "fix", "diff", "dedupe", "extract", "name", "alias", "unname",
-            "daemon", "status", "install_extension", "plugins", "info")
+COMMANDS = ("hash", "lookup", "ls", "scan", "check", "fix", "diff", "preview", "dedupe", "extract", "name", "alias",
+            "unname", "daemon", "status", "install_extension", "plugins", "info")
 
 
 def _adder(name: str) -> Callable[[Any], Any]:
