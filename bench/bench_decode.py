@@ -30,20 +30,21 @@ def _child(path: str, size: int) -> None:
     import resource
     import time
 
-    from vaereg.answers import decode as dec
-    from vaereg.plugin.manager import Plugins
-
     import torch  # noqa: F401  (imported before timing: the CLI pays it once per run, not per VAE)
+
+    from vaereg.answers import decode as dec
+    from vaereg.answers import network as net
+    from vaereg.plugin.manager import Plugins
 
     plugins = Plugins()
     image = dec.prepare_image(None, size)
     start = time.perf_counter()
-    loaded = dec.read_vae(Path(path), plugins)
-    network = dec.build_network(loaded.tensors, "cpu")
+    loaded = net.read_vae(Path(path), plugins)
+    network = net.build_network(loaded.tensors, "cpu")
     del loaded
     built = time.perf_counter() - start
-    latent, encoded = dec.encode(network, image)
-    _, decoded = dec.decode(network, latent)
+    latent, encoded = net.encode(network, image)
+    _, decoded = net.decode(network, latent)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"build": built, "encode": encoded.seconds, "decode": decoded.seconds, "rss_mb": peak_kb / 1024}))
 

@@ -12,13 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import decodable
+import factory
 import numpy as np
 import pytest
 import torch
 
-import decodable
-import factory
 from vaereg.answers import decode as dec
+from vaereg.answers import network as net
 from vaereg.cli import main
 
 SIZE = 64
@@ -94,12 +95,12 @@ def test_conversion_is_exact_against_from_pretrained(tmp_path, plugins):
     assert not plan.problems
     plan.execute()
 
-    loaded = dec.read_vae(single, plugins)
+    loaded = net.read_vae(single, plugins)
     assert loaded.identity.layout == "ldm" and loaded.identity.family == "kl-f4-4ch"
-    ours = dec.build_network(loaded.tensors, "cpu")
+    ours = net.build_network(loaded.tensors, "cpu")
     theirs = AutoencoderKL.from_pretrained(folder).eval()
     image = dec.prepare_image(None, SIZE)
-    x = dec.image_tensor(image, "cpu")
+    x = net.image_tensor(image, "cpu")
     with torch.inference_mode():
         z_ours = ours.model.encode(x).latent_dist.mode()
         z_theirs = theirs.encode(x).latent_dist.mode()
@@ -110,11 +111,11 @@ def test_conversion_is_exact_against_from_pretrained(tmp_path, plugins):
     assert float((y_theirs - y_theirs.mean()).abs().max()) > 1e-3  # a decode that shows something
     # preview's tile is that decode, rounded to 8 bits
     tile = np.asarray(trip(single, image, plugins).image, dtype=int)
-    assert np.abs(tile - np.asarray(dec.tensor_image(y_theirs), dtype=int)).max() <= 1
+    assert np.abs(tile - np.asarray(net.tensor_image(y_theirs), dtype=int)).max() <= 1
 
 
 def test_layer_names_are_ldm_names(vaes, plugins):
-    network = dec.build_network(dec.read_vae(vaes["healthy"], plugins).tensors, "cpu")
+    network = net.build_network(net.read_vae(vaes["healthy"], plugins).tensors, "cpu")
     names = network.ldm_names
     assert names["decoder.up_blocks.1.upsamplers.0.conv"] == "decoder.up.2.upsample.conv"
     assert names["decoder.up_blocks.0.resnets.2"] == "decoder.up.3.block.2"
@@ -126,7 +127,7 @@ def test_fp16_overflow_is_measured_at_its_layer(trips):
     over, healthy = trips[0]["overflow"], trips[0]["healthy"]
     assert over.fp16_overflow is not None
     assert over.fp16_overflow.layer == "decoder.up.2.upsample.conv"
-    assert over.fp16_overflow.value > dec.FP16_MAX
+    assert over.fp16_overflow.value > net.FP16_MAX
     assert healthy.fp16_overflow is None
     assert healthy.peak is not None and healthy.peak.value < 100
     # Scaled inside and normalised later, it decodes the same picture in float32: only fp16 would break.
@@ -167,7 +168,7 @@ def test_unrunnable_and_unreadable_files_fail_in_one_line(tmp_path, chart, plugi
     assert "multiples of the 32 norm groups" in reasons[0]
     assert reasons[2] == "no VAE in it"
     assert all("\n" not in r for r in reasons)
-    assert dec.runnable("unknown", "native").startswith("no runnable network for family unknown")
+    assert net.runnable("unknown", "native").startswith("no runnable network for family unknown")
 
 
 def test_preview_sheet_has_the_input_and_one_labelled_tile_per_vae(vaes, tmp_path, capsys):
@@ -222,8 +223,8 @@ def test_preview_by_family_and_name_from_the_index(vaes, tmp_path, capsys):
         ids[name] = json.loads(capsys.readouterr().out.splitlines()[-1])["vae"]["id"]
     assert main(["name", ids["healthy"], "Good VAE"]) == 0
     capsys.readouterr()
-    from vaereg.store.catalog import Catalog
     from vaereg.config import Config
+    from vaereg.store.catalog import Catalog
     from vaereg.store.index import Index
     from vaereg.store.registry.read import Registry
 

@@ -52,11 +52,11 @@ def _common(key: str) -> str | None:
         return "conv1." + key.rsplit(".", 1)[1]
     if key in ("post_quant_conv.weight", "post_quant_conv.bias"):
         return "conv2." + key.rsplit(".", 1)[1]
-    if m := re.match(rf"^(encoder|decoder)\.conv_in\.((?:weight|bias))$", key):
+    if m := re.match(r"^(encoder|decoder)\.conv_in\.((?:weight|bias))$", key):
         return f"{m[1]}.conv1.{m[2]}"
-    if m := re.match(rf"^(encoder|decoder)\.norm_out\.gamma$", key):
+    if m := re.match(r"^(encoder|decoder)\.norm_out\.gamma$", key):
         return f"{m[1]}.head.0.gamma"
-    if m := re.match(rf"^(encoder|decoder)\.conv_out\.((?:weight|bias))$", key):
+    if m := re.match(r"^(encoder|decoder)\.conv_out\.((?:weight|bias))$", key):
         return f"{m[1]}.head.2.{m[2]}"
     if m := re.match(rf"^(encoder|decoder)\.mid_block\.resnets\.([01])\.{_RESNET_TAIL}$", key):
         return f"{m[1]}.middle.{2 * int(m[2])}.{_RESNET[m[3]]}.{m[4]}"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 

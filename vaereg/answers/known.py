@@ -62,7 +62,9 @@ class KnownVae:
 
     @property
     def label(self) -> str:
-        from vaereg.files.names import model_name  # a diffusers folder by its name, not its weights file's
+        from vaereg.files.names import (
+            model_name,  # a diffusers folder by its name, not its weights file's
+        )
 
         return self.name or (model_name(self.paths[0]) if self.paths else f"VAE {self.id[:12]}")
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 
-
 @dataclass(frozen=True)
 class ListedFile:
     """One entry of the launcher's VAE list and what it holds (`id` None: unreadable, or no VAE in it)."""

@@ -41,7 +41,7 @@ def input_tile(image: Image.Image, title: str) -> Tile:
 
 
 def trip_tile(trip: RoundTrip) -> Tile:
-    from vaereg.answers.decode import FP16_MAX
+    from vaereg.identity.dtypes import FP16_MAX
 
     psnr = "inf" if math.isinf(trip.psnr) else f"{trip.psnr:.1f}"
     lines = [

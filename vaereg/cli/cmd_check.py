@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, file_problem, printable, short, shows_progress, warn, working
+from vaereg.cli.common import (
+    Context,
+    emit_json,
+    fail,
+    file_problem,
+    printable,
+    short,
+    shows_progress,
+    warn,
+    working,
+)
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -41,7 +51,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     decoder = None
     if args.decode:
-        from vaereg.answers.decode import DecodeUnavailable, checker, require_extra
+        from vaereg.answers.decode import checker
+        from vaereg.answers.network import DecodeUnavailable, require_extra
 
         try:
             require_extra("vaereg check --decode")

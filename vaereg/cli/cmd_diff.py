@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, printable, short, shows_progress, working
+from vaereg.cli.common import (
+    Context,
+    emit_json,
+    fail,
+    printable,
+    short,
+    shows_progress,
+    working,
+)
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:

@@ -64,7 +64,12 @@ def _inside(path: Path, folders) -> bool:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.actions.fix import FixError, NO_MECHANISM, USER_METADATA_LAUNCHERS, checkpoints_of
+    from vaereg.actions.fix import (
+        NO_MECHANISM,
+        USER_METADATA_LAUNCHERS,
+        FixError,
+        checkpoints_of,
+    )
 
     launchers = _launchers(args, ctx)
     if isinstance(launchers, str):

@@ -13,7 +13,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, file_problem, human_size, print_table, progress, short, shows_progress
+from vaereg.cli.common import (
+    Context,
+    emit_json,
+    file_problem,
+    human_size,
+    print_table,
+    progress,
+    short,
+    shows_progress,
+)
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:

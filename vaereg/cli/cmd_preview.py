@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.answers.decode import DecodeUnavailable, require_extra
+    from vaereg.answers.network import DecodeUnavailable, require_extra
 
     try:
         require_extra()
@@ -35,7 +35,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return fail(str(exc), ExitStatus.USAGE)
     from PIL import Image, UnidentifiedImageError
 
-    from vaereg.answers.decode import Failure, UnknownVae, device, prepare_image, round_trips, wanted_from
+    from vaereg.answers.decode import (
+        Failure,
+        UnknownVae,
+        prepare_image,
+        round_trips,
+        wanted_from,
+    )
+    from vaereg.answers.network import device
     from vaereg.answers.sheet import write_sheet
 
     if not args.vaes and not args.family:

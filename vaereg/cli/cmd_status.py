@@ -29,9 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from vaereg.watch.state import read_status
-
     from vaereg.cli.cmd_ls import problem_json
+    from vaereg.watch.state import read_status
 
     reading = read_status(ctx.config.home)
     problems = ctx.index.problems() if ctx.config.index.is_file() else []
