@@ -114,17 +114,31 @@ def test_source_checkout_lists_every_builtin_without_install(tmp_path):
     tree = tmp_path / "checkout"
     for part in ("vaereg", "plugins", "registry"):
         shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
-    # -S: no site processing, so no .pth file of an editable install maps vaereg_plugins anywhere; the
-    # libraries vaereg needs come from site-packages added as a plain folder.
+    # -S: no site processing, so no .pth file of an editable install maps vaereg_plugins anywhere; the libraries
+    # vaereg needs come from site-packages added as a plain folder, where a regular install of vaereg may also
+    # lie: a finder refuses its top-level `vaereg_plugins` there, as on a machine where pip never ran.
     site = sysconfig.get_paths()["purelib"]
-    code = f"import sys; sys.path.append({site!r}); from vaereg.cli import main; sys.exit(main(['plugins', '--json']))"
+    code = (
+        "import sys, importlib.abc\n"
+        f"sys.path.append({site!r})\n"
+        "class NotInstalled(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'vaereg_plugins' and path is None:\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+        "from vaereg.cli import main\n"
+        "status = main(['plugins', '--json'])\n"
+        "import vaereg, vaereg_plugins\n"
+        "print(vaereg.__file__, vaereg_plugins.__file__, file=sys.stderr)\n"
+        "sys.exit(status)\n"
+    )
     env = {"PATH": os.environ.get("PATH", ""), "VAEREG_HOME": str(tmp_path / "home")}
     run = subprocess.run([sys.executable, "-S", "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert BUILTINS | {"vaereg.commands"} <= {p["name"] for p in json.loads(run.stdout)}
-    where = "import sys; sys.path.append({!r}); import vaereg, vaereg_plugins; print(vaereg.__file__, vaereg_plugins.__file__)"
-    try_import = subprocess.run([sys.executable, "-S", "-c", where.format(site)], cwd=tree, env=env, capture_output=True, text=True)
-    assert try_import.returncode != 0  # nothing installed: only vaereg's own loader finds plugins/
+    core, builtins = run.stderr.split()[-2:]
+    assert Path(core) == tree / "vaereg" / "__init__.py"
+    assert Path(builtins) == tree / "plugins" / "__init__.py"  # vaereg's own loader found plugins/
 
 
 def test_broken_plugin_is_reported_and_others_load(monkeypatch, tmp_path):
