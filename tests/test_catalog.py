@@ -19,6 +19,7 @@ import pytest
 from events import Events
 from factory import make_checkpoint, make_vae, save_ckpt, save_safetensors
 
+from vaereg.cli import main
 from vaereg.config import Config
 from vaereg.errors import RegistryError
 from vaereg.identity.analyze import identify
@@ -98,6 +99,22 @@ def library(tmp_path_factory, plugins) -> Library:
     _built.append(Library(root, reports))
     return _built[0]
 
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI in process: exit status, stdout and stderr of one call."""
+    capsys.readouterr()
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture
+def indexed(library: Library) -> Library:
+    """The library, recorded in this test's index."""
+    with Index(Config.load().index) as index:
+        library.record(index)
+    return library
 
 @pytest.fixture
 def registry(config) -> Registry:

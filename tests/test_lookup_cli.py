@@ -9,10 +9,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-from test_catalog import A_FILES, B_FILES, KINDS, NO_VAE, Library, library  # noqa: F401
+from test_catalog import A_FILES, B_FILES, KINDS, NO_VAE, Library, indexed, library, run  # noqa: F401
 
-from vaereg.cli import main
 from vaereg.cli.common import human_size
 from vaereg.config import Config
 from vaereg.identity.report import FileHashes
@@ -21,20 +19,6 @@ from vaereg.store.index import Index
 LOOKUP_KEYS = ["query", "matches", "ambiguous"]
 MATCH_KEYS = ["id", "name", "aliases", "family", "latent_channels", "notes", "flags", "matched", "copies"]
 COPY_KEYS = ["path", "format", "size", "embedded"]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-@pytest.fixture
-def indexed(library: Library) -> Library:
-    with Index(Config.load().index) as index:
-        library.record(index)
-    return library
 
 
 def test_scan_then_lookup_by_every_kind_and_name_any_copy(library: Library, capsys) -> None:

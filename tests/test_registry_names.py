@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from events import Events
-from test_catalog import Library, library  # noqa: F401
+from test_catalog import Library, indexed, library, run  # noqa: F401
 
-from vaereg.cli import main
 from vaereg.config import Config
 from vaereg.errors import NameTakenError, RegistryError
 from vaereg.plugin.manager import Plugins, get_plugin_manager
@@ -28,20 +27,6 @@ from vaereg.store.registry.read import Registry
 from vaereg.store.registry.schema import KNOWN_BASES
 
 SHIPPED = "nai-animevae"  # a shipped entry: name "NovelAI anime VAE", aliases animevae, NAI VAE, ...
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-@pytest.fixture
-def indexed(library: Library) -> Library:
-    with Index(Config.load().index) as index:
-        library.record(index)
-    return library
 
 
 def a_hash(library: Library) -> str:
