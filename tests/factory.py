@@ -135,3 +135,15 @@ def save_ckpt(sd: Mapping[str, np.ndarray], path: Path, wrap: bool = True, extra
     obj = {"state_dict": tensors, "global_step": 840000, **(extra or {})} if wrap else tensors
     torch.save(obj, path)
     return path
+
+
+#: The files by which the launcher plugin recognises an AUTOMATIC1111-family install (plugins/launchers.py).
+WEBUI_MARKERS = ("launch.py", "webui.py", "modules/sd_models.py")
+
+
+def make_webui(root: Path) -> Path:
+    """An A1111 install at `root` as far as vaereg can tell: its marker files (model folders are the caller's)."""
+    (root / "modules").mkdir(parents=True, exist_ok=True)
+    for name in WEBUI_MARKERS:
+        (root / name).write_text("")
+    return root

@@ -35,9 +35,7 @@ def webui(tmp_path: Path):
     notes in its user metadata, a checkpoint with a healthy VAE, a merge whose user chose a VAE, and one
     whose user chose the embedded VAE ("None")."""
     root = tmp_path / "stable-diffusion-webui"
-    (root / "modules").mkdir(parents=True)
-    for name in ("launch.py", "webui.py", "modules/sd_models.py"):
-        (root / name).write_text("")
+    factory.make_webui(root)
     vae_dir, ckpt_dir = root / "models" / "VAE", root / "models" / "Stable-diffusion"
     vae_dir.mkdir(parents=True)
     (ckpt_dir / "anime").mkdir(parents=True)

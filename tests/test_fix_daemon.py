@@ -39,9 +39,7 @@ def _checkpoint_bytes(tmp_path: Path, name: str, vae) -> bytes:
 
 def test_a_new_merged_checkpoint_gets_its_preference_and_a_users_is_kept(tmp_path, _isolated_home):
     root = tmp_path / "stable-diffusion-webui"
-    (root / "modules").mkdir(parents=True)
-    for name in ("launch.py", "webui.py", "modules/sd_models.py"):
-        (root / name).write_text("")
+    factory.make_webui(root)
     vae_dir, ckpt_dir = root / "models" / "VAE", root / "models" / "Stable-diffusion"
     vae_dir.mkdir(parents=True)
     ckpt_dir.mkdir(parents=True)

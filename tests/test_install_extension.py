@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import factory
 
 from vaereg.cli import main
 
@@ -17,9 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _webui(root: Path, forge: bool = False) -> Path:
-    (root / "modules").mkdir(parents=True)
-    for name in ("launch.py", "webui.py", "modules/sd_models.py"):
-        (root / name).write_text("")
+    factory.make_webui(root)
     if forge:
         (root / "modules_forge").mkdir()
     return root

@@ -33,8 +33,7 @@ def library(tmp_path):
     vae_dir, ckpt_dir, te_dir = root / "models" / "VAE", root / "models" / "Stable-diffusion", root / "models" / "text_encoder"
     for d in (vae_dir, ckpt_dir, te_dir, root / "modules"):
         d.mkdir(parents=True)
-    for name in ("launch.py", "webui.py", "modules/sd_models.py"):
-        (root / name).write_text("")
+    factory.make_webui(root)
     vaes = {"A": factory.make_vae(seed=1), "B": factory.make_vae(seed=2)}
     factory.save_safetensors(vaes["A"], vae_dir / "vae-ft-mse-840000.safetensors")
     factory.save_ckpt(vaes["A"], vae_dir / "animevae.pt")
