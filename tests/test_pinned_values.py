@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import vaereg.identity.digest as digest_module
+import vaereg.identity.fp16 as fp16_module
 from vaereg.identity.analyze import analyze
 
 #: float32 bit patterns that sit on the edges of fp16's rounding
@@ -172,9 +173,16 @@ PINNED: dict[str, dict[str, object]] = {
 }
 
 
+@pytest.mark.parametrize("rounding", ["kernel", "numpy"])
 @pytest.mark.parametrize("pooled", [False, True], ids=["one-thread", "pool"])
 @pytest.mark.parametrize("name", ["fp32", "fp16", "bf16", "checkpoint", "ckpt"])
-def test_ids_and_hashes_are_pinned(files, plugins, name, pooled, monkeypatch):
+def test_ids_and_hashes_are_pinned(files, plugins, name, pooled, rounding, monkeypatch):
+    """Pinned through the compiled kernel's one pass and through the numpy-only path (no C compiler)."""
+    if rounding == "numpy":
+        monkeypatch.setattr(digest_module, "kernel", None)
+        monkeypatch.setattr(fp16_module, "kernel", None)
+    else:
+        assert digest_module.kernel is not None, "the compiled fp16 kernel was not built"
     if pooled:
         monkeypatch.setattr(digest_module, "PARALLEL_MIN_BYTES", 0)
     else:

@@ -94,9 +94,7 @@ CHUNK = 1 << 18
 
 
 def _widen(dtype: str, raw: bytes | memoryview) -> np.ndarray:
-    from vaereg.identity.digest import (
-        widen_float32,  # the one exact widening of stored floats
-    )
+    from vaereg.identity.values import widen_float32  # the one exact widening of stored floats
 
     values = widen_float32(dtype, raw)
     if values is None:

@@ -93,7 +93,8 @@ def read_vae(path: Path, plugins: Plugins) -> LoadedVae:
     """Identify the VAE in `path` and read its tensors widened to float32 (two passes over the VAE's tensors
     only: identity, then values). Raises NotRunnable, ModelFormatError or OSError."""
     from vaereg.identity.analyze import open_model
-    from vaereg.identity.digest import compute_identity, widen_float32
+    from vaereg.identity.digest import compute_identity
+    from vaereg.identity.values import widen_float32
 
     with open_model(Path(path), plugins) as model:
         vae = model.vae

@@ -3,23 +3,25 @@
 Each canonical tensor gets two xxh3-128 digests: over its values rounded to fp16 (floats) and over its
 stored values. The ids are digests of sorted manifests of those per-tensor digests, so `encoder_id`,
 `decoder_id` and later tensor-level comparisons cost nothing beyond one pass over the VAE's tensors.
-Tensors are hashed in a small thread pool: numpy's casts and xxhash release the GIL.
+Tensors are hashed in a small thread pool: numpy's casts, xxhash and the fp16 kernel release the GIL.
+With the compiled kernel (identity/fp16.py) a tensor is hashed, rounded and counted a piece at a time, so its
+bytes come from memory once and the piece stays in the core's cache for the other passes.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable, Mapping
 
-import numpy as np
 import xxhash
 
-from vaereg.identity.dtypes import FLOAT_DTYPES, ML_DTYPES, NUMPY_DTYPES, PACKED_FLOATS
-from vaereg.identity.fp16 import round_to_fp16
+from vaereg.identity.dtypes import FLOAT_DTYPES, PACKED_FLOATS
+from vaereg.identity.kernel import kernel
 from vaereg.identity.locate import CanonicalVae, group_of
 from vaereg.identity.report import TensorDigest, VaeIdentity
 from vaereg.plugin.types import TensorInfo
@@ -31,39 +33,11 @@ MANIFEST_VERSION = 1
 SKETCH_PER_TENSOR = 32
 #: Below this many bytes of tensors, hashing in one thread is faster than starting a pool.
 PARALLEL_MIN_BYTES = 16 << 20
+#: Stored bytes per piece in the kernel's pass: small enough to stay in a core's L2 cache between passes.
+PIECE_BYTES = 256 << 10
+#: The kernel's rounding function per stored dtype, and the stored bytes per value.
+_KERNEL_ROUND = {"F32": ("round_f32", 4), "BF16": ("round_bf16", 2)}
 
-
-
-def widen_float32(dtype: str, raw: bytes | memoryview) -> np.ndarray | None:
-    """Stored float values widened exactly to float32 (None for packed sub-byte dtypes)."""
-    if dtype == "BF16":
-        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-    if dtype in ML_DTYPES:
-        import ml_dtypes
-
-        return np.frombuffer(raw, dtype=getattr(ml_dtypes, ML_DTYPES[dtype])).astype(np.float32)
-    if dtype in ("F32", "F16", "F64"):
-        return np.frombuffer(raw, dtype=NUMPY_DTYPES[dtype])
-    return None
-
-
-def _fp16_bytes(
-    dtype: str, raw: bytes | memoryview, wide: np.ndarray | None, scratch: "_Scratch | None" = None
-) -> bytes | memoryview:
-    """The tensor's values rounded to nearest-even fp16, as little-endian bytes (in `scratch` when given).
-
-    `wide` is the stored values widened (`widen_float32`), computed once by the caller for the sketch too.
-    """
-    if dtype == "F16" or dtype not in FLOAT_DTYPES:
-        return raw
-    if wide is None:  # packed F4/F6: no fp16 view defined; hashed as stored
-        return raw
-    out = scratch.halves(wide.size) if scratch is not None else np.empty(wide.size, dtype="<f2")
-    if wide.dtype == np.float32:
-        return round_to_fp16(wide, out).data
-    with np.errstate(over="ignore"):  # beyond fp16's range is infinity, by definition (identity-spec 4)
-        np.copyto(out, wide, casting="same_kind")
-    return out.data
 
 
 class _Scratch(threading.local):
@@ -75,17 +49,18 @@ class _Scratch(threading.local):
 
     def __init__(self) -> None:
         self._raw = bytearray()
-        self._halves = np.empty(0, dtype="<f2")
+        self._piece: memoryview | None = None
 
     def raw(self, nbytes: int) -> memoryview:
         if len(self._raw) < nbytes:
             self._raw = bytearray(nbytes)
         return memoryview(self._raw)
 
-    def halves(self, count: int) -> np.ndarray:
-        if self._halves.size < count:
-            self._halves = np.empty(count, dtype="<f2")
-        return self._halves[:count]
+    def piece(self) -> memoryview:
+        """Room for one piece's fp16 values (the kernel's pass)."""
+        if self._piece is None:
+            self._piece = memoryview(bytearray(PIECE_BYTES))
+        return self._piece
 
 
 @dataclass(frozen=True)
@@ -97,10 +72,10 @@ class TensorStats:
 
 
 @lru_cache(maxsize=8192)  # the same names and sizes recur in every VAE of a family
-def _positions(name: str, numel: int) -> np.ndarray:
+def _positions(name: str, numel: int) -> tuple[int, ...]:
     """Seeded sample positions: a function of the canonical name and size only, so they line up across VAEs."""
     count = min(numel, SKETCH_PER_TENSOR)
-    return np.array([xxhash.xxh64_intdigest(f"{name}#{i}".encode()) % numel for i in range(count)], dtype=np.int64)
+    return tuple(xxhash.xxh64_intdigest(f"{name}#{i}".encode()) % numel for i in range(count))
 
 
 @dataclass(frozen=True)
@@ -108,31 +83,72 @@ class _Digested:
     name: str
     digest: str
     exact_digest: str
-    sketch: np.ndarray
+    sketch: bytes  # float32, little-endian
     stats: TensorStats | None
+
+
+_HALF = struct.Struct("<e")
+_SINGLE = struct.Struct("<f")
+
+
+def _half_as_single(raw: bytes | memoryview) -> bytes:
+    """An fp16 value widened exactly to float32 bytes; a NaN keeps its payload bits (as numpy widens it)."""
+    (bits,) = struct.unpack("<H", raw)
+    if bits & 0x7C00 == 0x7C00 and bits & 0x03FF:
+        return (((bits & 0x8000) << 16) | 0x7F800000 | ((bits & 0x03FF) << 13)).to_bytes(4, "little")
+    return _SINGLE.pack(_HALF.unpack(raw)[0])
+
+
+def _sample(dtype: str, raw: bytes | memoryview, name: str) -> bytes:
+    """The sketch's values of one stored F32/BF16/F16 tensor as float32 bytes, read at the sample positions
+    only (exact widening: bfloat16 is a float32's top half)."""
+    if dtype == "F32":
+        return b"".join(raw[4 * p : 4 * p + 4] for p in _positions(name, len(raw) // 4))
+    if dtype == "BF16":
+        return b"".join(b"\0\0" + raw[2 * p : 2 * p + 2] for p in _positions(name, len(raw) // 2))
+    return b"".join(_half_as_single(raw[2 * p : 2 * p + 2]) for p in _positions(name, len(raw) // 2))
+
+
+def _digest_with_kernel(info: TensorInfo, raw: bytes | memoryview, with_stats: bool, scratch: _Scratch) -> _Digested:
+    """`_digest_tensor` for F32, BF16 and F16 through the compiled kernel: one pass over the bytes, a piece at a
+    time (the same digests: xxh3 streams to the value it gives in one call)."""
+    stored = memoryview(raw).cast("B")
+    exact = xxhash.xxh3_128()
+    rounding = _KERNEL_ROUND.get(info.dtype)
+    rounded = xxhash.xxh3_128() if rounding is not None else None
+    out = scratch.piece()
+    nonfinite, nonzero = 0, False
+    for start in range(0, len(stored), PIECE_BYTES):
+        piece = stored[start : start + PIECE_BYTES]
+        exact.update(piece)
+        if rounding is not None:
+            name, width = rounding
+            found, anything = getattr(kernel, name)(piece, out)
+            rounded.update(out[: len(piece) // width * 2])
+        elif with_stats:
+            found, anything = kernel.count_f16(piece)
+        else:
+            continue
+        nonfinite += found
+        nonzero = nonzero or anything
+    exact_digest = exact.hexdigest()
+    digest = rounded.hexdigest() if rounded is not None else exact_digest
+    stats = TensorStats(nonfinite=nonfinite, all_zero=not nonzero) if with_stats else None
+    return _Digested(info.name, digest, exact_digest, _sample(info.dtype, stored, info.name), stats)
 
 
 def _digest_tensor(
     info: TensorInfo, raw: bytes | memoryview, with_stats: bool, scratch: _Scratch | None = None
 ) -> _Digested:
-    exact = xxhash.xxh3_128_hexdigest(raw)
-    wide = widen_float32(info.dtype, raw) if info.dtype in FLOAT_DTYPES else None
-    rounded = _fp16_bytes(info.dtype, raw, wide, scratch)
-    digest = exact if rounded is raw else xxhash.xxh3_128_hexdigest(rounded)
-    if wide is None and info.dtype in NUMPY_DTYPES:
-        wide = np.frombuffer(raw, dtype=NUMPY_DTYPES[info.dtype])
-    if wide is not None and wide.size:
-        sketch = wide[_positions(info.name, wide.size)].astype(np.float32)
-    else:
-        sketch = np.zeros(0, dtype=np.float32)
-    stats = None
-    if with_stats:
-        if wide is None:
-            stats = TensorStats(nonfinite=0, all_zero=not any(bytes(raw)))
-        else:
-            finite = np.isfinite(wide) if wide.dtype.kind == "f" else np.ones(wide.shape, bool)
-            stats = TensorStats(nonfinite=int(wide.size - np.count_nonzero(finite)), all_zero=not wide.any())
-    return _Digested(info.name, digest, exact, sketch, stats)
+    if kernel is not None and (info.dtype in _KERNEL_ROUND or info.dtype == "F16"):
+        return _digest_with_kernel(info, raw, with_stats, scratch if scratch is not None else _Scratch())
+    # numpy: dtypes the kernel does not take, or no kernel
+    from vaereg.identity.values import digest_values
+
+    numel = info.numel
+    positions = _positions(info.name, numel) if numel else ()
+    digest, exact, sketch, stats = digest_values(info.dtype, raw, positions, with_stats)
+    return _Digested(info.name, digest, exact, sketch, TensorStats(*stats) if stats is not None else None)
 
 
 def _manifest_id(domain: str, lines: Iterable[tuple[str, str, tuple[int, ...], str]]) -> str:
@@ -206,7 +222,7 @@ def compute_identity(
         d.name: TensorDigest(infos[d.name].dtype, infos[d.name].shape, d.digest, d.exact_digest) for d in done
     }
     ids = ids_from_digests(digests)
-    sketch = np.concatenate([d.sketch for d in done]) if done else np.zeros(0, np.float32)
+    sketch = b"".join(d.sketch for d in done)
     identity = VaeIdentity(
         **ids,
         family=vae.family,
@@ -217,7 +233,7 @@ def compute_identity(
         tensors=len(infos),
         params=sum(i.numel for i in infos.values()),
         tensor_digests=digests,
-        sketch=sketch.astype("<f4").tobytes(),
+        sketch=sketch,
     )
     stats = {d.name: d.stats for d in done if d.stats is not None}
     return identity, stats
