@@ -500,3 +500,35 @@ def test_name_alias_and_unname_tell_the_plugins(library: Library, index: Index, 
         ("my-vae", (None, ["mine"], vae_id)),  # the aliases keep the entry
     ]
     assert events.seen[0][1] == registry.get("my-vae").to_json() | {"name": "My VAE", "aliases": []}
+
+
+# --- the ls table's counts ------------------------------------------------------------------------------
+
+
+def test_overview_counts_exactly_what_distinct_vaes_lists(library: Library, index: Index, config: Config, shipped: Path) -> None:
+    """`overview` (SQL counts, for `ls` over 100,000 files) against `distinct_vaes` (every copy listed), on the
+    library plus a diffusers copy, checkpoints with bases, a second named VAE and an entry known by SHA-256."""
+    library.record(index)
+    a = library.reports["vae.safetensors"]
+    diffusers = library.root / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"
+    index.record(str(diffusers), os.stat(library.path("vae.safetensors")), a)
+    checkpoint = library.reports["checkpoint.safetensors"]
+    for base, name in (("SD1", "sd15.safetensors"), ("SDXL", "xl.safetensors"), ("SD1", "other.safetensors")):
+        index.record(library.path(name), os.stat(library.path("checkpoint.safetensors")), replace(checkpoint, base=base))
+    registry = Registry.load(config, shipped=shipped)
+    catalog = Catalog(index, registry)
+    catalog.name(library.hash("vae.safetensors", "id"), "Zeta", note=None)
+
+    listed, counted = Catalog(index, Registry.load(config, shipped=shipped)).distinct_vaes(), catalog.overview()
+
+    assert [v.id for v in counted] == [v.id for v in listed] and len(listed) == 2
+    for full, count in zip(listed, counted):
+        assert (count.name, count.slug, count.aliases, count.family, count.bases) == (
+            full.name, full.slug, full.aliases, full.family, full.bases
+        )
+        assert (count.copies, count.standalone, count.embedded) == (len(full.copies), full.standalone, full.embedded)
+        assert (count.reclaimable_bytes, count.diffusers_paths) == (full.reclaimable_bytes, full.diffusers_paths)
+    zeta, shipped_vae = {v.name: v for v in counted}["Zeta"], {v.name: v for v in counted}["Shipped VAE"]
+    assert (zeta.copies, zeta.embedded, zeta.bases, zeta.diffusers_paths) == (11, 4, ["SD1", "SDXL"], (str(diffusers),))
+    assert zeta.reclaimable_bytes == 2 * os.stat(library.path("vae.safetensors")).st_size
+    assert shipped_vae.id == library.hash("finetune.safetensors", "id")  # joined by a listed SHA-256

@@ -20,7 +20,7 @@ from vaereg.cli.common import Context, emit_json_lines, human_size, print_table,
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
-    from vaereg.store.catalog import VaeSummary
+    from vaereg.store.views import VaeOverview, VaeSummary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,31 +50,32 @@ def run_problems(args: argparse.Namespace, ctx: Context) -> int:
     return ExitStatus.OK
 
 
-def label(vae: VaeSummary) -> str:
+def label(vae: VaeSummary | VaeOverview) -> str:
     """What to call the VAE in the table: its name; unnamed, its aliases or its diffusers folder's name."""
-    from vaereg.files.names import is_diffusers_weights, model_name
+    from vaereg.files.names import model_name
 
     if vae.name:
         return vae.name
     if vae.aliases:
         return f"unnamed ({', '.join(vae.aliases)})"
-    folders = [model_name(c.path) for c in vae.copies if not c.embedded and is_diffusers_weights(c.path)]
-    return f"unnamed ({folders[0]})" if folders else "unnamed"
+    folders = vae.diffusers_paths
+    return f"unnamed ({model_name(folders[0])})" if folders else "unnamed"
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.problems:
         return run_problems(args, ctx)
-    vaes = ctx.catalog().distinct_vaes()
     if args.json:
-        emit_json_lines(vae.to_json() for vae in vaes)
+        emit_json_lines(vae.to_json() for vae in ctx.catalog().distinct_vaes())
         return ExitStatus.OK
+    # the table counts copies; only -v lists them
+    vaes: list[VaeSummary] | list[VaeOverview] = ctx.catalog().distinct_vaes() if args.verbose else ctx.catalog().overview()
     if not vaes:
         print("no VAEs indexed yet: vaereg scan DIR indexes a folder", file=sys.stderr)
         return ExitStatus.OK
     rows = [
-        (label(vae), vae.family, ", ".join(vae.bases) or "-", short(vae.id), len(vae.copies), vae.standalone, vae.embedded,
-         human_size(vae.reclaimable_bytes) if vae.reclaimable_bytes else "-")
+        (label(vae), vae.family, ", ".join(vae.bases) or "-", short(vae.id), vae.standalone + vae.embedded,
+         vae.standalone, vae.embedded, human_size(vae.reclaimable_bytes) if vae.reclaimable_bytes else "-")
         for vae in vaes
     ]
     print_table(("name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             )
             sys.stdout.write("".join(f"  {line}\n" for line in copies.getvalue().splitlines()))
     reclaimable = sum(vae.reclaimable_bytes for vae in vaes)
-    copies_count = sum(len(vae.copies) for vae in vaes)
+    copies_count = sum(vae.standalone + vae.embedded for vae in vaes)
     summary = f"{len(vaes)} VAEs in {copies_count} files"
     if reclaimable:
         summary += f"; {human_size(reclaimable)} held by identical copies (vaereg dedupe)"

@@ -28,6 +28,7 @@ from vaereg.store.views import (
     LookupMatch,
     LookupResult,
     MatchedHash,
+    VaeOverview,
     NamingPlan,
     NamingResult,
     VaeSummary,
@@ -161,10 +162,15 @@ class Catalog:
         by_id = self.registry.find_by_id(vae_id)
         if by_id:
             return _preferred(by_id)
+        files = self.index.copies(vae_id) if copies is None else copies
+        return self._entry_listing(copy.sha256 for copy in files)
+
+    def _entry_listing(self, sha256s: Iterable[str | None]) -> Entry | None:
+        """The entry without an id that lists the first of these file hashes it lists, if any."""
         unlearnt = self._unlearnt_files()
-        for copy in self.index.copies(vae_id) if copies is None else copies:
-            if copy.sha256 in unlearnt:
-                listed = [entry for entry in self.registry.find_by_sha256(copy.sha256) if entry.id is None]
+        for sha256 in sha256s:
+            if sha256 in unlearnt:
+                listed = [entry for entry in self.registry.find_by_sha256(sha256) if entry.id is None]
                 if listed:
                     return _preferred(listed)
         return None
@@ -176,6 +182,16 @@ class Catalog:
             for found in self.index.identities()
         ]
         return sorted(summaries, key=lambda s: (s.name is None, (s.name or "").casefold(), s.id))
+
+    def overview(self) -> list[VaeOverview]:
+        """`distinct_vaes` with each VAE's copies counted rather than listed, in the same order: what the
+        `ls` table needs, computed by the index (fast over 100,000 files)."""
+        overviews = []
+        for counts in self.index.identity_counts(self._unlearnt_files()):
+            by_id = self.registry.find_by_id(counts.id)
+            entry = _preferred(by_id) if by_id else self._entry_listing(counts.listed_sha256)
+            overviews.append(VaeOverview(entry, counts))
+        return sorted(overviews, key=lambda s: (s.name is None, (s.name or "").casefold(), s.id))
 
     def vae(self, vae_id: str) -> VaeSummary | None:
         """The summary of one canonical id, None when no indexed file holds it."""

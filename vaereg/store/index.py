@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vaereg.errors import IndexUnreadableError, IndexVersionError, StateError
+from vaereg.store.overview import IdentityCounts, identity_counts
 from vaereg.identity.report import (
     FILE_HASH_NAMES,
     SPEC_VERSION,
@@ -459,6 +460,11 @@ class Index:
             IdentitySummary(id, rows[0].family or "", rows[0].latent_channels, tuple(rows))
             for id, rows in groups.items()
         ]
+
+    def identity_counts(self, sha256s: Iterable[str] = ()) -> list[IdentityCounts]:
+        """Every canonical id with its copies counted, not listed (store/overview.py: what `ls` shows)."""
+        with self._read() as conn:
+            return identity_counts(conn, frozenset(sha256s))
 
     def tensor_digests(self, exact_id: str) -> dict[str, TensorDigest]:
         with self._read() as conn:

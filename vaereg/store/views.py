@@ -12,6 +12,7 @@ from vaereg.store.registry.schema import Entry
 
 if TYPE_CHECKING:
     from vaereg.store.catalog import Catalog
+    from vaereg.store.overview import IdentityCounts
     from vaereg.store.rows import IndexedFile
 
 
@@ -141,6 +142,13 @@ class VaeSummary(_Described):
     def embedded(self) -> int:
         return sum(copy.embedded for copy in self.copies)
 
+    @property
+    def diffusers_paths(self) -> tuple[str, ...]:
+        """Standalone copies that are a diffusers folder's weights (their folder may name the VAE)."""
+        from vaereg.files.names import is_diffusers_weights
+
+        return tuple(c.path for c in self.copies if not c.embedded and is_diffusers_weights(c.path))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -157,6 +165,48 @@ class VaeSummary(_Described):
             "base": self.base,
             "bases": self.bases,
         }
+
+
+@dataclass(frozen=True)
+class VaeOverview(_Described):
+    """One distinct VAE as the `vaereg ls` table shows it: a `VaeSummary` whose copies are counted, not listed."""
+
+    entry: Entry | None
+    counts: IdentityCounts
+
+    @property
+    def id(self) -> str:
+        return self.counts.id
+
+    @property
+    def family(self) -> str:
+        return self.counts.family
+
+    @property
+    def copies(self) -> int:  # type: ignore[override]  # a count here; _Described.bases is overridden below
+        return self.counts.copies
+
+    @property
+    def standalone(self) -> int:
+        return self.counts.standalone
+
+    @property
+    def embedded(self) -> int:
+        return self.counts.embedded
+
+    @property
+    def reclaimable_bytes(self) -> int:
+        return self.counts.reclaimable_bytes
+
+    @property
+    def bases(self) -> list[str]:
+        return sorted({*self.counts.bases, *([self.base] if self.base else [])})
+
+    @property
+    def diffusers_paths(self) -> tuple[str, ...]:
+        from vaereg.files.names import is_diffusers_weights
+
+        return tuple(path for path in self.counts.diffusers_paths if is_diffusers_weights(path))
 
 
 Action = Literal["name", "alias", "unname"]
