@@ -164,3 +164,29 @@ def test_sketch_is_linear(plugins):
     sa, sb, sm = (np.frombuffer(identify_arrays(x, plugins).sketch, "<f4") for x in (a, b, mix))
     assert sa.size == sm.size and sa.size > 1000
     np.testing.assert_allclose(sm, 0.7 * sa + 0.3 * sb, rtol=1e-5, atol=1e-6)
+
+
+def test_the_hashing_threads_keep_order_and_raise_the_first_failure():
+    """compute_identity's worker threads: results in name order, every name worked on, the first failure
+    in name order raised (as ThreadPoolExecutor.map did)."""
+    import threading
+    import time
+
+    from vaereg.identity.digest import _map_in_threads
+
+    names = [f"t{i:03d}" for i in range(200)]
+    seen, lock = set(), threading.Lock()
+
+    def work(name):
+        time.sleep(0.001)  # lets the other threads take names, as the GIL-free hashing does
+        with lock:
+            seen.add((name, threading.current_thread().name))
+        if name in ("t150", "t020"):
+            raise ValueError(name)
+        return name.upper()
+
+    assert _map_in_threads(lambda n: n.upper(), names, 3) == [n.upper() for n in names]
+    with pytest.raises(ValueError, match="t020"):
+        _map_in_threads(work, names, 3)
+    assert {name for name, _ in seen} == set(names)
+    assert len({thread for _, thread in seen}) > 1

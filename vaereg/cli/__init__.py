@@ -18,10 +18,14 @@ if TYPE_CHECKING:
     from vaereg.plugin.manager import Plugins
 
 
-def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+def build_parser(plugins: Plugins | None = None, argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the `argv` it will parse, only the subcommand named there is built (importing all
+    of them is a good part of a quick command's start), else every one (`vaereg --help`, a misspelt name)."""
     from vaereg.plugin.manager import Plugins
 
     plugins = plugins if plugins is not None else Plugins()
+    commands = plugins.commands()
+    wanted = _named_command(argv, commands) if argv is not None else None
     parser = argparse.ArgumentParser(
         prog="vaereg",
         description="Know which VAEs you really have: identify VAE weights in model files, whatever the packing.",
@@ -29,9 +33,19 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vaereg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_parser in plugins.commands().values():
-        add_parser(sub)
+    for name, add_parser in commands.items():
+        if wanted is None or name == wanted:
+            add_parser(sub)
     return parser
+
+
+def _named_command(argv: list[str], commands: dict) -> str | None:
+    """The subcommand `argv` names before any other option but ``--debug``; None if it names none."""
+    for token in argv:
+        if token == "--debug":
+            continue
+        return token if token in commands else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = Context()
     try:
-        parser = build_parser(ctx.plugins)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser(ctx.plugins, argv)
         args = parser.parse_args(argv)
         ctx.debug = args.debug
         _route_logs(args.debug)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable, Mapping
@@ -181,6 +180,43 @@ def ids_from_digests(vae: Mapping[str, TensorDigest]) -> dict[str, str]:
     }
 
 
+def _map_in_threads(work: Callable[[str], _Digested], names: list[str], threads: int) -> list[_Digested]:
+    """`[work(n) for n in names]` on `threads` threads (this one among them), results in order. Every name is
+    worked on and the first failure in `names` order is raised, as `ThreadPoolExecutor.map` would (whose
+    import alone costs a quick command more than these lines); Ctrl-C stops the others after their tensor."""
+    results: list[_Digested | None] = [None] * len(names)
+    failures: dict[int, Exception] = {}
+    todo = iter(enumerate(names))
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            with lock:
+                step = next(todo, None)
+            if step is None:
+                return
+            try:
+                results[step[0]] = work(step[1])
+            except Exception as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+                failures[step[0]] = exc
+
+    helpers = [threading.Thread(target=run, name=f"vaereg-hash-{n}", daemon=True) for n in range(threads - 1)]
+    for helper in helpers:
+        helper.start()
+    try:
+        run()
+    except BaseException:  # Ctrl-C in this thread: the helpers finish their tensor and stop
+        stop.set()
+        raise
+    finally:
+        for helper in helpers:
+            helper.join()
+    if failures:
+        raise failures[min(failures)]
+    return results  # type: ignore[return-value]  # every slot is filled when nothing failed
+
+
 def compute_identity(
     vae: CanonicalVae,
     read: Callable[[str], bytes | memoryview],
@@ -216,8 +252,7 @@ def compute_identity(
     if pool_size == 1 or sum(i.nbytes for i in infos.values()) < PARALLEL_MIN_BYTES:
         done = [work(name) for name in names]  # a pool costs more than it saves on a small VAE
     else:
-        with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="vaereg-hash") as pool:
-            done = list(pool.map(work, names))
+        done = _map_in_threads(work, names, pool_size)
     digests = {
         d.name: TensorDigest(infos[d.name].dtype, infos[d.name].shape, d.digest, d.exact_digest) for d in done
     }

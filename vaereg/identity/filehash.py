@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from vaereg._fs import open_regular
 from vaereg.identity.report import FileHashes
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 BLOCK = 4 << 20
 #: Blocks in flight: one being read, the others being hashed.
@@ -79,6 +81,10 @@ def file_hashes(path: Path, *, data_offset: int | None = None, autov3: bool = Tr
         assert tail is not None and data_offset is not None
         if start + len(view) > data_offset:
             tail.update(view[max(0, data_offset - start) :])
+
+    from concurrent.futures import (
+        ThreadPoolExecutor,  # here: `hash --no-file-hashes` never needs it
+    )
 
     position = 0
     free = deque(bytearray(BLOCK) for _ in range(RING))
