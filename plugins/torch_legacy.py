@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from vaereg_plugins.torch_zip import _DTYPES, _scalar_metadata, _state_dict
+from vaereg_plugins._torch_pickle import _DTYPES, _scalar_metadata, _state_dict
 
 from vaereg.hookspecs import ModelFormatError, ModelNotRead, TensorInfo
 

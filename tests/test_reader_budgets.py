@@ -12,7 +12,7 @@ import pytest
 
 import hostile
 from vaereg.hookspecs import ModelFormatError
-from vaereg_plugins import _filebytes, diffusers_folder, safetensors_format, torch_zip
+from vaereg_plugins import _filebytes, _torch_pickle, _torch_zip_reader, diffusers_folder, safetensors_format, torch_zip
 
 P2 = pickle.PROTO + b"\x02"
 
@@ -30,14 +30,14 @@ def ckpt(tmp_path: Path, data: bytes, storages: dict[str, bytes] | None = None) 
 
 def test_instruction_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # NONE, POP forever: no object survives, only time is spent.
-    monkeypatch.setattr(torch_zip, "MAX_PICKLE_OPS", 1000)
+    monkeypatch.setattr(_torch_pickle, "MAX_PICKLE_OPS", 1000)
     data = P2 + (pickle.NONE + pickle.POP) * 500 + pickle.NONE + pickle.STOP
     with pytest.raises(ModelFormatError, match="^data.pkl runs over 1,000 pickle instructions$"):
         open_ckpt(ckpt(tmp_path, data))
 
 
 def test_memo_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch_zip, "MAX_PICKLE_MEMO", 1000)
+    monkeypatch.setattr(_torch_pickle, "MAX_PICKLE_MEMO", 1000)
     data = P2 + pickle.EMPTY_DICT + pickle.MEMOIZE * 1001 + pickle.STOP
     with pytest.raises(ModelFormatError, match="^data.pkl stores over 1,000 memo entries$"):
         open_ckpt(ckpt(tmp_path, data))
@@ -47,7 +47,7 @@ def test_memo_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_object_budget_counts_every_kind_of_object(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opcode: bytes
 ) -> None:
-    monkeypatch.setattr(torch_zip, "MAX_PICKLE_OBJECTS", 1000)
+    monkeypatch.setattr(_torch_pickle, "MAX_PICKLE_OBJECTS", 1000)
     data = P2 + opcode * 1001 + pickle.STOP
     with pytest.raises(ModelFormatError, match="^data.pkl makes over 1,000 objects$"):
         open_ckpt(ckpt(tmp_path, data))
@@ -74,7 +74,7 @@ def test_declared_lengths_allocate_only_what_the_pickle_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
     # A 4 GiB string announced in 9 bytes (a buffered stream would allocate all of it before reading).
-    monkeypatch.setattr(torch_zip, "_READ_WHOLE_PICKLE", 10 if streamed else 1 << 20)
+    monkeypatch.setattr(_torch_zip_reader, "_READ_WHOLE_PICKLE", 10 if streamed else 1 << 20)
     data = P2 + pickle.BINBYTES8 + struct.pack("<Q", 4 << 30) + b"x" * 100
     with pytest.raises(ModelFormatError, match=r"^damaged data.pkl \("):
         open_ckpt(ckpt(tmp_path, data))
@@ -88,7 +88,7 @@ def test_torch_size_holds_only_integers(tmp_path: Path) -> None:
 
 
 def test_zip_directory_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch_zip, "MAX_ZIP_ENTRIES", 3)
+    monkeypatch.setattr(_torch_zip_reader, "MAX_ZIP_ENTRIES", 3)
     path = hostile.one_tensor_ckpt(tmp_path / "w.ckpt", (4,), (1,))  # data.pkl, byteorder, data/0, version
     with pytest.raises(ModelFormatError, match="^zip archive lists 4 records, over the limit of 3$"):
         open_ckpt(path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +60,7 @@ def stat_key_of(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
 def temp_name_beside(path: str | os.PathLike[str]) -> str:
     """A fresh hidden name in `path`'s folder, for a file that will be renamed over `path`."""
     folder, name = os.path.split(os.fspath(path))
-    return os.path.join(folder, f".{name}.vaereg-{secrets.token_hex(4)}.tmp")
+    return os.path.join(folder, f".{name}.vaereg-{os.urandom(4).hex()}.tmp")
 
 
 @contextmanager

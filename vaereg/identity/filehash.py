@@ -19,7 +19,6 @@ SHA-256 of the file.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections import deque
 from pathlib import Path
@@ -50,6 +49,8 @@ def _crc32_function() -> Callable[[memoryview, int], int]:
 
 def _read_autov1(f: BinaryIO) -> str:
     f.seek(AUTOV1_OFFSET)
+    import hashlib  # here: OpenSSL's import is a cost `hash --no-file-hashes` need not pay
+
     return hashlib.sha256(f.read(AUTOV1_SIZE)).hexdigest()[:8]
 
 
@@ -61,6 +62,8 @@ def wants_autov3(size: int, data_offset: int | None, max_bytes: int | None = AUT
 def file_hashes(path: Path, *, data_offset: int | None = None, autov3: bool = True) -> FileHashes:
     """All whole-file hashes of `path`. `data_offset` (safetensors: 8 + header size) enables AutoV3, which
     `autov3=False` skips (it is then None)."""
+    import hashlib
+
     import blake3
 
     crc32 = _crc32_function()
