@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vaereg.cli import main
@@ -48,3 +50,15 @@ def test_a_command_name_taken_twice_is_an_error():
         Plugins(pm).commands()
 
 
+
+
+def test_info_names_the_state_and_the_fp16_kernel(capsys, config):
+    from vaereg.identity.kernel import kernel
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["home"], info["index"]) == (str(config.home), str(config.index))
+    assert info["fp16_kernel"] == kernel.isa() and info["fp16_kernel"] in ("baseline", "avx2+f16c")
+    assert {p["name"] for p in info["plugins"]} >= {"vaereg.safetensors", "vaereg.torch_zip"}
+    assert main(["info"]) == 0
+    assert f"fp16 kernel {kernel.isa()}" in capsys.readouterr().out.splitlines()

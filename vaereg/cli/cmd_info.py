@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def collect(ctx: Context) -> dict:
+    from vaereg.identity.kernel import kernel
+
     cfg = ctx.config
     registry = ctx.vaereg.registry
     return {
@@ -25,6 +27,8 @@ def collect(ctx: Context) -> dict:
         "registries": [{"path": str(layer.path), "writable": layer.writable} for layer in registry.layers],
         "index": str(cfg.index),
         "plugins": [p.to_json() for p in ctx.plugins.describe()],
+        # the compiled fp16 rounding's instruction set; None: not built, numpy rounds (same ids, slower)
+        "fp16_kernel": kernel.isa() if kernel is not None else None,
         "warnings": [*registry.warnings, *ctx.plugins.load_errors, *ctx.plugins.warnings],
     }
 
@@ -42,6 +46,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print(f"registry    {reg['path']}{'  (writable)' if reg['writable'] else ''}")
     for plugin in info["plugins"]:
         print(f"plugin      {plugin['name']}")
+    kernel = info["fp16_kernel"]
+    print(f"fp16 kernel {kernel or 'not built (no C compiler at install): numpy rounds, same ids, slower'}")
     for warning in info["warnings"]:
         print(f"warning     {warning}")
     return ExitStatus.OK
