@@ -2,8 +2,8 @@
 
 Three tables: ``files`` (one row per indexed path, with its stat key, format or error, the exact VAE it
 holds and its whole-file hashes), ``vaes`` (one row per distinct ``exact_id``) and ``tensors`` (the
-per-tensor digests and health stats of each ``exact_id``, written once: store/tensors.py). A ``vaes`` row lives as long as some file holds
-it, so every identity the index knows is one this machine has.
+per-tensor digests and health stats of each ``exact_id``, written once: store/tensors.py). A ``vaes`` row
+lives as long as some file holds it, so every identity the index knows is one this machine has.
 
 Several threads of one process share one connection behind a lock; several processes (the daemon and
 CLI calls) share the file through WAL mode and a busy timeout. Every logical change is one
