@@ -9,10 +9,17 @@ Builds, in a scratch folder (default: a new temp dir):
   0.7/0.3 merge of two of the known VAEs - the case that exercises every step (identity and health pass,
   relations to all 50, NNLS) - padded with fp16 UNet stand-in tensors.
 
-Then times ``vaereg check --json FILE`` as a CLI call (process start included, median of --repeat) and, in
-process, the identity + stats pass alone and the whole `check_model`.
+The checkpoint is then recorded in the index as a scan does (`Ingest.identify`: identity and health stats,
+no whole-file hashes), and three CLI calls (process start included) are timed in turn, --repeat times, so
+that they share the machine's load: ``vaereg check --json --rehash FILE`` (reads the VAE), ``vaereg check
+--json FILE`` (answered from the index) and ``vaereg --help``; medians, and the two answers compared. In
+process: the identity + stats pass alone, and `check_model` reading and answered from the index.
 
-Usage: python bench/bench_check.py [--size-gb 6.9] [--known 50] [--dir DIR] [--repeat 5] [--keep]
+``--stats-cost`` times instead what asking for the health stats adds to the identity pass (what a scan
+now does): `compute_identity` over a full-size VAE held in memory, F32 / F16 / BF16, with the compiled
+kernel and with the numpy fallback, with and without stats, interleaved.
+
+Usage: python bench/bench_check.py [--size-gb 6.9] [--known 50] [--dir DIR] [--repeat 5] [--keep] [--stats-cost]
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import factory  # noqa: E402
-from bench_hash import a1111_sha256, peak_rss, write_safetensors_streaming  # noqa: E402
+from bench_hash import LAST_CPU, a1111_sha256, peak_rss, write_safetensors_streaming  # noqa: E402
 
 FULL_CH = 128
 
@@ -88,8 +95,25 @@ def build_checkpoint(path: Path, size: int) -> None:
     write_safetensors_streaming(path, tensors)
 
 
-def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float]:
-    """Median seconds of the identity + stats pass alone, and of the whole check_model, in this process."""
+def index_checkpoint(path: Path, home: Path) -> float:
+    """Record the checkpoint in the index as a scan does (identity and stats, no whole-file hashes)."""
+    from vaereg.config import Config
+    from vaereg.plugin.manager import Plugins
+    from vaereg.store.index import Index
+    from vaereg.store.ingest import Ingest
+
+    config = Config.load({"VAEREG_HOME": str(home)})
+    with Index(config.index) as index:
+        t = time.perf_counter()
+        outcome = Ingest(index, Plugins()).identify(str(path), with_file_hashes=False)
+        took = time.perf_counter() - t
+    assert outcome.status == "recorded" and outcome.error is None, outcome
+    return took
+
+
+def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float, float]:
+    """Median seconds of the identity + stats pass alone, and of check_model reading the file and answered
+    from the index, in this process."""
     os.environ["VAEREG_HOME"] = str(home)
     from vaereg.answers.check import check_model
     from vaereg.config import Config
@@ -101,16 +125,63 @@ def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float]:
     plugins = Plugins()
     config = Config.load()
     registry = Registry.load(config)
-    ident, whole = [], []
+    ident, whole, indexed = [], [], []
     with Index(config.index) as index:
         for _ in range(repeat):
             t = time.perf_counter()
             analyze(path, plugins, with_file_hashes=False, with_stats=True)
             ident.append(time.perf_counter() - t)
             t = time.perf_counter()
-            check_model(path, plugins=plugins, index=index, registry=registry)
+            read = check_model(path, plugins=plugins, index=index, registry=registry, rehash=True)
             whole.append(time.perf_counter() - t)
-    return statistics.median(ident), statistics.median(whole)
+            t = time.perf_counter()
+            answered = check_model(path, plugins=plugins, index=index, registry=registry)
+            indexed.append(time.perf_counter() - t)
+            assert answered.to_json() == read.to_json()
+    return statistics.median(ident), statistics.median(whole), statistics.median(indexed)
+
+
+def stats_cost(repeat: int) -> None:
+    """Seconds of `compute_identity` over a full-size VAE in memory, with and without the health stats."""
+    from memsource import MemorySource, bf16
+
+    from vaereg.identity import digest
+    from vaereg.identity.locate import canonicalize, find_vae
+    from vaereg.plugin.manager import Plugins
+
+    plugins = Plugins()
+    compiled = digest.kernel
+    base = factory.make_vae(ch=FULL_CH, seed=0)
+    variants = {
+        "F32": base,
+        "F16": {k: v.astype(np.float16) for k, v in base.items()},
+        "BF16": {k: bf16(v) for k, v in base.items()},
+    }
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    for dtype, arrays in variants.items():
+        src = MemorySource(arrays)
+        stored = {k: src.read(k) for k in src.tensors}  # the stored bytes, read once: only the pass is timed
+        vae = canonicalize(find_vae(list(src.tensors)), src.tensors, plugins.map_layout)
+        for engine in ("kernel", "numpy"):
+            if engine == "kernel" and compiled is None:
+                print(f"{dtype}: no compiled kernel in this install")
+                continue
+            digest.kernel = compiled if engine == "kernel" else None
+            times: dict[bool, list[float]] = {False: [], True: []}
+            ids = set()
+            for _ in range(repeat):
+                for with_stats in (False, True):
+                    t = time.perf_counter()
+                    identity, stats = digest.compute_identity(vae, stored.__getitem__, with_stats=with_stats)
+                    times[with_stats].append(time.perf_counter() - t)
+                    ids.add(identity.exact_id)
+                    assert len(stats) == (len(vae.tensors) if with_stats else 0)
+            assert len(ids) == 1
+            plain, counted = (statistics.median(times[w]) for w in (False, True))
+            print(f"{dtype:4} {engine:6}: identity {plain:.3f} s, with stats {counted:.3f} s median of {repeat}"
+                  f" (+{counted - plain:.3f} s, {counted / plain - 1:+.0%}; min {min(times[False]):.3f} / {min(times[True]):.3f} s)")
+    digest.kernel = compiled
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -120,7 +191,11 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a new temp dir)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder for later runs")
+    ap.add_argument("--stats-cost", action="store_true", help="time the health stats in the identity pass only")
     args = ap.parse_args()
+    if args.stats_cost:
+        stats_cost(args.repeat)
+        return
     scratch = args.dir or Path(tempfile.mkdtemp(prefix="vaereg-bench-check-"))
     scratch.mkdir(parents=True, exist_ok=True)
     home = scratch / "home"
@@ -135,20 +210,47 @@ def main() -> None:
             build_checkpoint(path, int(args.size_gb * 1e9))
             print(f"built {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s")
         a1111_sha256(path)  # warm the page cache
+        recorded = index_checkpoint(path, home)
         env_cmd = [sys.executable, "-c", "import os,sys,runpy; os.environ['VAEREG_HOME']=sys.argv.pop(1);"
                    " sys.argv[0]='vaereg'; runpy.run_module('vaereg', run_name='__main__')", str(home)]
-        runs = [peak_rss([*env_cmd, "check", "--json", str(path)]) for _ in range(args.repeat)]
+        print(f"load average before: {os.getloadavg()[0]:.1f}")
+        runs, indexed, helps = [], [], []
+        cpu: dict[str, list[float]] = {"read": [], "indexed": [], "help": [], "imports": []}
+        imports, imported = [], ("vaereg.cli", "vaereg.cli.cmd_check", "vaereg.answers.check", "vaereg.store.answer",
+                                 "vaereg.store.index", "vaereg.store.registry.read", "vaereg.plugin.manager")
+        for _ in range(args.repeat):  # in turn, so that the three share the machine's load
+            runs.append(peak_rss([*env_cmd, "check", "--json", "--rehash", str(path)]))
+            cpu["read"].append(LAST_CPU[0])
+            indexed.append(peak_rss([*env_cmd, "check", "--json", str(path)]))
+            cpu["indexed"].append(LAST_CPU[0])
+            helps.append(peak_rss([*env_cmd, "--help"])[0])
+            cpu["help"].append(LAST_CPU[0])
+            imports.append(peak_rss([sys.executable, "-c", f"import {', '.join(imported)}"])[0])
+            cpu["imports"].append(LAST_CPU[0])
+        cpu_s = {what: statistics.median(times) for what, times in cpu.items()}
+        load_after = os.getloadavg()[0]
         report = json.loads(runs[0][2])
-        ident, whole = in_process(path, home, args.repeat)
+        assert all(json.loads(out) == report for _, _, out in runs + indexed), "the index answered otherwise"
+        ident, whole, answered = in_process(path, home, args.repeat)
         cli = statistics.median(e for e, _, _ in runs)
+        from_index = statistics.median(e for e, _, _ in indexed)
         embedded = report["embedded"]
         blend = ", ".join(f"{p['name']} {p['weight']:.3f}" for p in embedded["blend"] or [])
         print(f"file:                      {path.name}, {path.stat().st_size / 1e9:.2f} GB, {args.known} known VAEs")
         print(f"verdict:                   relation {embedded['relation']} ({blend}), health {embedded['health']},"
               f" needs_external_vae {report['needs_external_vae']}, recommended {report['recommended']['name']}")
-        print(f"vaereg check (CLI call):   {cli:.3f} s median of {args.repeat}, peak RSS "
-              f"{max(r for _, r, _ in runs) / 1e6:.0f} MB")
-        print(f"in process: check_model    {whole:.3f} s, of which identity + stats pass {ident:.3f} s")
+        print(f"recorded in the index (Ingest.identify, in process): {recorded:.3f} s")
+        print(f"vaereg check --rehash (CLI call, reads):   {cli:.3f} s median of {args.repeat} (CPU {cpu_s['read']:.2f} s),"
+              f" peak RSS {max(r for _, r, _ in runs) / 1e6:.0f} MB")
+        print(f"vaereg check (CLI call, from the index):   {from_index:.3f} s median of {args.repeat}"
+              f" (CPU {cpu_s['indexed']:.2f} s), peak RSS {max(r for _, r, _ in indexed) / 1e6:.0f} MB, the same answer")
+        print(f"vaereg --help (CLI call):                  {statistics.median(helps):.3f} s median of {args.repeat}"
+              f" (CPU {cpu_s['help']:.2f} s)")
+        print(f"python -c 'import <what check imports>':   {statistics.median(imports):.3f} s median of {args.repeat}"
+              f" (CPU {cpu_s['imports']:.2f} s)")
+        print(f"in process: check_model reading {whole:.3f} s (identity + stats pass {ident:.3f} s),"
+              f" from the index {answered:.3f} s")
+        print(f"load average after: {load_after:.1f} (CLI calls), {os.getloadavg()[0]:.1f} (end)")
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)

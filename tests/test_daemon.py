@@ -34,7 +34,7 @@ from vaereg.config import Config
 from vaereg.errors import AlreadyRunning
 from vaereg.files.walk import FoundFile
 from vaereg.hookspecs import hookimpl
-from vaereg.identity.analyze import identify
+from vaereg.identity.analyze import analyze, identify
 from vaereg.plugin.manager import Plugins
 from vaereg.plugin.types import LauncherFolders
 from vaereg.store.index import Index
@@ -157,6 +157,8 @@ def test_a_simulated_download_is_identified_once_when_renamed_into_place(
 
         expected = identify(final, plugins)
         assert row.id == expected.vae.id and row.sha256 == expected.file.sha256
+        # the health stats `check` answers from, as a read gives them
+        assert daemon.index.exact_vae(row.exact_id).stats == analyze(final, plugins, with_stats=True)[1]
         assert len(recorder.identities(final)) == 1 and len(recorder.hashed(final)) == 1
         assert recorder.paths() == {str(final)}
         assert daemon.status().recent_errors == ()

@@ -15,7 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from vaereg.identity.report import FileHashes, HashReport, TensorDigest, VaeIdentity
+from vaereg.identity.report import (
+    FileHashes,
+    HashReport,
+    TensorDigest,
+    TensorStats,
+    VaeIdentity,
+)
 from vaereg.store.index import (
     LOOKUP_KINDS,
     SCHEMA_VERSION,
@@ -120,6 +126,59 @@ def test_record_get_round_trip(index, tmp_path):
     with raw(index.path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def stats_of(vae: VaeIdentity, nan_in: int = 0) -> dict[str, TensorStats]:
+    """Health stats for each tensor of `vae`: `nan_in` NaNs in the first, the last all zero."""
+    names = sorted(vae.tensor_digests)
+    return {name: TensorStats(nan_in if i == 0 else 0, i == len(names) - 1) for i, name in enumerate(names)}
+
+
+def test_an_exact_vae_comes_back_in_full_with_its_tensors_stats(index, tmp_path):
+    path, st = model_file(tmp_path, "vae.safetensors")
+    vae = identity("a", prefix="first_stage_model.", count=3)
+    index.record(path, st, report(path, vae), stats_of(vae, nan_in=7))
+
+    exact = index.exact_vae(vae.exact_id.upper())
+    assert exact.vae == dataclasses.replace(vae, prefix="")  # the prefix is the file's, not the VAE's
+    assert (exact.vae.tensor_digests, exact.vae.sketch) == (vae.tensor_digests, vae.sketch)
+    assert exact.stats == stats_of(vae, nan_in=7)
+    assert index.exact_vae("0" * 32) is None
+
+
+def test_stats_unknown_for_an_exact_vae_are_filled_in_and_known_ones_never_change(index, tmp_path):
+    vae = identity("a")
+    first, st1 = model_file(tmp_path, "first.safetensors", b"1")
+    index.record(first, st1, report(first, vae))  # recorded without stats, as an older vaereg did
+    assert index.exact_vae(vae.exact_id).stats is None
+
+    second, st2 = model_file(tmp_path, "second.safetensors", b"2")
+    index.record(second, st2, report(second, vae), stats_of(vae, nan_in=3))  # the same exact VAE, read again
+    assert index.exact_vae(vae.exact_id).stats == stats_of(vae, nan_in=3)
+
+    index.record(first, st1, report(first, vae), stats_of(vae, nan_in=99))  # the same bytes cannot say otherwise
+    index.record(second, st2, report(second, vae))
+    assert index.exact_vae(vae.exact_id).stats == stats_of(vae, nan_in=3)
+
+
+def test_an_index_without_tensor_stats_migrates_and_knows_none(tmp_path):
+    """An index schema 2 wrote (no stats columns) opens, gains them, and says its stats are not known."""
+    path = tmp_path / "index.sqlite3"
+    vae = identity("old")
+    with Index(path) as index:
+        file, st = model_file(tmp_path, "vae.safetensors")
+        index.record(file, st, report(file, vae), stats_of(vae))
+    with raw(path) as db:
+        db.execute("ALTER TABLE tensors DROP COLUMN nonfinite")
+        db.execute("ALTER TABLE tensors DROP COLUMN all_zero")
+        db.execute("PRAGMA user_version = 2")
+    with Index(path) as index:
+        assert index.exact_vae(vae.exact_id).stats is None
+        assert index.tensor_digests(vae.exact_id) == vae.tensor_digests
+        index.record(file, st, report(file, vae), stats_of(vae, nan_in=1))
+        assert index.exact_vae(vae.exact_id).stats == stats_of(vae, nan_in=1)
+    with raw(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_a_file_without_vae_and_an_unreadable_file(index, tmp_path):

@@ -213,7 +213,8 @@ def _grow(problem: _Problem, candidates: np.ndarray, max_misfit: float, limit: i
     chosen = np.zeros(0, dtype=np.int64)
     while len(chosen) < limit:
         trials = []
-        for j in np.setdiff1d(candidates, chosen):
+        taken = set(chosen.tolist())  # not np.setdiff1d: its np.unique imports numpy.ma (20 - 40 ms of a CLI call)
+        for j in (j for j in candidates if j not in taken):
             subset = np.append(chosen, j)
             trials.append((problem.misfit(subset, problem.solve(subset)), subset))
         misfit, chosen = min(trials, key=lambda t: t[0])

@@ -1,6 +1,7 @@
 """``vaereg check MODEL``: is the model's own VAE fit to use, or does it need an external one?
 
-One pass over the embedded VAE's tensors gives its identity, sketch and health stats. The known VAEs - the
+One pass over the embedded VAE's tensors gives its identity, sketch and health stats; for a file the index holds
+unchanged, the index gives them without reading the file (`store.answer.indexed_model`). The known VAEs - the
 registry's entries and the index's standalone VAEs, precision variants counted once, merges left out
 (`answers.known`) - then say what it is: the same as one of them, a precision variant, one with the same
 encoder or decoder, a blend of several (`blend`), or unknown. Other checkpoints holding the same VAE are
@@ -110,18 +111,27 @@ def check_model(
     launchers: Sequence[LauncherFolders] = (),
     vae_folders: Sequence[Path] = (),
     decode: Callable[[Path, Sequence[KnownVae], tuple[str, ...]], DecodeFindings | None] | None = None,
+    rehash: bool = False,
 ) -> CheckReport:
     """Check the VAE inside `path` against the known VAEs; see the module docstring.
 
     `launchers` (their folders) and `vae_folders` tell where A1111/Forge would look for an "Automatic" VAE;
     without a launcher holding the model, the model's own folder and `vae_folders` are searched.
     `decode` (``answers.decode.decode_check``, bound) runs the VAE: given the model, the known VAEs with
-    copies on disk, closest first, and the registry's flags, its findings join the verdict.
+    copies on disk, closest first, and the registry's flags, its findings join the verdict (it reads the
+    file itself). The identity and health stats of a file `index` holds unchanged come from the index;
+    `rehash` reads the file anyway.
     """
-    from vaereg.identity.analyze import analyze
+    from vaereg.store.answer import indexed_model
 
     shown = str(path)
-    report, stats = analyze(path, plugins, with_file_hashes=False, with_stats=True)
+    indexed = indexed_model(index, path) if index is not None and not rehash else None
+    if indexed is None:
+        from vaereg.identity.analyze import analyze
+
+        report, stats = analyze(path, plugins, with_file_hashes=False, with_stats=True)
+    else:
+        report, stats = indexed
     if report.error:
         return CheckReport(shown, None, False, f"unreadable: {report.error}", error=report.error)
     automatic = automatic_vae(path, launchers, vae_folders, index, registry)

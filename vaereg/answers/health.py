@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from vaereg.identity.digest import TensorStats
+from vaereg.identity.report import TensorStats
 
 #: Registry flags that make a VAE unfit as it stands, and what to tell the user about each.
 FLAG_PROBLEMS: Mapping[str, str] = {

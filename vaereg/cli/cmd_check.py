@@ -1,4 +1,8 @@
-"""``vaereg check MODEL``: does the model's own VAE do, or should the launcher load an external one?"""
+"""``vaereg check MODEL``: does the model's own VAE do, or should the launcher load an external one?
+
+A file the index holds unchanged (same device, inode, size and mtime) is answered from the index without
+being read; ``--rehash`` reads it anyway. ``--decode`` reads it to run the VAE.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from vaereg.cli.common import (
     Context,
+    add_rehash,
     emit_json,
     fail,
     file_problem,
@@ -42,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run the VAE on a test chart: fp16 overflow and washed-out colours, measured (the decode extra)",
     )
+    add_rehash(p)
     p.set_defaults(run=run)
 
 
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             launchers=launchers,
             vae_folders=args.vae_folders,
             decode=decoder,
+            rehash=args.rehash,
         )
     for message in report.warnings:
         warn(message)

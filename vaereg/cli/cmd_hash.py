@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from vaereg.cli.common import (
     Context,
+    add_rehash,
     emit_json,
     file_problem,
     human_size,
@@ -40,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip sha256/AutoV1-3/BLAKE3/CRC32 (they read the whole file)",
     )
-    p.add_argument("--rehash", action="store_true", help="read every file, even one the index holds unchanged")
+    add_rehash(p)
     p.add_argument(
         "--autov3",
         action="store_true",

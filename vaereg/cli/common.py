@@ -18,6 +18,8 @@ from vaereg.cli.exit import ExitStatus
 from vaereg.errors import FileProblem, UserError, printable, problem_line
 
 if TYPE_CHECKING:
+    import argparse
+
     from vaereg.api import Vaereg
     from vaereg.config import Config
     from vaereg.plugin.manager import Plugins
@@ -79,6 +81,11 @@ class Context:
     def close(self) -> None:
         if "vaereg" in self.__dict__:
             self.vaereg.close()
+
+
+def add_rehash(parser: argparse.ArgumentParser) -> None:
+    """`--rehash`, one meaning wherever an unchanged indexed file is answered from the index (`hash`, `check`)."""
+    parser.add_argument("--rehash", action="store_true", help="read every file, even one the index holds unchanged")
 
 
 def warn(message: str) -> None:

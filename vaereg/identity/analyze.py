@@ -18,11 +18,11 @@ from typing import Iterator
 from vaereg._fs import not_regular_reason, open_regular, os_error_text
 from vaereg.errors import FileProblem, ModelFormatError, internal_error
 from vaereg.identity.base import detect_base
-from vaereg.identity.digest import TensorStats, compute_identity
+from vaereg.identity.digest import compute_identity
 from vaereg.identity.filehash import AUTOV3_MAX_BYTES, file_hashes, wants_autov3
 from vaereg.identity.kinds import model_kind
 from vaereg.identity.locate import CanonicalVae, canonicalize, find_vae
-from vaereg.identity.report import FileHashes, HashReport
+from vaereg.identity.report import FileHashes, HashReport, TensorStats
 from vaereg.plugin.manager import Plugins
 from vaereg.plugin.types import TensorSource
 

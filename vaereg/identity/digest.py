@@ -22,7 +22,7 @@ import xxhash
 from vaereg.identity.dtypes import FLOAT_DTYPES, PACKED_FLOATS
 from vaereg.identity.kernel import kernel
 from vaereg.identity.locate import CanonicalVae, group_of
-from vaereg.identity.report import TensorDigest, VaeIdentity
+from vaereg.identity.report import TensorDigest, TensorStats, VaeIdentity
 from vaereg.plugin.types import TensorInfo
 
 #: The manifests' format, hashed into every id. Spec v2 (report.SPEC_VERSION) did not change it, so the VAEs
@@ -60,14 +60,6 @@ class _Scratch(threading.local):
         if self._piece is None:
             self._piece = memoryview(bytearray(PIECE_BYTES))
         return self._piece
-
-
-@dataclass(frozen=True)
-class TensorStats:
-    """Health facts about one tensor's stored values."""
-
-    nonfinite: int
-    all_zero: bool
 
 
 @lru_cache(maxsize=8192)  # the same names and sizes recur in every VAE of a family

@@ -29,6 +29,15 @@ class TensorDigest:
 
 
 @dataclass(frozen=True)
+class TensorStats:
+    """Health facts about one tensor's stored values (`answers.health`): a function of its bytes alone, so the
+    index keeps them beside the tensor's digests."""
+
+    nonfinite: int  # NaN and infinite values
+    all_zero: bool
+
+
+@dataclass(frozen=True)
 class VaeIdentity:
     """The canonical identity of one VAE's weights (docs/identity-spec.md)."""
 

@@ -1,7 +1,9 @@
 """Answers from the index for a file that has not changed since it was indexed, without reading it.
 
-A row answers for a path when the file there is the one it describes: same device, inode, size and mtime
-(what a scan compares), read without error, and with the whole-file hashes when they are wanted.
+A row answers for a path when the file there is the one it describes: a regular file (a diffusers folder's
+row stands for its weights file: the folder is read), same device, inode, size and mtime (what a scan
+compares), read without error under the current identity spec - and it holds what the question needs: the
+whole-file hashes when they are wanted (`hash`), each tensor's health stats (`check`).
 """
 
 from __future__ import annotations
@@ -9,9 +11,29 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vaereg.identity.report import FileHashes, HashReport
+from vaereg.identity.report import SPEC_VERSION, FileHashes, HashReport, TensorStats
+
+if TYPE_CHECKING:
+    from vaereg.store.index import Index, IndexedFile
+
+
+def _regular(path: Path) -> os.stat_result | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _unchanged_row(index: Index, path: Path, st: os.stat_result) -> IndexedFile | None:
+    row = index.get(os.path.abspath(path))
+    if row is None or row.error is not None or row.spec < SPEC_VERSION or not row.matches(st):
+        return None
+    return row
 
 
 def indexed_report(index_path: Path, path: Path, *, with_file_hashes: bool) -> HashReport | None:
@@ -19,21 +41,33 @@ def indexed_report(index_path: Path, path: Path, *, with_file_hashes: bool) -> H
     answer for it (no index, no row, the file changed, an error, hashes wanted and not there yet)."""
     if not index_path.is_file():
         return None
-    try:
-        st = os.stat(path)
-    except OSError:
+    st = _regular(path)
+    if st is None:
         return None
-    if not stat.S_ISREG(st.st_mode):
-        return None  # a diffusers folder's row stands for its weights file: read it
     from vaereg.store.index import Index
 
     with Index(index_path) as index:
-        row = index.get(os.path.abspath(path))
-    if row is None or row.error is not None or not row.matches(st):
-        return None
-    if with_file_hashes and row.hashes is None:
+        row = _unchanged_row(index, path, st)
+    if row is None or (with_file_hashes and row.hashes is None):
         return None
     report = row.report()
     return dataclasses.replace(
         report, path=str(path), file=report.file if with_file_hashes else FileHashes(size=st.st_size)
     )
+
+
+def indexed_model(index: Index, path: Path) -> tuple[HashReport, Mapping[str, TensorStats]] | None:
+    """What `analyze(path, with_stats=True)` gives that `vaereg check` uses - the full identity (per-tensor
+    digests and sketch), its tensors' health stats, base and format - from the index; None when the index
+    cannot answer for `path` (as for `indexed_report`, or a tensor's stats are not known)."""
+    st = _regular(path)
+    row = _unchanged_row(index, path, st) if st is not None else None
+    if row is None:
+        return None
+    report = dataclasses.replace(row.report(), path=str(path), file=FileHashes(size=row.size))
+    if row.exact_id is None:
+        return report, {}  # a model without a VAE: nothing to know of tensors
+    exact = index.exact_vae(row.exact_id)
+    if exact is None or exact.stats is None:
+        return None
+    return dataclasses.replace(report, vae=dataclasses.replace(exact.vae, prefix=row.prefix or "")), exact.stats

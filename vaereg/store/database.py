@@ -77,6 +77,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE files ADD COLUMN spec INTEGER NOT NULL DEFAULT 1",
         "CREATE INDEX files_base ON files (base)",
     ),
+    (
+        # Each tensor's health stats (store/tensors.py), so `check` can answer an unchanged file from the
+        # index. NULL: not known (rows written before), filled in when the same exact VAE is read again.
+        "ALTER TABLE tensors ADD COLUMN nonfinite INTEGER",
+        "ALTER TABLE tensors ADD COLUMN all_zero INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

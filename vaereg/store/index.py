@@ -2,8 +2,8 @@
 
 Three tables: ``files`` (one row per indexed path, with its stat key, format or error, the exact VAE it
 holds and its whole-file hashes), ``vaes`` (one row per distinct ``exact_id``) and ``tensors`` (the
-per-tensor digests of each ``exact_id``, written once). A ``vaes`` row lives as long as some file holds
-it, so every identity the index knows is one this machine has.
+per-tensor digests and health stats of each ``exact_id``, written once: store/tensors.py). A ``vaes`` row
+lives as long as some file holds it, so every identity the index knows is one this machine has.
 
 Several threads of one process share one connection behind a lock; several processes (the daemon and
 CLI calls) share the file through WAL mode and a busy timeout. Every logical change is one
@@ -18,6 +18,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -31,6 +32,7 @@ from vaereg.identity.report import (
     FileHashes,
     HashReport,
     TensorDigest,
+    TensorStats,
     VaeIdentity,
 )
 from vaereg.store.database import (
@@ -41,8 +43,10 @@ from vaereg.store.database import (
     bind_text,
     connect,
 )
+from vaereg.store import tensors
 from vaereg.store.rows import (
     U64,
+    ExactVae,
     HashHit,
     IdentitySummary,
     IndexedFile,
@@ -236,17 +240,12 @@ class Index:
         )
 
     @staticmethod
-    def _add_vae(conn: sqlite3.Connection, vae: VaeIdentity) -> None:
+    def _add_vae(conn: sqlite3.Connection, vae: VaeIdentity, stats: Mapping[str, TensorStats] | None) -> None:
         row = [lower_hex(getattr(vae, c)) if c in VAE_KINDS else getattr(vae, c) for c in _VAE_COLUMNS]
-        if conn.execute(_INSERT_VAE, (*row, vae.sketch)).rowcount == 0:
-            return  # known exact_id: its tensors are already there and identical by definition
-        conn.executemany(
-            "INSERT INTO tensors (exact_id, name, dtype, shape, digest, exact_digest) VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (row[0], name, t.dtype, ",".join(map(str, t.shape)), t.digest.lower(), t.exact_digest.lower())
-                for name, t in vae.tensor_digests.items()
-            ],
-        )
+        if conn.execute(_INSERT_VAE, (*row, vae.sketch)).rowcount == 1:
+            tensors.add_tensors(conn, row[0], vae, stats)
+        elif stats:  # known exact_id: its tensors are there and identical by definition, perhaps without stats
+            tensors.fill_stats(conn, row[0], stats)
 
     def _files(self, where: str, params: Iterable[Any] = ()) -> list[IndexedFile]:
         with self._read() as conn:
@@ -265,11 +264,14 @@ class Index:
             (sql_int(dev), sql_int(inode), size, mtime_ns),
         )
 
-    def record(self, path: str, st: os.stat_result, report: HashReport) -> None:
+    def record(
+        self, path: str, st: os.stat_result, report: HashReport, stats: Mapping[str, TensorStats] | None = None
+    ) -> None:
         """Insert or replace the row of `path` from what `identify` said of it, stat'ed as `st`.
 
         Whole-file hashes come from the report when it has them; a report without them (identity first,
         hashes later) keeps the row's old ones only if the file is unchanged, so no row shows stale hashes.
+        `stats`, the VAE's per-tensor health stats (`analyze(with_stats=True)`), are kept per exact VAE.
         """
         vae, now = report.vae, time.time()
         stat_key = (sql_int(st.st_dev), sql_int(st.st_ino), st.st_size, st.st_mtime_ns)
@@ -287,7 +289,7 @@ class Index:
             else:
                 hashes = (None,) * len(_HASH_COLUMNS)
             if vae is not None:
-                self._add_vae(conn, vae)
+                self._add_vae(conn, vae, stats)
             conn.execute(
                 _UPSERT_FILE,
                 (
@@ -468,14 +470,13 @@ class Index:
 
     def tensor_digests(self, exact_id: str) -> dict[str, TensorDigest]:
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT name, dtype, shape, digest, exact_digest FROM tensors WHERE exact_id = ? ORDER BY name",
-                (exact_id.lower(),),
-            ).fetchall()
-        return {
-            name: TensorDigest(dtype, tuple(int(n) for n in shape.split(",") if n), digest, exact_digest)
-            for name, dtype, shape, digest, exact_digest in rows
-        }
+            return tensors.tensor_digests(conn, exact_id.lower())
+
+    def exact_vae(self, exact_id: str) -> ExactVae | None:
+        """The exact VAE in full - identity, per-tensor digests, sketch - and its tensors' health stats
+        (store/tensors.py); None when no file holds it."""
+        with self._read() as conn:
+            return tensors.exact_vae(conn, exact_id.lower())
 
     def sketches(self, family: str) -> list[tuple[str, str, bytes]]:
         """(id, exact_id, sketch) of every exact VAE of `family`, for blend detection."""

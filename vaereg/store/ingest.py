@@ -80,7 +80,8 @@ def unchanged_by_spec(row: IndexedFile, vae: CanonicalVae | None) -> bool:
 
 
 def _read_fine(result: object) -> bool:
-    return not isinstance(result, HashReport) or result.error is None
+    report = result[0] if isinstance(result, tuple) else result  # analyze's (report, stats)
+    return not isinstance(report, HashReport) or report.error is None
 
 
 def slim(report: HashReport) -> HashReport:
@@ -117,17 +118,23 @@ class Ingest:
         carried = self._carry_forward(path)
         if carried is not None:
             return carried
-        problem, report, st = self._read(
+        # The health stats come from the same pass (`check` answers from the index with them).
+        problem, read, st = self._read(
             path,
             lambda: analyze(
-                Path(path), self.plugins, with_file_hashes=with_file_hashes, autov3_max_bytes=self.autov3_max_bytes
-            )[0],
+                Path(path),
+                self.plugins,
+                with_file_hashes=with_file_hashes,
+                with_stats=True,
+                autov3_max_bytes=self.autov3_max_bytes,
+            ),
         )
+        report, stats = read if read is not None else (None, {})
         if problem is not None or report is None or st is None:
             return Outcome(problem or "vanished", report, st)
 
         def record() -> bool:
-            self.index.record(path, st, report)
+            self.index.record(path, st, report, stats)
             return True
 
         return self._commit(record, report, st)

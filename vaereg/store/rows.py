@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from vaereg.identity.report import (
     FILE_HASH_NAMES,
     FileHashes,
     HashReport,
+    TensorStats,
     VaeIdentity,
 )
 
@@ -59,6 +61,15 @@ class IndexedVae:
             "tensors": self.tensors,
             "params": self.params,
         }
+
+
+@dataclass(frozen=True)
+class ExactVae:
+    """One exact VAE as the index keeps it in full: its identity with per-tensor digests and sketch (no key
+    prefix: that is a file's), and each tensor's health stats, None while some are not known."""
+
+    vae: VaeIdentity
+    stats: Mapping[str, TensorStats] | None
 
 
 @dataclass(frozen=True)
