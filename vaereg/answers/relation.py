@@ -38,24 +38,26 @@ def relation_rank(kind: str) -> int:
 #: Which dtypes' values each float dtype holds exactly: a value of the smaller set converts losslessly.
 
 
-@cache
-def _formats() -> dict[str, tuple[Any, Any]]:
-    import ml_dtypes  # only the precision rule needs the 8/16-bit float types
+_NUMPY_FORMATS = {"F64": ("float64", "uint64"), "F32": ("float32", "uint32"), "F16": ("float16", "uint16")}
+_ML_FORMATS = {"BF16": ("bfloat16", "uint16"), "F8_E4M3": ("float8_e4m3fn", "uint8"), "F8_E5M2": ("float8_e5m2", "uint8")}
 
-    return {
-        "F64": (np.float64, np.uint64),
-        "F32": (np.float32, np.uint32),
-        "F16": (np.float16, np.uint16),
-        "BF16": (ml_dtypes.bfloat16, np.uint16),
-        "F8_E4M3": (ml_dtypes.float8_e4m3fn, np.uint8),
-        "F8_E5M2": (ml_dtypes.float8_e5m2, np.uint8),
-    }
+
+@cache
+def _format(dtype: str) -> tuple[Any, Any]:
+    """(float type, bit-pattern type) of a stored float dtype; ml_dtypes is imported only for its own."""
+    if dtype in _NUMPY_FORMATS:
+        float_name, bits_name = _NUMPY_FORMATS[dtype]
+        return getattr(np, float_name), getattr(np, bits_name)
+    import ml_dtypes  # only the bf16 and 8-bit float types
+
+    float_name, bits_name = _ML_FORMATS[dtype]
+    return getattr(ml_dtypes, float_name), getattr(np, bits_name)
 
 
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     """`values` rounded to nearest (ties to even) in `dtype`, widened back to float64."""
     with np.errstate(over="ignore"):  # too large for `dtype`: inf (or NaN where it has no inf), as stored
-        return np.asarray(values, np.float64).astype(_formats()[dtype][0]).astype(np.float64)
+        return np.asarray(values, np.float64).astype(_format(dtype)[0]).astype(np.float64)
 
 
 def rounding_interval(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +66,7 @@ def rounding_interval(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.nd
     The bounds are the midpoints to the neighbouring values, found through the bit patterns: every float
     format here is sign-magnitude, so the neighbours of magnitude bits ``m`` are ``m - 1`` and ``m + 1``.
     """
-    float_type, bits_type = _formats()[dtype]
+    float_type, bits_type = _format(dtype)
     with np.errstate(over="ignore"):
         bits = np.asarray(values, np.float64).astype(float_type).view(bits_type)
     sign = bits_type(1 << (8 * np.dtype(bits_type).itemsize - 1))
