@@ -196,7 +196,7 @@ def main() -> None:
     if args.stats_cost:
         stats_cost(args.repeat)
         return
-    scratch = args.dir or Path(tempfile.mkdtemp(prefix="vaereg-bench-check-"))
+    scratch = (args.dir or Path(tempfile.mkdtemp(prefix="vaereg-bench-check-"))).resolve()  # rows hold absolute paths
     scratch.mkdir(parents=True, exist_ok=True)
     home = scratch / "home"
     path = scratch / f"checkpoint-{args.size_gb:g}gb.safetensors"

@@ -38,6 +38,7 @@ from vaereg.answers.relation import (
 )
 from vaereg.identity.dtypes import precision_rank
 from vaereg.identity.report import VaeIdentity
+from vaereg.store.rows import fold64
 
 if TYPE_CHECKING:
     from vaereg.store.catalog import Catalog
@@ -86,6 +87,27 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return os.path.abspath(a) == os.path.abspath(b) or Path(a).resolve() == Path(b).resolve()
 
 
+class _SameFile:
+    """`same_file(path, row.path)` for one path against many index rows: a row of another inode cannot be
+    the file (no symlink resolving for it; the device is not asked: it may change between mounts), the rest
+    are compared as `same_file` does."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.absolute = os.path.abspath(path)
+        self.resolved = os.path.realpath(path)
+        try:
+            self.inode: int | None = fold64(os.stat(path).st_ino)  # as the index keeps it
+        except OSError:
+            self.inode = None
+
+    def is_(self, row: IndexedFile) -> bool:
+        if os.path.abspath(row.path) == self.absolute:
+            return True
+        if self.inode is not None and row.inode != self.inode:
+            return False
+        return os.path.realpath(row.path) == self.resolved
+
+
 @dataclass
 class KnownVaes:
     """The VAEs the registry and the index know, other than the model being checked, by canonical id."""
@@ -124,11 +146,12 @@ class KnownVaes:
         return known
 
     def _from_index(self, vae: VaeIdentity, own_path: Path, index: Index) -> None:
+        own = _SameFile(own_path)
         if vae.id not in self.copies:  # where else the checked VAE is, even when it is not of the family
-            self.copies[vae.id] = [c for c in index.copies(vae.id) if not same_file(c.path, own_path)]
+            self.copies[vae.id] = [c for c in index.copies(vae.id) if not own.is_(c)]
         for vae_id, exact_id, sketch in index.sketches(vae.family):
             if vae_id not in self.copies:
-                self.copies[vae_id] = [c for c in index.copies(vae_id) if not same_file(c.path, own_path)]
+                self.copies[vae_id] = [c for c in index.copies(vae_id) if not own.is_(c)]
             held = [c for c in self.copies[vae_id] if c.exact_id == exact_id]
             if not held:
                 continue  # only the checked model holds it: not a VAE known from elsewhere

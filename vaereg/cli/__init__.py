@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,10 @@ def _named_command(argv: list[str], commands: dict) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from vaereg.cli.common import Context, report_error
 
+    # numpy's OpenBLAS starts a thread per core for any matrix product and lets them spin; vaereg's products
+    # are small (a blend fit's 50x50 Gram matrix), where one thread is faster and leaves the other core to
+    # the hashing. Only before numpy's first import, and only where the user has not chosen.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = Context()
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -102,8 +107,6 @@ def _route_logs(debug: bool) -> None:
 
 def _quiet_stdout() -> None:
     """After a closed pipe: point stdout at devnull so the interpreter's final flush says nothing."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
