@@ -14,7 +14,12 @@ import torch
 from safetensors.torch import save_file
 
 from vaereg.answers import diff
-from vaereg.answers.diff import CHUNK, diff_models, measure_with_kernel, measure_with_numpy
+from vaereg.answers.diff import (
+    CHUNK,
+    diff_models,
+    measure_with_kernel,
+    measure_with_numpy,
+)
 from vaereg.answers.relation import rounding_interval, values_agree
 from vaereg.cli import main
 from vaereg.identity.kernel import kernel
@@ -335,3 +340,16 @@ def test_reports_match_numpy_on_real_layout_files(isa, tmp_path, plugins, monkey
                 "fp16/fp16-one-ulp": "same-decoder"}
     assert fast.relation == expected[pair]
 
+
+def test_diff_of_kernel_dtypes_never_imports_numpy(tmp_path, base):
+    """The kernel path needs no numpy: a tenth of a second of the CLI call."""
+    import subprocess
+    import sys
+
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = _torch_copy(base, tmp_path / "b.safetensors", torch.bfloat16)
+    code = ("import sys; from vaereg.cli import main; status = main(['diff', sys.argv[1], sys.argv[2]]); "
+            "print(status, sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'ml_dtypes'}), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, str(a), str(b)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stderr.strip().splitlines()[-1] == "0 []"
+    assert done.stdout.startswith("precision-variant:")
