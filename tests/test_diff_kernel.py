@@ -353,3 +353,36 @@ def test_diff_of_kernel_dtypes_never_imports_numpy(tmp_path, base):
     done = subprocess.run([sys.executable, "-c", code, str(a), str(b)], capture_output=True, text=True, timeout=120, check=False)
     assert done.stderr.strip().splitlines()[-1] == "0 []"
     assert done.stdout.startswith("precision-variant:")
+
+
+def test_two_threads_measure_what_one_does(tmp_path, plugins, base):
+    """`tensor_differences` measures two pairs at once: each thread reads into a buffer of its own. Both threads
+    hold a tensor before either measures it, after a read of the largest tensor that would make one shared
+    buffer large enough for all."""
+    import itertools
+    import threading
+
+    from vaereg.answers.diff import _Reader, tensor_differences
+    from vaereg.identity.analyze import open_model
+    from vaereg.identity.digest import compute_identity
+
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    b = _torch_copy(base, tmp_path / "b.safetensors", torch.bfloat16)
+    with open_model(a, plugins) as ma, open_model(b, plugins) as mb:
+        va, _ = compute_identity(ma.vae, ma.source.read)
+        vb, _ = compute_identity(mb.vae, mb.source.read)
+        one = tensor_differences(va, _Reader(ma), vb, _Reader(mb), workers=1)
+        reader = _Reader(ma)
+        reader(max(ma.vae.tensors, key=lambda n: ma.vae.tensors[n].nbytes))
+        barrier, calls, threads = threading.Barrier(2, timeout=60), itertools.count(), set()
+
+        def read_a(name):
+            raw = reader(name)
+            threads.add(threading.get_ident())
+            if next(calls) < 2:
+                barrier.wait()
+            return raw
+
+        two = tensor_differences(va, read_a, vb, _Reader(mb), workers=2)
+    assert len(threads) == 2
+    assert two == one and all(t.agrees for t in two)

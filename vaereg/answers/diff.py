@@ -1,13 +1,21 @@
 """How far apart two VAEs' weights are, tensor by tensor (``vaereg diff``, docs/check.md).
 
-`diff_models` streams two model files tensor by tensor, and each pair in chunks - memory bounded by the
-largest stored tensor pair plus a few MB, never the float64 copies of whole tensors - for
-the relation (`answers.relation`) and the per-group and per-tensor differences that ``vaereg diff`` shows.
+`diff_models` identifies both VAEs, then streams the two files a tensor pair at a time - two pairs at once, in two
+threads, so that one reads while the other measures - for the relation (`answers.relation`) and the per-group and
+per-tensor differences that ``vaereg diff`` shows. Each pair is measured `CHUNK` values at a time: ||a||^2,
+||b - a||^2, max |b - a| and, where the digests cannot tell, the precision rule on every value. F32, F16 and BF16
+go through the compiled kernel (`_fp16kernel.diff_pair`: one pass, sums in double precision, at memory speed);
+other float dtypes, and machines where the kernel was not built, through numpy in float64 - the same relation and
+agreements, the same figures but for the order of summation. numpy is imported by that path only. Memory: the
+stored tensor pair of each thread plus a few MB, never float64 copies of whole tensors.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,6 +29,7 @@ from vaereg.answers.relation import (
     relation,
     relative_gap,
 )
+from vaereg.identity.digest import PARALLEL_MIN_BYTES
 from vaereg.identity.dtypes import DTYPE_BITS
 from vaereg.identity.kernel import kernel
 from vaereg.identity.locate import group_of
@@ -227,20 +236,26 @@ def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: byte
 
 
 class _Reader:
-    """Reads tensors into one reused buffer (when the source can) instead of fresh memory each time."""
+    """Reads tensors into a reused buffer per thread (when the source can) instead of fresh memory each time."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.read_into = getattr(model.source, "read_into", None)
-        self.buffer = bytearray()
+        self.buffers = threading.local()
 
     def __call__(self, name: str) -> bytes | memoryview:
         if self.read_into is None:
             return self.model.read(name)
         nbytes = self.model.vae.tensors[name].nbytes
-        if len(self.buffer) < nbytes:
-            self.buffer = bytearray(nbytes)
-        return self.read_into(self.model.vae.stored_key[name], memoryview(self.buffer)[:nbytes])
+        buffer = getattr(self.buffers, "buffer", None)
+        if buffer is None or len(buffer) < nbytes:
+            buffer = self.buffers.buffer = bytearray(nbytes)
+        return self.read_into(self.model.vae.stored_key[name], memoryview(buffer)[:nbytes])
+
+
+#: Tensor pairs measured at once: while one thread reads a pair (the GIL released in pread), the other measures
+#: the previous one (released in the kernel). More would only add memory: the pass runs at memory speed.
+WORKERS = 2
 
 
 def tensor_differences(
@@ -248,18 +263,28 @@ def tensor_differences(
     read_a: Callable[[str], bytes | memoryview],
     b: VaeIdentity,
     read_b: Callable[[str], bytes | memoryview],
+    workers: int | None = None,
 ) -> list[TensorDiff]:
-    """Read the canonical tensors of two compatible VAEs one pair at a time and measure B against A.
+    """Read the canonical tensors of two compatible VAEs a pair at a time and measure B against A.
 
-    `read_*` read by canonical name. B's tensor is not read where the exact digests say it equals A's.
-    Memory: the two stored tensors of a pair and a few chunks of float64 (`CHUNK`), whatever their size.
+    `read_*` read by canonical name, from `workers` threads at once (by default `WORKERS`, one for a small
+    VAE). B's tensor is not read where the exact digests say it equals A's. Memory: the two stored tensors of a pair per
+    worker and, in the numpy path, a few chunks of float64 (`CHUNK`), whatever their size.
     """
-    diffs = []
-    for name in sorted(a.tensor_digests):
+
+    def measure(name: str) -> TensorDiff:
         da, db = a.tensor_digests[name], b.tensor_digests[name]
         same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
-        diffs.append(_measure(name, da, read_a(name), db, None if same else read_b(name)))
-    return diffs
+        return _measure(name, da, read_a(name), db, None if same else read_b(name))
+
+    names = sorted(a.tensor_digests)
+    if workers is None:
+        stored = sum(math.prod(t.shape) * DTYPE_BITS.get(t.dtype, 8) // 8 for t in a.tensor_digests.values())
+        workers = min(WORKERS, os.cpu_count() or 1) if stored >= PARALLEL_MIN_BYTES else 1
+    if workers == 1:
+        return [measure(name) for name in names]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vaereg-diff") as pool:
+        return list(pool.map(measure, names))
 
 
 def group_differences(diffs: Iterable[TensorDiff]) -> list[GroupDiff]:
@@ -320,7 +345,7 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
     """Identify the VAEs of two model files and compare them; every failure becomes `error`.
 
     Each file's VAE is read twice - once for its identity, once for the differences - so memory stays at
-    one tensor pair; the second read comes from the page cache.
+    a tensor pair per worker thread; the second read comes from the page cache.
     """
     from vaereg.errors import FileProblem
     from vaereg.identity.analyze import open_model
