@@ -201,10 +201,8 @@ def measure_with_kernel(
     values, sums in double precision, the GIL released. The same figures but for the order of summation (see
     docs/benchmarks.md), the same `agrees`."""
     assert kernel is not None
-    a = memoryview(raw_a).cast("B")
-    b = memoryview(raw_b).cast("B") if raw_b is not None else None
-    a_width = DTYPE_BITS[a_dtype] // 8
-    b_width = DTYPE_BITS[b_dtype] // 8 if b is not None and b_dtype else a_width
+    a, a_width = memoryview(raw_a).cast("B"), DTYPE_BITS[a_dtype] // 8
+    b, b_width = (memoryview(raw_b).cast("B"), DTYPE_BITS[b_dtype] // 8) if raw_b is not None and b_dtype else (None, 1)
     count = len(a) // a_width
     if len(a) % a_width or (b is not None and len(b) != count * b_width):
         size_b = f"{len(b) / b_width:g}" if b is not None else "none"
@@ -268,8 +266,8 @@ def tensor_differences(
     """Read the canonical tensors of two compatible VAEs a pair at a time and measure B against A.
 
     `read_*` read by canonical name, from `workers` threads at once (by default `WORKERS`, one for a small
-    VAE). B's tensor is not read where the exact digests say it equals A's. Memory: the two stored tensors of a pair per
-    worker and, in the numpy path, a few chunks of float64 (`CHUNK`), whatever their size.
+    VAE). B's tensor is not read where the exact digests say it equals A's. Memory: the two stored tensors of
+    a pair per worker and, in the numpy path, a few chunks of float64 (`CHUNK`), whatever their size.
     """
 
     def measure(name: str) -> TensorDiff:
