@@ -23,7 +23,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -436,10 +435,10 @@ agree_f16_bf16_base(const uint32_t *x, const uint32_t *y, Py_ssize_t n)
 }
 
 #if VAEREG_X86
-#define VAEREG_TARGET_AVX2 __attribute__((target("avx2")))
-/* The AVX2 loops: eight values a step, the same arithmetic as the portable loops (no fused multiply-add), and the
-   same lanes - double lane k of eight sums the values at i + k - so both give the same sums, bit for bit. The few
-   values past the last group of eight go through the portable loops. */
+/* The AVX2 loops, compiled for AVX2 and F16C like the rounding loops (the "avx2+f16c" set): eight values a step,
+   the same arithmetic as the portable loops (no fused multiply-add) and the same lanes - double lane k of eight sums
+   the values at i + k - so both give the same sums, bit for bit. The few values past the last group of eight go
+   through the portable loops. */
 
 /* F16C widens eight fp16 values in one instruction, exactly (NaNs stay NaNs). */
 VAEREG_TARGET_F16C static void
@@ -453,7 +452,7 @@ widen_f16_f16c(const unsigned char *src, uint32_t *dst, Py_ssize_t n)
     widen_f16_base(src + (size_t)i * 2, dst + i, n - i);
 }
 
-VAEREG_TARGET_AVX2 static void
+VAEREG_TARGET_F16C static void
 widen_bf16_avx2(const unsigned char *src, uint32_t *dst, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
@@ -462,7 +461,7 @@ widen_bf16_avx2(const unsigned char *src, uint32_t *dst, Py_ssize_t n)
     widen_bf16_base(src + (size_t)i * 2, dst + i, n - i);
 }
 
-VAEREG_TARGET_AVX2 static void
+VAEREG_TARGET_F16C static void
 sums_avx2(const uint32_t *a, const uint32_t *b, Py_ssize_t n, diff_sums *s)
 {
     const __m256d magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(INT64_MAX));
@@ -493,7 +492,7 @@ sums_avx2(const uint32_t *a, const uint32_t *b, Py_ssize_t n, diff_sums *s)
     sums_base(a + i, b + i, n - i, s);
 }
 
-VAEREG_TARGET_AVX2 static void
+VAEREG_TARGET_F16C static void
 squares_avx2(const uint32_t *a, Py_ssize_t n, diff_sums *s)
 {
     __m256d norm_lo = _mm256_loadu_pd(s->norm2), norm_hi = _mm256_loadu_pd(s->norm2 + 4);
@@ -509,21 +508,21 @@ squares_avx2(const uint32_t *a, Py_ssize_t n, diff_sums *s)
     squares_base(a + i, n - i, s);
 }
 
-VAEREG_TARGET_AVX2 static inline __m256i
+VAEREG_TARGET_F16C static inline __m256i
 order_key8(__m256i bits)
 {
     __m256i neg = _mm256_srai_epi32(bits, 31);
     return _mm256_sub_epi32(_mm256_xor_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff)), neg), neg);
 }
 
-VAEREG_TARGET_AVX2 static inline __m256i
+VAEREG_TARGET_F16C static inline __m256i
 is_nan8(__m256i bits)
 {
     return _mm256_cmpgt_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(INF_KEY));
 }
 
 /* [lo, hi] from the magnitude's bounds, mirrored for negative values; an infinity's as in f16_interval. */
-VAEREG_TARGET_AVX2 static inline void
+VAEREG_TARGET_F16C static inline void
 signed_interval8(__m256i bits, __m256i mag, __m256i mlo, __m256i mhi, int32_t inf_lo, __m256i *lo, __m256i *hi)
 {
     __m256i inf = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(INF_KEY));
@@ -534,7 +533,7 @@ signed_interval8(__m256i bits, __m256i mag, __m256i mlo, __m256i mhi, int32_t in
     *hi = _mm256_blendv_epi8(mhi, _mm256_sub_epi32(zero, mlo), neg);
 }
 
-VAEREG_TARGET_AVX2 static inline void
+VAEREG_TARGET_F16C static inline void
 f16_interval8(__m256i bits, int overflow, __m256i *lo, __m256i *hi)
 {
     __m256i mag = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff));
@@ -547,7 +546,7 @@ f16_interval8(__m256i bits, int overflow, __m256i *lo, __m256i *hi)
     signed_interval8(bits, mag, mlo, mhi, overflow ? F16_OVERFLOW : INF_KEY, lo, hi);
 }
 
-VAEREG_TARGET_AVX2 static inline void
+VAEREG_TARGET_F16C static inline void
 bf16_interval8(__m256i bits, int overflow, __m256i *lo, __m256i *hi)
 {
     __m256i mag = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff)), half = _mm256_set1_epi32(0x8000);
@@ -556,14 +555,14 @@ bf16_interval8(__m256i bits, int overflow, __m256i *lo, __m256i *hi)
 }
 
 /* A group's disagreements: where exactly one is NaN, or neither is and `outside`. */
-VAEREG_TARGET_AVX2 static inline __m256i
+VAEREG_TARGET_F16C static inline __m256i
 disagree8(__m256i x, __m256i y, __m256i outside)
 {
     __m256i nx = is_nan8(x), ny = is_nan8(y);
     return _mm256_blendv_epi8(outside, _mm256_xor_si256(nx, ny), _mm256_or_si256(nx, ny));
 }
 
-VAEREG_TARGET_AVX2 static int
+VAEREG_TARGET_F16C static int
 agree_same_avx2(const uint32_t *x, const uint32_t *y, Py_ssize_t n)
 {
     __m256i bad = _mm256_setzero_si256(), ones = _mm256_set1_epi32(-1);
@@ -577,7 +576,7 @@ agree_same_avx2(const uint32_t *x, const uint32_t *y, Py_ssize_t n)
 }
 
 #define AGREE_NARROW8(NAME, INTERVAL8, BASE)                                                                \
-    VAEREG_TARGET_AVX2 static int NAME(const uint32_t *x, const uint32_t *y, Py_ssize_t n)                \
+    VAEREG_TARGET_F16C static int NAME(const uint32_t *x, const uint32_t *y, Py_ssize_t n)                \
     {                                                                                                       \
         __m256i bad = _mm256_setzero_si256();                                                               \
         Py_ssize_t i = 0;                                                                                   \
@@ -595,7 +594,7 @@ agree_same_avx2(const uint32_t *x, const uint32_t *y, Py_ssize_t n)
 AGREE_NARROW8(agree_f32_f16_avx2, f16_interval8, agree_f32_f16_base)
 AGREE_NARROW8(agree_f32_bf16_avx2, bf16_interval8, agree_f32_bf16_base)
 
-VAEREG_TARGET_AVX2 static int
+VAEREG_TARGET_F16C static int
 agree_f16_bf16_avx2(const uint32_t *x, const uint32_t *y, Py_ssize_t n)
 {
     __m256i bad = _mm256_setzero_si256();
