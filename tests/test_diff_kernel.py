@@ -11,6 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from isas import available_isas, using
 from safetensors.torch import save_file
 
 from vaereg.answers import diff
@@ -24,34 +25,15 @@ from vaereg.answers.relation import rounding_interval, values_agree
 from vaereg.cli import main
 from vaereg.identity.kernel import kernel
 
-ISAS = ("baseline", "avx2+f16c")
 #: Sums may differ from numpy's by the order of summation only: a few ulps of the float64 sums.
 SUM_TOLERANCE = 1e-12
 STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # bf16 as its bit patterns
 
 
-def _available_isas() -> list[str]:
-    if kernel is None:
-        return []
-    best = kernel.isa()
-    found = [isa for isa in ISAS if kernel.use_isa(isa)]
-    kernel.use_isa(best)
-    return found
-
-
-@pytest.fixture(params=_available_isas())
-def isa(request):
-    """Each instruction set the kernel has loops for on this CPU, in turn."""
-    best = kernel.isa()
-    assert kernel.use_isa(request.param)
-    yield request.param
-    kernel.use_isa(best)
-
-
 def test_the_kernel_measures_on_every_isa_of_this_cpu():
     """Without the kernel vaereg is right but slow; test_fp16 fails then too. An x86-64 CPU has AVX2 since 2013."""
     assert kernel is not None and hasattr(kernel, "diff_pair")
-    assert _available_isas()[0] == "baseline"
+    assert available_isas()[0] == "baseline"
 
 
 def wide(stored: np.ndarray, dtype: str) -> np.ndarray:
@@ -256,13 +238,11 @@ def test_every_isa_sums_alike_bit_for_bit():
     rng = np.random.default_rng(8)
     x = _values(rng, 50_001)
     y = (x * (1 + 1e-3 * rng.standard_normal(x.size))).astype(np.float32)
-    best = kernel.isa()
     results = set()
-    for isa in _available_isas():
-        kernel.use_isa(isa)
-        results.add(kernel.diff_pair(x, "F32", _copy(y, "F16"), "F16", True))
-        results.add(kernel.diff_pair(_copy(x, "BF16"), "BF16", y, "F32", True))
-    kernel.use_isa(best)
+    for isa in available_isas():
+        with using(isa):
+            results.add(kernel.diff_pair(x, "F32", _copy(y, "F16"), "F16", True))
+            results.add(kernel.diff_pair(_copy(x, "BF16"), "BF16", y, "F32", True))
     assert len(results) == 2
 
 
