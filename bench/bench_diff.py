@@ -1,10 +1,17 @@
 """`vaereg diff` of two full-size VAEs: time against reading both files, and peak memory.
 
-Builds an SD VAE of real size (248 tensors, 83.65M parameters) in fp32, its fp16 copy and a fine-tune
-(every decoder weight moved by ~1%), then times, page cache warm:
+Builds an SD VAE of real size (248 tensors, 83.65M parameters) in fp32, its fp16 and bf16 copies and a fine-tune
+(every decoder weight moved by ~1%), then times, page cache warm, for fp32 against each of the others:
 
 - reading both files whole (1 MiB blocks, in process): the floor for anything that looks at every weight;
-- ``vaereg diff A B --json`` as one CLI call (process start included), with its peak RSS.
+- ``vaereg diff A B --json`` as one CLI call (process start included), with its peak RSS;
+- in process, what that call spends: both identities (`compute_identity`, one read of each file) and the
+  differences (`tensor_differences`, a second read of each, the diff computation proper);
+- once: a Python start (``python -c pass``) and ``vaereg --version`` (start, imports and plugins: what every
+  CLI call costs before it reads a byte).
+
+fp32 vs fp16 and vs the fine-tune have their per-tensor answers in the digests; vs bf16 the precision rule runs
+on every value.
 
 Usage: python bench/bench_diff.py [--dir bench/out] [--repeat 3] [--keep]
 """
@@ -12,7 +19,9 @@ Usage: python bench/bench_diff.py [--dir bench/out] [--repeat 3] [--keep]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import factory  # noqa: E402
 from bench_hash import peak_rss  # noqa: E402
 
+PAIRS = (("fp32", "fp16"), ("fp32", "tuned"), ("fp32", "bf16"))
+
 
 def read_whole(*paths: Path) -> None:
     for path in paths:
@@ -32,7 +43,7 @@ def read_whole(*paths: Path) -> None:
                 pass
 
 
-def build(folder: Path) -> dict[str, Path]:
+def build(folder: Path, missing: set[str]) -> None:
     vae = factory.make_vae(ch=128)
     rng = np.random.default_rng(5)
     tuned = {
@@ -40,11 +51,44 @@ def build(folder: Path) -> dict[str, Path]:
         if k.startswith("decoder") else v
         for k, v in vae.items()
     }
-    return {
-        "fp32": factory.save_safetensors(vae, folder / "vae-fp32.safetensors"),
-        "fp16": factory.save_safetensors({k: v.astype(np.float16) for k, v in vae.items()}, folder / "vae-fp16.safetensors"),
-        "tuned": factory.save_safetensors(tuned, folder / "vae-tuned.safetensors"),
-    }
+    if "fp32" in missing:
+        factory.save_safetensors(vae, folder / "vae-fp32.safetensors")
+    if "fp16" in missing:
+        factory.save_safetensors({k: v.astype(np.float16) for k, v in vae.items()}, folder / "vae-fp16.safetensors")
+    if "tuned" in missing:
+        factory.save_safetensors(tuned, folder / "vae-tuned.safetensors")
+    if "bf16" in missing:
+        import torch
+        from safetensors.torch import save_file
+
+        save_file(factory.to_torch(vae, torch.bfloat16), str(folder / "vae-bf16.safetensors"))
+
+
+def in_process(pa: Path, pb: Path) -> tuple[float, float]:
+    """(identities, differences) of one diff, timed in this process: what `diff_models` does."""
+    from vaereg.answers.diff import _Reader, tensor_differences
+    from vaereg.identity.analyze import open_model
+    from vaereg.identity.digest import compute_identity
+    from vaereg.plugin.manager import Plugins
+
+    plugins = Plugins()
+    with open_model(pa, plugins) as ma, open_model(pb, plugins) as mb:
+        t = time.perf_counter()
+        va, _ = compute_identity(ma.vae, ma.source.read, read_into=getattr(ma.source, "read_into", None))
+        vb, _ = compute_identity(mb.vae, mb.source.read, read_into=getattr(mb.source, "read_into", None))
+        identities = time.perf_counter() - t
+        t = time.perf_counter()
+        tensor_differences(va, _Reader(ma), vb, _Reader(mb))
+        return identities, time.perf_counter() - t
+
+
+def wall(cmd: list[str], repeat: int) -> float:
+    runs = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
 
 
 def main() -> None:
@@ -54,11 +98,16 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    files = {name: args.dir / f"vae-{name}.safetensors" for name in ("fp32", "fp16", "tuned")}
-    if not all(p.exists() for p in files.values()):
-        files = build(args.dir)
+    files = {name: args.dir / f"vae-{name}.safetensors" for name in ("fp32", "fp16", "tuned", "bf16")}
+    missing = {name for name, path in files.items() if not path.exists()}
+    if missing:
+        build(args.dir, missing)
     vaereg = [sys.executable, "-m", "vaereg"]
-    for a, b in (("fp32", "fp16"), ("fp32", "tuned")):
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    start = wall([sys.executable, "-c", "pass"], 5 * args.repeat)
+    fixed = wall([*vaereg, "--version"], 5 * args.repeat)
+    print(f"python start {start:.3f} s; vaereg --version {fixed:.3f} s (start, imports, plugins)")
+    for a, b in PAIRS:
         pa, pb = files[a], files[b]
         read_whole(pa, pb)  # warm
         reads = []
@@ -67,12 +116,18 @@ def main() -> None:
             read_whole(pa, pb)
             reads.append(time.perf_counter() - t)
         runs = [peak_rss([*vaereg, "diff", "--json", str(pa), str(pb)]) for _ in range(args.repeat)]
+        parts = [in_process(pa, pb) for _ in range(args.repeat)]
         read_t = statistics.median(reads)
         diff_t = statistics.median(e for e, _, _ in runs)
         rss = max(r for _, r, _ in runs)
+        ids_t = statistics.median(i for i, _ in parts)
+        differences_t = statistics.median(d for _, d in parts)
         size = (pa.stat().st_size + pb.stat().st_size) / 1e6
         print(f"{a} vs {b} ({size:.0f} MB): read both {read_t:.2f} s; vaereg diff {diff_t:.2f} s "
               f"({diff_t / read_t:.1f}x the read), peak RSS {rss / 1e6:.0f} MB")
+        print(f"  in process: differences {differences_t:.3f} s ({differences_t / read_t:.1f}x the read), "
+              f"identities {ids_t:.3f} s")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.keep:
         for p in files.values():
             p.unlink()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from isas import available_isas, using
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
@@ -34,3 +36,10 @@ def index(config):
 
     with Index(config.index) as index:
         yield index
+
+
+@pytest.fixture(params=available_isas())
+def isa(request):
+    """Each instruction set the compiled kernel has loops for on this CPU, in turn."""
+    with using(request.param) as name:
+        yield name

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from isas import ISAS, available_isas, using
 
 from vaereg.identity import fp16
 from vaereg.identity.fp16 import CHUNK, kernel, round_to_fp16, round_to_fp16_numpy
@@ -15,36 +16,17 @@ def test_the_kernel_is_built():
     """setup.py builds it wherever a C compiler is (as on every machine the suite runs on); without it
     vaereg is correct but slower, so an install that lost it must not pass unnoticed."""
     assert kernel is not None, "vaereg.identity._fp16kernel was not built: is a C compiler installed?"
-    assert kernel.isa() in ("baseline", "avx2+f16c")
+    assert kernel.isa() in ISAS
 
 
-def _available_isas() -> list[str]:
-    if kernel is None:
-        return []
-    best = kernel.isa()
-    found = [isa for isa in ("baseline", "avx2+f16c") if kernel.use_isa(isa)]
-    kernel.use_isa(best)
-    return found
-
-
-@pytest.fixture(params=["numpy", *(f"kernel-{isa}" for isa in _available_isas())])
+@pytest.fixture(params=["numpy", *(f"kernel-{isa}" for isa in available_isas())])
 def rounding(request):
     """Each rounding path in turn: numpy's, then the kernel's loops for every instruction set this CPU has."""
     if request.param == "numpy":
         yield round_to_fp16_numpy
         return
-    best = kernel.isa()
-    assert kernel.use_isa(request.param.removeprefix("kernel-"))
-    yield round_to_fp16
-    kernel.use_isa(best)
-
-
-@pytest.fixture(params=_available_isas())
-def isa(request):
-    best = kernel.isa()
-    assert kernel.use_isa(request.param)
-    yield request.param
-    kernel.use_isa(best)
+    with using(request.param.removeprefix("kernel-")):
+        yield round_to_fp16
 
 
 def reference(values: np.ndarray) -> np.ndarray:

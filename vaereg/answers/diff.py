@@ -1,20 +1,26 @@
 """How far apart two VAEs' weights are, tensor by tensor (``vaereg diff``, docs/check.md).
 
-`diff_models` streams two model files tensor by tensor, and each pair in chunks - memory bounded by the
-largest stored tensor pair plus a few MB, never the float64 copies of whole tensors - for
-the relation (`answers.relation`) and the per-group and per-tensor differences that ``vaereg diff`` shows.
+`diff_models` identifies both VAEs, then streams the two files a tensor pair at a time - two pairs at once, in two
+threads, so that one reads while the other measures - for the relation (`answers.relation`) and the per-group and
+per-tensor differences that ``vaereg diff`` shows. Each pair is measured `CHUNK` values at a time: ||a||^2,
+||b - a||^2, max |b - a| and, where the digests cannot tell, the precision rule on every value. F32, F16 and BF16
+go through the compiled kernel (`_fp16kernel.diff_pair`: one pass, sums in double precision, at memory speed);
+other float dtypes, and machines where the kernel was not built, through numpy in float64 - the same relation and
+agreements, the same figures but for the order of summation. numpy is imported by that path only. Memory: the
+stored tensor pair of each thread plus a few MB, never float64 copies of whole tensors.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
-
-import numpy as np
 
 from vaereg.answers.relation import (
     GROUPS,
@@ -22,12 +28,16 @@ from vaereg.answers.relation import (
     incompatibility,
     relation,
     relative_gap,
-    values_agree,
 )
+from vaereg.identity.digest import PARALLEL_MIN_BYTES
+from vaereg.identity.dtypes import DTYPE_BITS
+from vaereg.identity.kernel import kernel
 from vaereg.identity.locate import group_of
 from vaereg.identity.report import VaeIdentity
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from vaereg.plugin.manager import Plugins
 
 #: How many of the most different tensors a diff lists.
@@ -89,11 +99,20 @@ def _number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None  # JSON has no NaN
 
 
-#: Elements compared per step: a few MB of float64 temporaries, whatever the tensor's size.
+#: Values compared per step: a few MB of float64 temporaries in the numpy path, whatever the tensor's size.
 CHUNK = 1 << 18
+#: Stored dtypes the compiled kernel measures (`_fp16kernel.diff_pair`); others (F64, 8-bit and packed floats) and
+#: machines without the kernel take the numpy path.
+KERNEL_DTYPES = frozenset({"F32", "F16", "BF16"})
+
+#: What one tensor pair sums to: ||a||^2, ||b - a||^2, max |b - a| (NaN if any difference is), and whether every
+#: pair of values obeys `values_agree` (True unless checked).
+Sums = tuple[float, float, float, bool]
 
 
 def _widen(dtype: str, raw: bytes | memoryview) -> np.ndarray:
+    import numpy as np
+
     from vaereg.identity.values import widen_float32  # the one exact widening of stored floats
 
     values = widen_float32(dtype, raw)
@@ -106,12 +125,14 @@ def _widen(dtype: str, raw: bytes | memoryview) -> np.ndarray:
 def _f16_table() -> np.ndarray:
     """Every fp16 bit pattern as float32, by numpy's own conversion: a lookup is several times faster than
     numpy's element-by-element fp16 cast, and the same values."""
+    import numpy as np
+
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 def _chunks(dtype: str, raw: bytes | memoryview) -> Iterable[np.ndarray]:
     """The tensor's values as float64, CHUNK at a time (a packed sub-byte dtype: in one piece)."""
-    from vaereg.identity.dtypes import DTYPE_BITS
+    import numpy as np
 
     bits = DTYPE_BITS.get(dtype, 0)
     if not bits or bits % 8:
@@ -128,6 +149,8 @@ def _chunks(dtype: str, raw: bytes | memoryview) -> Iterable[np.ndarray]:
 
 
 def _sum_squares(x: np.ndarray) -> float:
+    import numpy as np
+
     # einsum's own loop, not BLAS: a BLAS dot (or np.linalg.norm) starts a thread per core, which spin and
     # stall on a busy machine - the 20 s a full-size diff took.
     return float(np.einsum("i,i->", x, x))
@@ -137,16 +160,22 @@ def _nan_max(a: float, b: float) -> float:
     return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
-def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: bytes | memoryview | None) -> TensorDiff:
-    """One tensor pair, streamed: sums of squares and the largest difference, chunk by chunk. `raw_b` is
-    None when the exact digests say B's tensor is A's."""
-    decided = digests_decide(da, db) if raw_b is not None else True
-    agrees = True if decided is None else decided
+def measure_with_numpy(
+    name: str, a_dtype: str, raw_a: bytes | memoryview, b_dtype: str | None, raw_b: bytes | memoryview | None,
+    check: bool,
+) -> Sums:
+    """`Sums` of a tensor pair through numpy, chunk by chunk in float64 (any float dtype). `raw_b` None: only
+    ||a||^2. `check`: apply `values_agree` to every pair."""
+    import numpy as np
+
+    from vaereg.answers.relation import values_agree
+
     norm2 = gap2 = 0.0
     biggest = 0.0
+    agrees = True
     with np.errstate(invalid="ignore", over="ignore"):
-        pairs = zip(_chunks(da.dtype, raw_a), _chunks(db.dtype, raw_b)) if raw_b is not None else (
-            (x, None) for x in _chunks(da.dtype, raw_a)
+        pairs = zip(_chunks(a_dtype, raw_a), _chunks(b_dtype, raw_b)) if raw_b is not None and b_dtype else (
+            (x, None) for x in _chunks(a_dtype, raw_a)
         )
         for x, y in pairs:
             norm2 += _sum_squares(x)
@@ -159,26 +188,72 @@ def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: byte
             gap2 += _sum_squares(delta)
             if delta.size:
                 biggest = _nan_max(biggest, float(delta.max()))
-            if decided is None and agrees:
-                agrees = bool(values_agree(x, da.dtype, y, db.dtype).all())
-    return TensorDiff(name, math.sqrt(norm2), math.sqrt(gap2), biggest, agrees)
+            if check and agrees:
+                agrees = bool(values_agree(x, a_dtype, y, b_dtype).all())
+    return norm2, gap2, biggest, agrees
+
+
+def measure_with_kernel(
+    name: str, a_dtype: str, raw_a: bytes | memoryview, b_dtype: str | None, raw_b: bytes | memoryview | None,
+    check: bool,
+) -> Sums:
+    """`measure_with_numpy` through the compiled kernel, for `KERNEL_DTYPES`: one pass over each piece of CHUNK
+    values, sums in double precision, the GIL released. The same figures but for the order of summation (see
+    docs/benchmarks.md), the same `agrees`."""
+    assert kernel is not None
+    a, a_width = memoryview(raw_a).cast("B"), DTYPE_BITS[a_dtype] // 8
+    b, b_width = (memoryview(raw_b).cast("B"), DTYPE_BITS[b_dtype] // 8) if raw_b is not None and b_dtype else (None, 1)
+    count = len(a) // a_width
+    if len(a) % a_width or (b is not None and len(b) != count * b_width):
+        size_b = f"{len(b) / b_width:g}" if b is not None else "none"
+        raise ValueError(f"tensor {name!r}: {len(a) / a_width:g} values against {size_b}")
+    norm2 = gap2 = 0.0
+    biggest = 0.0
+    agrees = True
+    for start in range(0, count, CHUNK):
+        stop = min(start + CHUNK, count)
+        piece_b = b[start * b_width : stop * b_width] if b is not None else None
+        n2, g2, big, ok = kernel.diff_pair(a[start * a_width : stop * a_width], a_dtype, piece_b, b_dtype,
+                                           check and agrees)
+        norm2 += n2
+        gap2 += g2
+        biggest = _nan_max(biggest, big)
+        agrees = agrees and ok
+    return norm2, gap2, biggest, agrees
+
+
+def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: bytes | memoryview | None) -> TensorDiff:
+    """One tensor pair, streamed: sums of squares and the largest difference, piece by piece. `raw_b` is
+    None when the exact digests say B's tensor is A's."""
+    decided = digests_decide(da, db) if raw_b is not None else True
+    b_dtype = db.dtype if raw_b is not None else None
+    through_kernel = kernel is not None and da.dtype in KERNEL_DTYPES and (b_dtype is None or b_dtype in KERNEL_DTYPES)
+    measure = measure_with_kernel if through_kernel else measure_with_numpy
+    norm2, gap2, biggest, agrees = measure(name, da.dtype, raw_a, b_dtype, raw_b, decided is None)
+    return TensorDiff(name, math.sqrt(norm2), math.sqrt(gap2), biggest, agrees if decided is None else decided)
 
 
 class _Reader:
-    """Reads tensors into one reused buffer (when the source can) instead of fresh memory each time."""
+    """Reads tensors into a reused buffer per thread (when the source can) instead of fresh memory each time."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.read_into = getattr(model.source, "read_into", None)
-        self.buffer = bytearray()
+        self.buffers = threading.local()
 
     def __call__(self, name: str) -> bytes | memoryview:
         if self.read_into is None:
             return self.model.read(name)
         nbytes = self.model.vae.tensors[name].nbytes
-        if len(self.buffer) < nbytes:
-            self.buffer = bytearray(nbytes)
-        return self.read_into(self.model.vae.stored_key[name], memoryview(self.buffer)[:nbytes])
+        buffer = getattr(self.buffers, "buffer", None)
+        if buffer is None or len(buffer) < nbytes:
+            buffer = self.buffers.buffer = bytearray(nbytes)
+        return self.read_into(self.model.vae.stored_key[name], memoryview(buffer)[:nbytes])
+
+
+#: Tensor pairs measured at once: while one thread reads a pair (the GIL released in pread), the other measures
+#: the previous one (released in the kernel). More would only add memory: the pass runs at memory speed.
+WORKERS = 2
 
 
 def tensor_differences(
@@ -186,18 +261,28 @@ def tensor_differences(
     read_a: Callable[[str], bytes | memoryview],
     b: VaeIdentity,
     read_b: Callable[[str], bytes | memoryview],
+    workers: int | None = None,
 ) -> list[TensorDiff]:
-    """Read the canonical tensors of two compatible VAEs one pair at a time and measure B against A.
+    """Read the canonical tensors of two compatible VAEs a pair at a time and measure B against A.
 
-    `read_*` read by canonical name. B's tensor is not read where the exact digests say it equals A's.
-    Memory: the two stored tensors of a pair and a few chunks of float64 (`CHUNK`), whatever their size.
+    `read_*` read by canonical name, from `workers` threads at once (by default `WORKERS`, one for a small
+    VAE). B's tensor is not read where the exact digests say it equals A's. Memory: the two stored tensors of
+    a pair per worker and, in the numpy path, a few chunks of float64 (`CHUNK`), whatever their size.
     """
-    diffs = []
-    for name in sorted(a.tensor_digests):
+
+    def measure(name: str) -> TensorDiff:
         da, db = a.tensor_digests[name], b.tensor_digests[name]
         same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
-        diffs.append(_measure(name, da, read_a(name), db, None if same else read_b(name)))
-    return diffs
+        return _measure(name, da, read_a(name), db, None if same else read_b(name))
+
+    names = sorted(a.tensor_digests)
+    if workers is None:
+        stored = sum(math.prod(t.shape) * DTYPE_BITS.get(t.dtype, 8) // 8 for t in a.tensor_digests.values())
+        workers = min(WORKERS, os.cpu_count() or 1) if stored >= PARALLEL_MIN_BYTES else 1
+    if workers == 1:
+        return [measure(name) for name in names]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vaereg-diff") as pool:
+        return list(pool.map(measure, names))
 
 
 def group_differences(diffs: Iterable[TensorDiff]) -> list[GroupDiff]:
@@ -258,7 +343,7 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
     """Identify the VAEs of two model files and compare them; every failure becomes `error`.
 
     Each file's VAE is read twice - once for its identity, once for the differences - so memory stays at
-    one tensor pair; the second read comes from the page cache.
+    a tensor pair per worker thread; the second read comes from the page cache.
     """
     from vaereg.errors import FileProblem
     from vaereg.identity.analyze import open_model

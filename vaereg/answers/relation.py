@@ -5,21 +5,23 @@
 ``different`` or ``incompatible`` (another family, latent size or tensor shapes). The precision rule is exact,
 with no threshold: a stored value agrees with another when both can be roundings, to nearest, of one value.
 It is checked on every element when both tensors are at hand (`answers.diff.tensor_differences`) and on the
-sketch samples when only sketches are (`sketch_agreement`).
+sketch samples when only sketches are (`sketch_agreement`). numpy is imported by the functions that use it, not
+here: naming a relation from per-tensor results (``vaereg diff`` through the compiled kernel) needs none.
 """
 
 from __future__ import annotations
 
 import math
 from functools import cache
-from typing import Any, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping
 
 from vaereg.identity.digest import SKETCH_PER_TENSOR
 from vaereg.identity.dtypes import HOLDS, holds
 from vaereg.identity.locate import group_of
 from vaereg.identity.report import TensorDigest, VaeIdentity
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RELATIONS = ("same", "precision-variant", "same-encoder", "same-decoder", "different", "incompatible")
 GROUPS = ("encoder", "decoder", "other")
@@ -45,6 +47,8 @@ _ML_FORMATS = {"BF16": ("bfloat16", "uint16"), "F8_E4M3": ("float8_e4m3fn", "uin
 @cache
 def _format(dtype: str) -> tuple[Any, Any]:
     """(float type, bit-pattern type) of a stored float dtype; ml_dtypes is imported only for its own."""
+    import numpy as np
+
     if dtype in _NUMPY_FORMATS:
         float_name, bits_name = _NUMPY_FORMATS[dtype]
         return getattr(np, float_name), getattr(np, bits_name)
@@ -56,6 +60,8 @@ def _format(dtype: str) -> tuple[Any, Any]:
 
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     """`values` rounded to nearest (ties to even) in `dtype`, widened back to float64."""
+    import numpy as np
+
     with np.errstate(over="ignore"):  # too large for `dtype`: inf (or NaN where it has no inf), as stored
         return np.asarray(values, np.float64).astype(_format(dtype)[0]).astype(np.float64)
 
@@ -66,6 +72,8 @@ def rounding_interval(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.nd
     The bounds are the midpoints to the neighbouring values, found through the bit patterns: every float
     format here is sign-magnitude, so the neighbours of magnitude bits ``m`` are ``m - 1`` and ``m + 1``.
     """
+    import numpy as np
+
     float_type, bits_type = _format(dtype)
     with np.errstate(over="ignore"):
         bits = np.asarray(values, np.float64).astype(float_type).view(bits_type)
@@ -94,6 +102,8 @@ def values_agree(x: np.ndarray, x_dtype: str, y: np.ndarray, y_dtype: str) -> np
     paths (fp32 -> fp16 -> fp8). When neither holds the other (fp16 and bf16), both must be roundings of one
     value: their rounding intervals meet. NaNs agree with NaNs only; an infinity with what overflows to it.
     """
+    import numpy as np
+
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x_dtype == y_dtype:
         return (x == y) | (np.isnan(x) & np.isnan(y))
@@ -130,11 +140,15 @@ def sketch_layout(tensors: Mapping[str, TensorDigest]) -> list[tuple[str, int]]:
 
 
 def sketch_values(vae: VaeIdentity) -> np.ndarray:
+    import numpy as np
+
     return np.frombuffer(vae.sketch, dtype="<f4").astype(np.float64)
 
 
 def sample_dtypes(tensors: Mapping[str, TensorDigest]) -> np.ndarray:
     """The stored dtype of every sketch sample, in sketch order."""
+    import numpy as np
+
     layout = sketch_layout(tensors)
     return np.repeat(np.array([tensors[n].dtype for n, _ in layout], dtype=object), [c for _, c in layout])
 
@@ -153,6 +167,8 @@ def sketch_agreement(a: VaeIdentity, b: VaeIdentity) -> dict[str, bool] | None:
     (two dtypes) the tensor agrees when all its sketch samples obey `values_agree`. None when the sketches
     cannot be lined up (no per-tensor data, or another layout).
     """
+    import numpy as np
+
     if not _sketches_line_up(a, b):
         return None
     layout = sketch_layout(a.tensor_digests)
@@ -179,6 +195,8 @@ def sketch_agreement(a: VaeIdentity, b: VaeIdentity) -> dict[str, bool] | None:
 
 def sketch_distance(a: VaeIdentity, b: VaeIdentity) -> float:
     """||sketch(b) - sketch(a)|| / ||sketch(a)|| over the samples finite in both; inf if they do not line up."""
+    import numpy as np
+
     xa, xb = sketch_values(a), sketch_values(b)
     if xa.shape != xb.shape:
         return math.inf
@@ -255,6 +273,8 @@ def ids_decide(a: VaeIdentity, b: VaeIdentity) -> bool:
     equal. They also do when, for every group, some sketch sample of `a` and `b` disagrees: no precision
     variant and no shared half can hide behind differing ids then. (Needs a's per-tensor data.)
     """
+    import numpy as np
+
     if a.dtype not in _UNIFORM or b.dtype not in _UNIFORM:
         return False
     if a.dtype == b.dtype:
