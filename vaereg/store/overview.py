@@ -14,15 +14,27 @@ from dataclasses import dataclass
 
 from vaereg.files.names import DIFFUSERS_WEIGHTS_STEM
 
-# One sequential pass over the files table beats a join through the exact_id index (random page reads)
-# several times over; the counting is then a Python loop over the VAE-bearing rows only. Hashes and bases
-# come as BLOBs: the index decodes every TEXT value through a Python function (file names need it), which
-# would cost more than the counting.
-_FILES = f"""
-SELECT CAST(exact_id AS BLOB), embedded, CAST(base AS BLOB), CAST(sha256 AS BLOB), dev, inode, size,
-    CASE WHEN NOT embedded AND path LIKE '%{DIFFUSERS_WEIGHTS_STEM.replace("_", "!_")}.%' ESCAPE '!' THEN path END,
-    CASE WHEN sha256 IN (SELECT value FROM json_each(?)) THEN path END
-FROM files WHERE exact_id IS NOT NULL
+# SQLite counts per exact VAE (a few thousand rows, merged per id in Python) in one sequential pass over the
+# table (through the exact_id index it reads the same rows in random order: half as fast); only files whose bytes
+# another file repeats (their SHA-256 appears twice, found through its index) are listed one by one. Hashes
+# and ids come as BLOBs: the index decodes every TEXT value through a Python function (file names need it).
+_COUNTS = f"""
+SELECT CAST(exact_id AS BLOB), count(*), sum(embedded), CAST(group_concat(DISTINCT base) AS BLOB),
+    group_concat(
+        CASE WHEN NOT embedded AND path LIKE '%{DIFFUSERS_WEIGHTS_STEM.replace("_", "!_")}.%' ESCAPE '!' THEN path END,
+        char(0)
+    )
+FROM files NOT INDEXED WHERE exact_id IS NOT NULL
+GROUP BY exact_id
+"""
+_SAME_BYTES = """
+SELECT CAST(exact_id AS BLOB), CAST(sha256 AS BLOB), dev, inode, size FROM files
+WHERE sha256 IN (SELECT sha256 FROM files WHERE sha256 IS NOT NULL GROUP BY sha256 HAVING count(*) > 1)
+    AND exact_id IS NOT NULL AND NOT embedded
+"""
+_LISTED = """
+SELECT CAST(exact_id AS BLOB), sha256, path FROM files
+WHERE sha256 IN (SELECT value FROM json_each(?)) AND exact_id IS NOT NULL
 """
 _VAES = "SELECT CAST(exact_id AS BLOB), id, family, latent_channels FROM vaes"
 
@@ -51,10 +63,10 @@ class _Tally:
 
     def __init__(self) -> None:
         self.copies = self.embedded = 0
-        self.bases: set[bytes] = set()
+        self.bases: set[str] = set()
         self.same_bytes: dict[bytes, dict[tuple[int, int], int]] = {}  # sha256 -> {(dev, inode): size}
         self.diffusers: list[str] = []
-        self.listed: list[tuple[str, bytes]] = []  # (path, sha256)
+        self.listed: list[tuple[str, str]] = []  # (path, sha256)
 
 
 def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> list[IdentityCounts]:
@@ -63,25 +75,33 @@ def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> 
 
     vaes = {exact_id: (vae_id, family, latent) for exact_id, vae_id, family, latent in conn.execute(_VAES)}
     tallies: dict[str, _Tally] = {}
-    rows = conn.execute(_FILES, (json.dumps(sorted(sha256s)),))
-    for exact_id, embedded, base, sha256, dev, inode, size, diffusers_path, listed_path in rows:
+
+    def tally_of(exact_id: bytes) -> _Tally | None:
         vae = vaes.get(exact_id)
         if vae is None:
-            continue
-        tally = tallies.get(vae[0])
+            return None
+        found = tallies.get(vae[0])
+        if found is None:
+            found = tallies[vae[0]] = _Tally()
+        return found
+
+    for exact_id, copies, embedded, bases, diffusers in conn.execute(_COUNTS):
+        tally = tally_of(exact_id)
         if tally is None:
-            tally = tallies[vae[0]] = _Tally()
-        tally.copies += 1
-        if base:
-            tally.bases.add(base)
-        if embedded:
-            tally.embedded += 1
-        elif sha256 is not None:
+            continue
+        tally.copies += copies
+        tally.embedded += embedded or 0
+        if bases:
+            tally.bases.update(bases.decode().split(","))
+        if diffusers:
+            tally.diffusers.extend(diffusers.split("\0"))
+    for exact_id, sha256, dev, inode, size in conn.execute(_SAME_BYTES):
+        if (tally := tally_of(exact_id)) is not None:
             tally.same_bytes.setdefault(sha256, {})[(dev, inode)] = size
-        if diffusers_path is not None:
-            tally.diffusers.append(diffusers_path)
-        if listed_path is not None:
-            tally.listed.append((listed_path, sha256))
+    if sha256s:
+        for exact_id, sha256, path in conn.execute(_LISTED, (json.dumps(sorted(sha256s)),)):
+            if (tally := tally_of(exact_id)) is not None:
+                tally.listed.append((path, sha256))
     families: dict[str, tuple[str, int | None]] = {}
     for vae_id, family, latent in sorted(vaes.values(), key=lambda v: (v[0], v[1] or "")):
         families.setdefault(vae_id, (family, latent))
@@ -92,10 +112,10 @@ def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> 
             latent_channels=families[vae_id][1],
             copies=tally.copies,
             embedded=tally.embedded,
-            bases=tuple(sorted(base.decode() for base in tally.bases)),
+            bases=tuple(sorted(tally.bases)),
             reclaimable_bytes=sum((len(sizes) - 1) * next(iter(sizes.values())) for sizes in tally.same_bytes.values()),
             diffusers_paths=tuple(sorted(tally.diffusers)),
-            listed_sha256=tuple(sha256.decode() for _, sha256 in sorted(tally.listed)),
+            listed_sha256=tuple(sha256 for _, sha256 in sorted(tally.listed)),
         )
         for vae_id, tally in sorted(tallies.items())
     ]
