@@ -140,6 +140,23 @@ def test_hash_answers_an_unchanged_indexed_file_from_the_index(tmp_path, capsys,
     assert calls == ["a.safetensors", "b.safetensors"]
 
 
+def test_hash_from_the_index_names_a_model_without_a_vae_by_its_kind(tmp_path, capsys, monkeypatch, plugins):
+    """The index keeps no `kind`: a LoRA answered from it is still a LoRA, told from its header alone."""
+    from library import lora
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    path = save_safetensors(lora(), lib / "detail-tweaker.safetensors")
+    assert main(["scan", "--json", str(lib)]) == 0
+    capsys.readouterr()
+    read = _hash_json(capsys, "--rehash", str(path))
+    assert read[0]["kind"] == "lora" and read[0]["vae"] is None
+    with monkeypatch.context() as m:
+        m.setattr(vaereg.identity.analyze, "identify", lambda *a, **k: pytest.fail("the file was read"))
+        assert _hash_json(capsys, str(path)) == read == [identify(path, plugins).to_json()]
+        assert _hash_json(capsys, "--no-file-hashes", str(path))[0]["kind"] == "lora"
+
+
 def test_hash_reads_a_file_indexed_without_hashes_when_they_are_asked(tmp_path, capsys, monkeypatch):
     files = library(tmp_path / "lib")
     assert main(["scan", "--json", "--no-file-hashes", str(tmp_path / "lib")]) == 0

@@ -60,7 +60,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     with progress(shows_progress(args.json) and len(args.paths) > 1, len(args.paths), what="hashing") as update:
         for n, path in enumerate(args.paths):
             update(n, f"hashing {path.name}")
-            report = indexed_report(ctx.config.index, path, with_file_hashes=args.file_hashes) if from_index else None
+            report = (
+                indexed_report(ctx.config.index, path, with_file_hashes=args.file_hashes, plugins=ctx.plugins)
+                if from_index
+                else None
+            )
             if report is None:
                 from vaereg.identity.analyze import identify
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from vaereg.identity.report import SPEC_VERSION, FileHashes, HashReport, TensorStats
 
 if TYPE_CHECKING:
+    from vaereg.plugin.manager import Plugins
     from vaereg.store.index import Index, IndexedFile
 
 
@@ -36,9 +37,14 @@ def _unchanged_row(index: Index, path: Path, st: os.stat_result) -> IndexedFile 
     return row
 
 
-def indexed_report(index_path: Path, path: Path, *, with_file_hashes: bool) -> HashReport | None:
+def indexed_report(
+    index_path: Path, path: Path, *, with_file_hashes: bool, plugins: Plugins | None = None
+) -> HashReport | None:
     """What `vaereg hash` would say of `path`, from the index at `index_path`; None when the index cannot
-    answer for it (no index, no row, the file changed, an error, hashes wanted and not there yet)."""
+    answer for it (no index, no row, the file changed, an error, hashes wanted and not there yet).
+
+    A model without a VAE is named by its kind (LoRA, upscaler...), which the index does not keep: with
+    `plugins`, it is told from the file's header (the tensors' names), as a read does."""
     if not index_path.is_file():
         return None
     st = _regular(path)
@@ -51,9 +57,31 @@ def indexed_report(index_path: Path, path: Path, *, with_file_hashes: bool) -> H
     if row is None or (with_file_hashes and row.hashes is None):
         return None
     report = row.report()
-    return dataclasses.replace(
+    report = dataclasses.replace(
         report, path=str(path), file=report.file if with_file_hashes else FileHashes(size=st.st_size)
     )
+    if report.vae is None and plugins is not None:
+        kind = _kind(path, plugins)
+        if kind is _UNREADABLE:
+            return None  # let the read say what is wrong now
+        report = dataclasses.replace(report, kind=kind)
+    return report
+
+
+_UNREADABLE = object()
+
+
+def _kind(path: Path, plugins: Plugins) -> str | None | object:
+    """The kind of model a file without a VAE holds, from its header alone (`_UNREADABLE` if that fails)."""
+    from vaereg.errors import VaeregError
+    from vaereg.identity.analyze import open_model
+    from vaereg.identity.kinds import model_kind
+
+    try:
+        with open_model(path, plugins) as model:
+            return model_kind(model.source.tensors) if model.vae is None else _UNREADABLE
+    except (OSError, ValueError, VaeregError):
+        return _UNREADABLE
 
 
 def indexed_model(index: Index, path: Path) -> tuple[HashReport, Mapping[str, TensorStats]] | None:
