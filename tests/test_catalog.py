@@ -506,6 +506,8 @@ def test_name_alias_and_unname_tell_the_plugins(library: Library, index: Index, 
 
 
 def test_overview_counts_exactly_what_distinct_vaes_lists(library: Library, index: Index, config: Config, shipped: Path) -> None:
+    from vaereg.cli.cmd_ls import label
+
     """`overview` (SQL counts, for `ls` over 100,000 files) against `distinct_vaes` (every copy listed), on the
     library plus a diffusers copy, checkpoints with bases, a second named VAE and an entry known by SHA-256."""
     library.record(index)
@@ -515,14 +517,20 @@ def test_overview_counts_exactly_what_distinct_vaes_lists(library: Library, inde
     checkpoint = library.reports["checkpoint.safetensors"]
     for base, name in (("SD1", "sd15.safetensors"), ("SDXL", "xl.safetensors"), ("SD1", "other.safetensors")):
         index.record(library.path(name), os.stat(library.path("checkpoint.safetensors")), replace(checkpoint, base=base))
+    merged = replace(checkpoint.vae, id="f" * 32, exact_id="e" * 32)  # a VAE only a checkpoint holds
+    index.record(library.path("merged.safetensors"), os.stat(library.path("checkpoint.safetensors")),
+                 replace(checkpoint, vae=merged))
     registry = Registry.load(config, shipped=shipped)
     catalog = Catalog(index, registry)
     catalog.name(library.hash("vae.safetensors", "id"), "Zeta", note=None)
 
     listed, counted = Catalog(index, Registry.load(config, shipped=shipped)).distinct_vaes(), catalog.overview()
 
-    assert [v.id for v in counted] == [v.id for v in listed] and len(listed) == 2
+    assert [v.id for v in counted] == [v.id for v in listed] and len(listed) == 3
     for full, count in zip(listed, counted):
+        assert (count.first_standalone, count.first_embedded, label(count)) == (
+            full.first_standalone, full.first_embedded, label(full)
+        )
         assert (count.name, count.slug, count.aliases, count.family, count.bases) == (
             full.name, full.slug, full.aliases, full.family, full.bases
         )
@@ -532,3 +540,4 @@ def test_overview_counts_exactly_what_distinct_vaes_lists(library: Library, inde
     assert (zeta.copies, zeta.embedded, zeta.bases, zeta.diffusers_paths) == (11, 4, ["SD1", "SDXL"], (str(diffusers),))
     assert zeta.reclaimable_bytes == 2 * os.stat(library.path("vae.safetensors")).st_size
     assert shipped_vae.id == library.hash("finetune.safetensors", "id")  # joined by a listed SHA-256
+    assert [label(v) for v in counted] == ["Shipped VAE", "Zeta", "unnamed (in merged.safetensors)"]

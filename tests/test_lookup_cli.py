@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -100,11 +101,14 @@ def test_ls_shows_one_row_per_vae_with_reclaimable_bytes(indexed: Library, capsy
     assert status == 0
     header, *rows = out.splitlines()
     assert header.split() == ["name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"]
-    by_id = {row.split()[3]: row.split() for row in rows}
+    cells = [re.split(r"\s{2,}", row.strip()) for row in rows]  # columns are two spaces apart at least
+    by_id = {row[3]: row for row in cells}
+    # unnamed: called after the first standalone copy, in path order
     assert by_id[indexed.hash("vae.safetensors", "id")[:12]] == [
-        "unnamed", "kl-f8-4ch", "-", indexed.hash("vae.safetensors", "id")[:12], "7", "6", "1",
-        *human_size(2 * size).split(),
+        "unnamed (copy-a-link.safetensors)", "kl-f8-4ch", "-", indexed.hash("vae.safetensors", "id")[:12], "7", "6",
+        "1", human_size(2 * size),
     ]
+    assert by_id[indexed.hash("finetune.safetensors", "id")[:12]][0] == "unnamed (finetune-fp16.safetensors)"
     assert by_id[indexed.hash("finetune.safetensors", "id")[:12]][4:] == ["2", "2", "0", "-"]
     assert "2 VAEs in 9 files" in err
 

@@ -88,7 +88,7 @@ def test_ls_and_lookup_show_the_base_of_an_entry(indexed: Library, capsys, confi
     status, out, _ = run(capsys, "ls")
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert status == 0 and rows["Anime"][:5] == ["Anime", "A", "kl-f8-4ch", "SD1", indexed.hash("vae.safetensors", "id")[:12]]
-    assert rows["unnamed"][2] == "-"
+    assert rows["unnamed"][1:4] == ["(finetune-fp16.safetensors)", "kl-f8-4ch", "-"]
     status, out, _ = run(capsys, "ls", "--json")
     bases = {line["name"]: line["base"] for line in map(json.loads, out.splitlines())}
     assert bases == {"Anime A": "SD1", None: None}

@@ -2,7 +2,8 @@
 
 A VAE is a canonical id: its fp32 and fp16 files and the checkpoints embedding it are copies of one VAE.
 "Reclaimable" counts the bytes that byte-identical standalone copies waste (``vaereg dedupe`` links them).
-An unnamed VAE shows its aliases, or the folder of a diffusers copy. ``-v`` lists every copy with its
+An unnamed VAE shows its aliases, the folder of a diffusers copy, its first standalone file's name, or
+"in" the first checkpoint holding it. ``-v`` lists every copy with its
 format, dtype and size. ``--json`` prints JSON Lines, one object per VAE (docs/json.md).
 ``--json`` prints JSON Lines, one object per VAE (docs/json.md). ``--problems`` lists instead every indexed
 file that could not be read, with its reason, until it is fixed or removed (``{"path", "reason", "not_read"}``
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from typing import TYPE_CHECKING
 
 from vaereg.cli.common import Context, emit_json_lines, human_size, print_table, short
 from vaereg.cli.exit import ExitStatus
+from vaereg.errors import printable
 
 if TYPE_CHECKING:
     from vaereg.store.views import VaeOverview, VaeSummary
@@ -51,15 +54,21 @@ def run_problems(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def label(vae: VaeSummary | VaeOverview) -> str:
-    """What to call the VAE in the table: its name; unnamed, its aliases or its diffusers folder's name."""
+    """What to call the VAE in the table: its name; unnamed, its aliases, its diffusers folder's name, its
+    first standalone file's name, or the first checkpoint holding it."""
     from vaereg.files.names import model_name
 
     if vae.name:
         return vae.name
     if vae.aliases:
         return f"unnamed ({', '.join(vae.aliases)})"
-    folders = vae.diffusers_paths
-    return f"unnamed ({model_name(folders[0])})" if folders else "unnamed"
+    if vae.diffusers_paths:
+        return f"unnamed ({model_name(vae.diffusers_paths[0])})"
+    if vae.first_standalone:
+        return f"unnamed ({os.path.basename(vae.first_standalone)})"
+    if vae.first_embedded:
+        return f"unnamed (in {os.path.basename(vae.first_embedded)})"
+    return "unnamed"
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -81,7 +90,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     print_table(("name", "family", "base", "id", "copies", "standalone", "embedded", "reclaimable"), rows)
     if args.verbose:
         for vae in vaes:
-            print(f"\n{label(vae)}  {vae.id}")
+            print(f"\n{printable(label(vae))}  {vae.id}")
             copies = io.StringIO()
             print_table(
                 ("path", "format", "dtype", "size", "stored"),

@@ -23,7 +23,8 @@ SELECT CAST(exact_id AS BLOB), count(*), sum(embedded), CAST(group_concat(DISTIN
     group_concat(
         CASE WHEN NOT embedded AND path LIKE '%{DIFFUSERS_WEIGHTS_STEM.replace("_", "!_")}.%' ESCAPE '!' THEN path END,
         char(0)
-    )
+    ),
+    min(CASE WHEN NOT embedded THEN path END), min(CASE WHEN embedded THEN path END)
 FROM files NOT INDEXED WHERE exact_id IS NOT NULL
 GROUP BY exact_id
 """
@@ -52,6 +53,8 @@ class IdentityCounts:
     reclaimable_bytes: int
     diffusers_paths: tuple[str, ...]  # candidates: the caller keeps those `is_diffusers_weights` accepts
     listed_sha256: tuple[str, ...]  # its files' SHA-256 among those asked about
+    first_standalone: str | None  # the first standalone copy's path, in path order
+    first_embedded: str | None  # the first checkpoint holding it, in path order
 
     @property
     def standalone(self) -> int:
@@ -59,7 +62,7 @@ class IdentityCounts:
 
 
 class _Tally:
-    __slots__ = ("copies", "embedded", "bases", "same_bytes", "diffusers", "listed")
+    __slots__ = ("copies", "embedded", "bases", "same_bytes", "diffusers", "listed", "firsts")
 
     def __init__(self) -> None:
         self.copies = self.embedded = 0
@@ -67,6 +70,7 @@ class _Tally:
         self.same_bytes: dict[bytes, dict[tuple[int, int], int]] = {}  # sha256 -> {(dev, inode): size}
         self.diffusers: list[str] = []
         self.listed: list[tuple[str, str]] = []  # (path, sha256)
+        self.firsts: list[str | None] = [None, None]  # first standalone path, first embedded one
 
 
 def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> list[IdentityCounts]:
@@ -85,10 +89,13 @@ def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> 
             found = tallies[vae[0]] = _Tally()
         return found
 
-    for exact_id, copies, embedded, bases, diffusers in conn.execute(_COUNTS):
+    for exact_id, copies, embedded, bases, diffusers, *firsts in conn.execute(_COUNTS):
         tally = tally_of(exact_id)
         if tally is None:
             continue
+        for n, path in enumerate(firsts):
+            if path is not None and (tally.firsts[n] is None or path < tally.firsts[n]):
+                tally.firsts[n] = path
         tally.copies += copies
         tally.embedded += embedded or 0
         if bases:
@@ -116,6 +123,8 @@ def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> 
             reclaimable_bytes=sum((len(sizes) - 1) * next(iter(sizes.values())) for sizes in tally.same_bytes.values()),
             diffusers_paths=tuple(sorted(tally.diffusers)),
             listed_sha256=tuple(sha256 for _, sha256 in sorted(tally.listed)),
+            first_standalone=tally.firsts[0],
+            first_embedded=tally.firsts[1],
         )
         for vae_id, tally in sorted(tallies.items())
     ]

@@ -143,6 +143,16 @@ class VaeSummary(_Described):
         return sum(copy.embedded for copy in self.copies)
 
     @property
+    def first_standalone(self) -> str | None:
+        """The first standalone copy's path, in path order (what an unnamed VAE is called after)."""
+        return min((c.path for c in self.copies if not c.embedded), default=None)
+
+    @property
+    def first_embedded(self) -> str | None:
+        """The first checkpoint holding the VAE, in path order."""
+        return min((c.path for c in self.copies if c.embedded), default=None)
+
+    @property
     def diffusers_paths(self) -> tuple[str, ...]:
         """Standalone copies that are a diffusers folder's weights (their folder may name the VAE)."""
         from vaereg.files.names import is_diffusers_weights
@@ -207,6 +217,14 @@ class VaeOverview(_Described):
         from vaereg.files.names import is_diffusers_weights
 
         return tuple(path for path in self.counts.diffusers_paths if is_diffusers_weights(path))
+
+    @property
+    def first_standalone(self) -> str | None:
+        return self.counts.first_standalone
+
+    @property
+    def first_embedded(self) -> str | None:
+        return self.counts.first_embedded
 
 
 Action = Literal["name", "alias", "unname"]
