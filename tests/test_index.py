@@ -577,3 +577,21 @@ def test_an_index_from_a_newer_vaereg_is_refused(tmp_path):
         pass
     with Index(tmp_path / "other.sqlite3") as again:
         assert again.stats().files == 0
+
+
+def test_a_name_that_is_not_utf8_is_carried_forward_and_found_under_its_folder(tmp_path, plugins):
+    """Rows of surrogate-escaped names (bytes that are not UTF-8) are matched as stored, by every statement
+    that names a path: carrying a row forward to a new spec, and the hashes pending under a file root."""
+    import factory
+
+    from vaereg.identity.analyze import identify
+
+    path = factory.save_safetensors(factory.make_vae(ch=8), tmp_path / "v.safetensors")
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.safetensors")
+    os.rename(path, name)
+    report = dataclasses.replace(identify(Path(name), plugins, with_file_hashes=False), path=name)
+    with Index(tmp_path / "index.sqlite3") as index:
+        index.record(name, os.stat(name), report)
+        assert [row.path for row in index.unhashed_under([name])] == [name]
+        assert index.carry_forward(name, os.stat(name), "SD1")
+        assert index.get(name).base == "SD1"

@@ -232,6 +232,32 @@ def test_a_name_that_is_not_utf8_is_indexed_and_shown_escaped(tmp_path, config, 
     assert json.loads(capsys.readouterr().out)["removed"] == 1
 
 
+def test_names_taken_from_hostile_file_names_reach_the_terminal_escaped(tmp_path, config, capsys):
+    """An unnamed VAE is called after its file: a newline, an escape code or a byte that is not UTF-8 in
+    that name is escaped wherever a sentence uses it (check, fix), and a scan rooted at such a file works."""
+    from library import make_webui, mix
+
+    webui = make_webui(tmp_path / "webui")
+    vae_dir, ckpt_dir = webui / "models" / "VAE", webui / "models" / "Stable-diffusion"
+    vaes = {"a": factory.make_vae(seed=1), "b": factory.make_vae(seed=2)}
+    factory.save_safetensors(vaes["a"], vae_dir / "Anything\nvae\x1b[31m.safetensors")
+    latin1 = os.fsdecode(os.fsencode(vae_dir) + b"/caf\xe9.safetensors")
+    factory.save_safetensors(vaes["b"], Path(latin1))
+    merged = factory.save_safetensors(factory.make_checkpoint(mix({"a": 0.5, "b": 0.5}, vaes)), ckpt_dir / "mix.safetensors")
+
+    assert main(["scan", latin1]) == 0  # a root that is itself a file with such a name
+    assert main(["scan", str(webui / "models")]) == 0
+    capsys.readouterr()
+    assert main(["check", str(merged)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\udce9" not in out
+    assert "Anything\\nvae\\x1b[31m.safetensors" in out and "caf\\udce9.safetensors" in out
+    assert all(line.startswith(("  ", str(merged))) for line in out.splitlines())  # no line broken by a name
+    assert main(["fix", "--launcher", str(webui)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\udce9" not in out and "Anything\\nvae\\x1b[31m.safetensors" in out
+
+
 # -- check's verdict as sentences
 
 

@@ -7,6 +7,7 @@ being read; ``--rehash`` reads it anyway. ``--decode`` reads it to run the VAE.
 from __future__ import annotations
 
 import argparse
+import builtins
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,7 +125,12 @@ def verdict(report: CheckReport) -> list[str]:
 
 
 def _print(report: CheckReport) -> None:
+    """The report for a person. Every line is escaped: VAEs may be called after file names, which may hold
+    newlines and terminal escape codes."""
     from vaereg.answers.check import describe
+
+    def print(line: str) -> None:  # noqa: A001 - this function's every line goes through here
+        builtins.print(printable(line))
 
     print(printable(report.path))
     for sentence in verdict(report):

@@ -12,11 +12,17 @@ from typing import TYPE_CHECKING
 
 from vaereg.cli.common import Context, emit_json, fail, warn
 from vaereg.cli.exit import ExitStatus
+from vaereg.errors import printable
 
 if TYPE_CHECKING:
     from vaereg.actions.fix import FixPlan, FixResult, UndoPlan
     from vaereg.plugin.types import LauncherFolders
 
+
+
+def _say(line: str) -> None:
+    """One line for a person, escaped: names come from files, which may hold newlines and escape codes."""
+    print(printable(line))
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             if args.json:
                 emit_json({"launcher": found.launcher, "root": str(found.root), "items": [], "notices": [message]})
             else:
-                print(f"{found.launcher} at {found.root}: {message}")
+                _say(f"{found.launcher} at {found.root}: {message}")
             continue
         checkpoints = checkpoints_of(found, args.paths)
         try:
@@ -133,7 +139,7 @@ def _shown(path: str, root: str) -> str:
 
 
 def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
-    print(f"{plan.launcher} at {plan.root}")
+    _say(f"{plan.launcher} at {plan.root}")
     counts: dict[str, int] = {}
     for item in plan.items:
         counts[item.action] = counts.get(item.action, 0) + 1
@@ -145,19 +151,19 @@ def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
         name = _shown(item.checkpoint, plan.root)
         label = _LABELS[item.action][0]
         if item.action in ("write", "keep") and item.vae:
-            print(f"  {label:<7} {name}: vae = {item.vae.name!r}")
-            print(f"          {item.reason}")
+            _say(f"  {label:<7} {name}: vae = {item.vae.name!r}")
+            _say(f"          {item.reason}")
         else:
-            print(f"  {label:<7} {name}: {item.reason}")
+            _say(f"  {label:<7} {name}: {item.reason}")
     for notice in plan.notices:
         warn(notice)
     summary = ", ".join(f"{n} {_LABELS[a][1]}" for a, n in counts.items())
     head = f"{len(plan.items)} checkpoint{'s' if len(plan.items) != 1 else ''}"
     if result is None:
         more = "; nothing was changed (--apply writes)" if plan.writes else ""
-        print(f"{head}: {summary or 'none listed'}{more}")
+        _say(f"{head}: {summary or 'none listed'}{more}")
         return
-    print(f"{head}: {summary}; wrote {len(result.done)} user-metadata file{'s' if len(result.done) != 1 else ''}")
+    _say(f"{head}: {summary}; wrote {len(result.done)} user-metadata file{'s' if len(result.done) != 1 else ''}")
     for line in result.errors:
         fail(line)
 
@@ -172,12 +178,12 @@ def _undo(found: LauncherFolders, checkpoints: list[Path], args: argparse.Namesp
         out.update({"launcher": found.launcher, "root": str(found.root), "errors": list(result.errors)})
         emit_json(out)
     else:
-        print(f"{found.launcher} at {found.root}")
+        _say(f"{found.launcher} at {found.root}")
         for item in result.done:
             verb = "removed" if item.action == "remove" else "unmarked"
-            print(f"  {verb:<8} {_shown(item.checkpoint, str(found.root))}: {item.reason}")
+            _say(f"  {verb:<8} {_shown(item.checkpoint, str(found.root))}: {item.reason}")
         if not result.done:
-            print("  vaereg wrote no preference here")
+            _say("  vaereg wrote no preference here")
     for line in result.errors:
         fail(line)
     return ExitStatus.FAILED if result.errors else ExitStatus.OK

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vaereg.errors import IndexUnreadableError, IndexVersionError, StateError
-from vaereg.store.overview import IdentityCounts, identity_counts
 from vaereg.identity.report import (
     FILE_HASH_NAMES,
     SPEC_VERSION,
@@ -35,6 +34,7 @@ from vaereg.identity.report import (
     TensorStats,
     VaeIdentity,
 )
+from vaereg.store import tensors
 from vaereg.store.database import (
     MIGRATIONS,
     REBUILD_HINT,
@@ -43,7 +43,7 @@ from vaereg.store.database import (
     bind_text,
     connect,
 )
-from vaereg.store import tensors
+from vaereg.store.overview import IdentityCounts, identity_counts
 from vaereg.store.rows import (
     U64,
     ExactVae,
@@ -315,8 +315,9 @@ class Index:
         describes the file as `st` shows it."""
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE files SET base = ?, spec = ? WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
-                (base, SPEC_VERSION, path, st.st_size, st.st_mtime_ns, sql_int(st.st_ino)),
+                f"UPDATE files SET base = ?, spec = ? WHERE path = {TEXT_PARAM} AND size = ? AND mtime_ns = ?"
+                " AND inode = ?",
+                (base, SPEC_VERSION, bind_text(path), st.st_size, st.st_mtime_ns, sql_int(st.st_ino)),
             )
             return cursor.rowcount == 1
 
@@ -417,7 +418,7 @@ class Index:
         for root in roots:
             where, params = _below(root)
             pending = "f.sha256 IS NULL AND f.error IS NULL"
-            for row in self._files(f"WHERE (({where}) OR f.path = ?) AND {pending}", [*params, root]):
+            for row in self._files(f"WHERE (({where}) OR f.path = {TEXT_PARAM}) AND {pending}", [*params, bind_text(root)]):
                 found[row.path] = row
         return [found[path] for path in sorted(found)]
 
