@@ -330,7 +330,9 @@ def test_diff_of_kernel_dtypes_never_imports_numpy(tmp_path, base):
     b = _torch_copy(base, tmp_path / "b.safetensors", torch.bfloat16)
     code = ("import sys; from vaereg.cli import main; status = main(['diff', sys.argv[1], sys.argv[2]]); "
             "print(status, sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'ml_dtypes'}), file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", code, str(a), str(b)], capture_output=True, text=True, timeout=120, check=False)
+    # from tmp_path: the installed vaereg (with its built kernel), not a source tree beside the working folder
+    done = subprocess.run([sys.executable, "-c", code, str(a), str(b)], capture_output=True, text=True, timeout=120,
+                          check=False, cwd=tmp_path)
     assert done.stderr.strip().splitlines()[-1] == "0 []"
     assert done.stdout.startswith("precision-variant:")
 
