@@ -11,8 +11,6 @@ from memsource import MemorySource, bf16, identify_arrays
 from vaereg.identity.locate import canonicalize, find_vae
 
 
-
-
 def to_diffusers(sd: dict[str, np.ndarray], z: int = 4, quant: bool = True) -> dict[str, np.ndarray]:
     """diffusers' own converter, the reference for the diffusers layout."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint

@@ -8,11 +8,18 @@ import struct
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import hostile
+import pytest
+from vaereg_plugins import (
+    _filebytes,
+    _torch_pickle,
+    _torch_zip_reader,
+    diffusers_folder,
+    safetensors_format,
+    torch_zip,
+)
+
 from vaereg.hookspecs import ModelFormatError
-from vaereg_plugins import _filebytes, _torch_pickle, _torch_zip_reader, diffusers_folder, safetensors_format, torch_zip
 
 P2 = pickle.PROTO + b"\x02"
 

@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from events import Events
 from test_catalog import Library, indexed, library, run  # noqa: F401
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import numpy as np
-
 import factory
 import families
+import numpy as np
 from test_base import CASES
+
 from vaereg.cli import main
 from vaereg.identity.analyze import identify
 
@@ -86,6 +86,7 @@ def test_daemon_start_brings_a_v1_index_to_v2(tmp_path, config, plugins, capsys)
 
     from events import Events
     from test_daemon import running, wait_for, wait_idle
+
     from vaereg.plugin.manager import Plugins
 
     models = tmp_path / "models"

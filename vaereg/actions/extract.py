@@ -27,10 +27,10 @@ from vaereg._fs import temp_beside
 from vaereg.errors import ExtractError, FileProblem, internal_error
 from vaereg.identity.analyze import open_model
 from vaereg.identity.digest import compute_identity
-from vaereg.identity.values import widen_float32
 from vaereg.identity.dtypes import DTYPE_BITS, FLOAT_DTYPES, FP16_MAX, PACKED_FLOATS
 from vaereg.identity.locate import CanonicalVae, complete_mapping
 from vaereg.identity.report import VaeIdentity
+from vaereg.identity.values import widen_float32
 from vaereg.plugin.types import TensorInfo
 
 if TYPE_CHECKING:

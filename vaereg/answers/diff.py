@@ -113,7 +113,9 @@ Sums = tuple[float, float, float, bool]
 def _widen(dtype: str, raw: bytes | memoryview) -> np.ndarray:
     import numpy as np
 
-    from vaereg.identity.values import widen_float32  # the one exact widening of stored floats
+    from vaereg.identity.values import (
+        widen_float32,  # the one exact widening of stored floats
+    )
 
     values = widen_float32(dtype, raw)
     if values is None:

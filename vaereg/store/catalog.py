@@ -28,9 +28,9 @@ from vaereg.store.views import (
     LookupMatch,
     LookupResult,
     MatchedHash,
-    VaeOverview,
     NamingPlan,
     NamingResult,
+    VaeOverview,
     VaeSummary,
 )
 
