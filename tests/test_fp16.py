@@ -134,3 +134,14 @@ def test_round_to_fp16_falls_back_for_strided_views(monkeypatch):
     assert np.array_equal(round_to_fp16(values, out), reference(values))
     monkeypatch.setattr(fp16, "kernel", None)
     assert np.array_equal(fp16.round_to_fp16(np.ascontiguousarray(values), out), reference(values))
+
+
+def test_the_numpy_path_counts_every_fp16_pattern_on_its_bits():
+    """Without the kernel, fp16 health stats are counted on the bit patterns: the same as numpy's float16
+    isfinite/any, for all 2^16 values, a zero tensor and signed zeros."""
+    from vaereg.identity.values import digest_values
+
+    for bits in (np.arange(1 << 16, dtype=np.uint16), np.zeros(9, np.uint16), np.array([0x8000, 0], np.uint16),
+                 np.array([0x7C00], np.uint16), np.array([0x0001], np.uint16)):
+        nonfinite, nonzero = _counts(bits.view(np.float16))
+        assert digest_values("F16", bits.tobytes(), (), True)[3] == (nonfinite, not nonzero)

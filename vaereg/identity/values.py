@@ -15,6 +15,11 @@ from vaereg.identity.dtypes import FLOAT_DTYPES, ML_DTYPES, NUMPY_DTYPES
 from vaereg.identity.fp16 import round_to_fp16
 
 
+#: Stored dtypes whose health stats are counted on the bits: (unsigned type, the infinity's bits); a value is
+#: Inf or NaN when its magnitude bits are at least the infinity's, and zero when they are all clear.
+_SIGN_MAGNITUDE = {"F16": (np.uint16, 0x7C00)}
+
+
 def widen_float32(dtype: str, raw: bytes | memoryview) -> np.ndarray | None:
     """Stored float values widened exactly to float32 (None for packed sub-byte dtypes)."""
     if dtype == "BF16":
@@ -75,6 +80,12 @@ def digest_values(
     if with_stats:
         if wide is None:
             stats = (0, not any(bytes(raw)))
+        elif dtype in _SIGN_MAGNITUDE:  # on the bit patterns: numpy's float16 arithmetic is emulated, slowly
+            bits_type, infinity = _SIGN_MAGNITUDE[dtype]
+            magnitude = np.frombuffer(raw, dtype=bits_type) & bits_type(infinity | (infinity - 1))
+            top = int(magnitude.max()) if magnitude.size else 0  # Inf or NaN: at least the infinity's bits
+            nonfinite = int(np.count_nonzero(magnitude >= bits_type(infinity))) if top >= infinity else 0
+            stats = (nonfinite, top == 0)
         else:
             finite = np.isfinite(wide) if wide.dtype.kind == "f" else np.ones(wide.shape, bool)
             with np.errstate(invalid="ignore"):  # NaN is "not zero", which is all `any` is asked here
