@@ -7,7 +7,6 @@ being read; ``--rehash`` reads it anyway. ``--decode`` reads it to run the VAE.
 from __future__ import annotations
 
 import argparse
-import builtins
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from vaereg.cli.common import (
     emit_json,
     fail,
     file_problem,
-    printable,
+    say,
     short,
     shows_progress,
     warn,
@@ -119,47 +118,43 @@ def verdict(report: CheckReport) -> list[str]:
         same = report.recommended is not None and auto.id == report.recommended.id
         tail = ", the recommended VAE" if same else ""
         lines.append(
-            f"A1111/Forge's \"Automatic\" VAE setting loads {printable(auto.path)}{known}{tail} instead of its own VAE."
+            f"A1111/Forge's \"Automatic\" VAE setting loads {auto.path}{known}{tail} instead of its own VAE."
         )
     return lines
 
 
 def _print(report: CheckReport) -> None:
-    """The report for a person. Every line is escaped: VAEs may be called after file names, which may hold
-    newlines and terminal escape codes."""
+    """The report for a person, every line escaped (`say`)."""
     from vaereg.answers.check import describe
 
-    def print(line: str) -> None:  # noqa: A001 - this function's every line goes through here
-        builtins.print(printable(line))
-
-    print(printable(report.path))
+    say(report.path)
     for sentence in verdict(report):
-        print(f"  {sentence}")
+        say(f"  {sentence}")
     if report.recommended:
         rec = report.recommended
-        print(f"  recommended: {rec.label} (id {short(rec.id)})")
+        say(f"  recommended: {rec.label} (id {short(rec.id)})")
         for path in rec.paths:
-            print(f"               {printable(path)}")
+            say(f"               {path}")
         if not rec.paths and rec.source:
-            print(f"               no copy here; download it from {rec.source}")
+            say(f"               no copy here; download it from {rec.source}")
     embedded = report.embedded
     if embedded:
         vae = embedded.vae
-        print(f"  embedded:    {describe(embedded)}; {vae.family} {vae.dtype}, id {short(vae.id)}")
-        print(f"  relation:    {embedded.relation}")
-        print(f"  health:      {embedded.health}")
+        say(f"  embedded:    {describe(embedded)}; {vae.family} {vae.dtype}, id {short(vae.id)}")
+        say(f"  relation:    {embedded.relation}")
+        say(f"  health:      {embedded.health}")
         if embedded.embedded_in:
-            print(f"  also in:     {embedded.embedded_in[0]}")
+            say(f"  also in:     {embedded.embedded_in[0]}")
             for path in embedded.embedded_in[1:]:
-                print(f"               {path}")
+                say(f"               {path}")
     if report.decode:
         found = report.decode
         trip = found.trip
         peak = f"; largest activation {trip.peak}" if trip.peak else ""
         figures = f"saturation {trip.saturation:.2f}x, contrast {trip.contrast:.2f}x of the input"
-        print(f"  decode:      PSNR {trip.psnr:.1f} dB, {figures}{peak}")
+        say(f"  decode:      PSNR {trip.psnr:.1f} dB, {figures}{peak}")
         if found.reference:
             ref = found.reference
-            print(f"               {ref.label}: saturation {ref.saturation:.2f}x, contrast {ref.contrast:.2f}x")
+            say(f"               {ref.label}: saturation {ref.saturation:.2f}x, contrast {ref.contrast:.2f}x")
         for line in (*found.problems, *found.notes):
-            print(f"               {line}")
+            say(f"               {line}")

@@ -10,19 +10,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, warn
+from vaereg.cli.common import Context, emit_json, fail, say, warn
 from vaereg.cli.exit import ExitStatus
-from vaereg.errors import printable
 
 if TYPE_CHECKING:
     from vaereg.actions.fix import FixPlan, FixResult, UndoPlan
     from vaereg.plugin.types import LauncherFolders
 
 
-
-def _say(line: str) -> None:
-    """One line for a person, escaped: names come from files, which may hold newlines and escape codes."""
-    print(printable(line))
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -87,7 +82,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             if args.json:
                 emit_json({"launcher": found.launcher, "root": str(found.root), "items": [], "notices": [message]})
             else:
-                _say(f"{found.launcher} at {found.root}: {message}")
+                say(f"{found.launcher} at {found.root}: {message}")
             continue
         checkpoints = checkpoints_of(found, args.paths)
         try:
@@ -139,7 +134,7 @@ def _shown(path: str, root: str) -> str:
 
 
 def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
-    _say(f"{plan.launcher} at {plan.root}")
+    say(f"{plan.launcher} at {plan.root}")
     counts: dict[str, int] = {}
     for item in plan.items:
         counts[item.action] = counts.get(item.action, 0) + 1
@@ -151,19 +146,19 @@ def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
         name = _shown(item.checkpoint, plan.root)
         label = _LABELS[item.action][0]
         if item.action in ("write", "keep") and item.vae:
-            _say(f"  {label:<7} {name}: vae = {item.vae.name!r}")
-            _say(f"          {item.reason}")
+            say(f"  {label:<7} {name}: vae = {item.vae.name!r}")
+            say(f"          {item.reason}")
         else:
-            _say(f"  {label:<7} {name}: {item.reason}")
+            say(f"  {label:<7} {name}: {item.reason}")
     for notice in plan.notices:
         warn(notice)
     summary = ", ".join(f"{n} {_LABELS[a][1]}" for a, n in counts.items())
     head = f"{len(plan.items)} checkpoint{'s' if len(plan.items) != 1 else ''}"
     if result is None:
         more = "; nothing was changed (--apply writes)" if plan.writes else ""
-        _say(f"{head}: {summary or 'none listed'}{more}")
+        say(f"{head}: {summary or 'none listed'}{more}")
         return
-    _say(f"{head}: {summary}; wrote {len(result.done)} user-metadata file{'s' if len(result.done) != 1 else ''}")
+    say(f"{head}: {summary}; wrote {len(result.done)} user-metadata file{'s' if len(result.done) != 1 else ''}")
     for line in result.errors:
         fail(line)
 
@@ -178,12 +173,12 @@ def _undo(found: LauncherFolders, checkpoints: list[Path], args: argparse.Namesp
         out.update({"launcher": found.launcher, "root": str(found.root), "errors": list(result.errors)})
         emit_json(out)
     else:
-        _say(f"{found.launcher} at {found.root}")
+        say(f"{found.launcher} at {found.root}")
         for item in result.done:
             verb = "removed" if item.action == "remove" else "unmarked"
-            _say(f"  {verb:<8} {_shown(item.checkpoint, str(found.root))}: {item.reason}")
+            say(f"  {verb:<8} {_shown(item.checkpoint, str(found.root))}: {item.reason}")
         if not result.done:
-            _say("  vaereg wrote no preference here")
+            say("  vaereg wrote no preference here")
     for line in result.errors:
         fail(line)
     return ExitStatus.FAILED if result.errors else ExitStatus.OK

@@ -88,6 +88,12 @@ def add_rehash(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rehash", action="store_true", help="read every file, even one the index holds unchanged")
 
 
+def say(line: str) -> None:
+    """One line of a command's report on stdout, escaped: names come from files, which may hold newlines and
+    terminal escape codes (an unnamed VAE is called after its file)."""
+    print(printable(line))
+
+
 def warn(message: str) -> None:
     print(f"vaereg: warning: {printable(message)}", file=sys.stderr)
 
