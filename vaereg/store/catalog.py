@@ -22,6 +22,7 @@ from vaereg.errors import (
     RegistryError,
 )
 from vaereg.store.index import LOOKUP_KINDS, Index, IndexedFile
+from vaereg.store.overview import SameBytes
 from vaereg.store.registry.read import Registry
 from vaereg.store.registry.schema import LABEL_FIELDS, Entry
 from vaereg.store.views import (
@@ -57,11 +58,11 @@ def reclaimable_bytes(copies: Iterable[IndexedFile]) -> int:
     Each inode counts once (hard links already share their bytes). Files not hashed yet do not count, nor do
     copies inside checkpoints: those hold more than the VAE, so no other file can stand in for them.
     """
-    groups: dict[str, dict[tuple[int, int], int]] = {}
+    same = SameBytes()
     for copy in copies:
         if not copy.embedded and copy.sha256 is not None:
-            groups.setdefault(copy.sha256, {})[(copy.dev, copy.inode)] = copy.size
-    return sum((len(sizes) - 1) * next(iter(sizes.values())) for sizes in groups.values())
+            same.add(copy.sha256, copy.dev, copy.inode, copy.size)
+    return same.wasted
 
 
 def _preferred(entries: Sequence[Entry]) -> Entry:

@@ -61,13 +61,28 @@ class IdentityCounts:
         return self.copies - self.embedded
 
 
+class SameBytes:
+    """Standalone files grouped by SHA-256, each inode once (hard links already share their bytes): n files with
+    one SHA-256 hold n - 1 needless copies. The one rule behind every "reclaimable" figure."""
+
+    def __init__(self) -> None:
+        self._groups: dict[object, dict[tuple[int, int], int]] = {}  # sha256 -> {(dev, inode): size}
+
+    def add(self, sha256: object, dev: int, inode: int, size: int) -> None:
+        self._groups.setdefault(sha256, {})[(dev, inode)] = size
+
+    @property
+    def wasted(self) -> int:
+        return sum((len(sizes) - 1) * next(iter(sizes.values())) for sizes in self._groups.values())
+
+
 class _Tally:
     __slots__ = ("copies", "embedded", "bases", "same_bytes", "diffusers", "listed", "firsts")
 
     def __init__(self) -> None:
         self.copies = self.embedded = 0
         self.bases: set[str] = set()
-        self.same_bytes: dict[bytes, dict[tuple[int, int], int]] = {}  # sha256 -> {(dev, inode): size}
+        self.same_bytes = SameBytes()
         self.diffusers: list[str] = []
         self.listed: list[tuple[str, str]] = []  # (path, sha256)
         self.firsts: list[str | None] = [None, None]  # first standalone path, first embedded one
@@ -104,7 +119,7 @@ def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> 
             tally.diffusers.extend(diffusers.split("\0"))
     for exact_id, sha256, dev, inode, size in conn.execute(_SAME_BYTES):
         if (tally := tally_of(exact_id)) is not None:
-            tally.same_bytes.setdefault(sha256, {})[(dev, inode)] = size
+            tally.same_bytes.add(sha256, dev, inode, size)
     if sha256s:
         for exact_id, sha256, path in conn.execute(_LISTED, (json.dumps(sorted(sha256s)),)):
             if (tally := tally_of(exact_id)) is not None:
@@ -120,7 +135,7 @@ def identity_counts(conn: sqlite3.Connection, sha256s: Collection[str] = ()) -> 
             copies=tally.copies,
             embedded=tally.embedded,
             bases=tuple(sorted(tally.bases)),
-            reclaimable_bytes=sum((len(sizes) - 1) * next(iter(sizes.values())) for sizes in tally.same_bytes.values()),
+            reclaimable_bytes=tally.same_bytes.wasted,
             diffusers_paths=tuple(sorted(tally.diffusers)),
             listed_sha256=tuple(sha256 for _, sha256 in sorted(tally.listed)),
             first_standalone=tally.firsts[0],
