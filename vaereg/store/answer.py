@@ -61,27 +61,18 @@ def indexed_report(
         report, path=str(path), file=report.file if with_file_hashes else FileHashes(size=st.st_size)
     )
     if report.vae is None and plugins is not None:
-        kind = _kind(path, plugins)
-        if kind is _UNREADABLE:
+        from vaereg.errors import VaeregError
+        from vaereg.identity.analyze import open_model
+        from vaereg.identity.kinds import model_kind
+
+        try:
+            with open_model(path, plugins) as model:  # the header alone
+                if model.vae is not None:
+                    return None
+                report = dataclasses.replace(report, kind=model_kind(model.source.tensors))
+        except (OSError, ValueError, VaeregError):
             return None  # let the read say what is wrong now
-        report = dataclasses.replace(report, kind=kind)
     return report
-
-
-_UNREADABLE = object()
-
-
-def _kind(path: Path, plugins: Plugins) -> str | None | object:
-    """The kind of model a file without a VAE holds, from its header alone (`_UNREADABLE` if that fails)."""
-    from vaereg.errors import VaeregError
-    from vaereg.identity.analyze import open_model
-    from vaereg.identity.kinds import model_kind
-
-    try:
-        with open_model(path, plugins) as model:
-            return model_kind(model.source.tensors) if model.vae is None else _UNREADABLE
-    except (OSError, ValueError, VaeregError):
-        return _UNREADABLE
 
 
 def indexed_model(index: Index, path: Path) -> tuple[HashReport, Mapping[str, TensorStats]] | None:
