@@ -38,7 +38,6 @@ PIECE_BYTES = 256 << 10
 _KERNEL_ROUND = {"F32": ("round_f32", 4), "BF16": ("round_bf16", 2)}
 
 
-
 class _Scratch(threading.local):
     """Per-thread buffers reused from tensor to tensor.
 
@@ -107,14 +106,14 @@ def _digest_with_kernel(info: TensorInfo, raw: bytes | memoryview, with_stats: b
     exact = xxhash.xxh3_128()
     rounding = _KERNEL_ROUND.get(info.dtype)
     rounded = xxhash.xxh3_128() if rounding is not None else None
+    round_piece, width = (getattr(kernel, rounding[0]), rounding[1]) if rounding is not None else (None, 0)
     out = scratch.piece()
     nonfinite, nonzero = 0, False
     for start in range(0, len(stored), PIECE_BYTES):
         piece = stored[start : start + PIECE_BYTES]
         exact.update(piece)
-        if rounding is not None:
-            name, width = rounding
-            found, anything = getattr(kernel, name)(piece, out)
+        if round_piece is not None:
+            found, anything = round_piece(piece, out)
             rounded.update(out[: len(piece) // width * 2])
         elif with_stats:
             found, anything = kernel.count_f16(piece)
@@ -174,8 +173,8 @@ def ids_from_digests(vae: Mapping[str, TensorDigest]) -> dict[str, str]:
 
 def _map_in_threads(work: Callable[[str], _Digested], names: list[str], threads: int) -> list[_Digested]:
     """`[work(n) for n in names]` on `threads` threads (this one among them), results in order. Every name is
-    worked on and the first failure in `names` order is raised, as `ThreadPoolExecutor.map` would (whose
-    import alone costs a quick command more than these lines); Ctrl-C stops the others after their tensor."""
+    worked on and the first failure in `names` order is raised (`ThreadPoolExecutor.map` raises the same one
+    but cancels what had not started); Ctrl-C stops the others after their tensor."""
     results: list[_Digested | None] = [None] * len(names)
     failures: dict[int, Exception] = {}
     todo = iter(enumerate(names))
