@@ -10,10 +10,12 @@ Builds, in a scratch folder (default: a new temp dir):
   relations to all 50, NNLS) - padded with fp16 UNet stand-in tensors.
 
 The checkpoint is then recorded in the index as a scan does (`Ingest.identify`: identity and health stats,
-no whole-file hashes), and three CLI calls (process start included) are timed in turn, --repeat times, so
+no whole-file hashes), and four CLI calls (process start included) are timed in turn, --repeat times, so
 that they share the machine's load: ``vaereg check --json --rehash FILE`` (reads the VAE), ``vaereg check
---json FILE`` (answered from the index) and ``vaereg --help``; medians, and the two answers compared. In
-process: the identity + stats pass alone, and `check_model` reading and answered from the index.
+--json FILE`` answered from the index twice - first with the kept verdicts dropped, as after any change to
+the library (the verdict is computed: relations, fit, and kept), then with it kept (answers/kept.py) - and
+``vaereg --help``; medians, and the answers compared. In process: the identity + stats pass alone, and
+`check_model` reading, and answered from the index with the verdict computed and kept.
 
 ``--stats-cost`` times instead what asking for the health stats adds to the identity pass (what a scan
 now does): `compute_identity` over a full-size VAE held in memory, F32 / F16 / BF16, with the compiled
@@ -111,9 +113,18 @@ def index_checkpoint(path: Path, home: Path) -> float:
     return took
 
 
-def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float, float]:
-    """Median seconds of the identity + stats pass alone, and of check_model reading the file and answered
-    from the index, in this process."""
+def forget_kept(home: Path) -> None:
+    """Drop the verdicts `check` kept in the index (answers/kept.py), as any change to the library would."""
+    import sqlite3
+
+    with sqlite3.connect(home / "index.sqlite3") as db:
+        db.execute("DELETE FROM answers")
+    db.close()
+
+
+def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float, float, float]:
+    """Median seconds of the identity + stats pass alone, and of check_model reading the file, answered from
+    the index with the verdict computed, and with it kept, in this process."""
     os.environ["VAEREG_HOME"] = str(home)
     from vaereg.answers.check import check_model
     from vaereg.config import Config
@@ -125,7 +136,7 @@ def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float, float
     plugins = Plugins()
     config = Config.load()
     registry = Registry.load(config)
-    ident, whole, indexed = [], [], []
+    ident, whole, computed, kept = [], [], [], []
     with Index(config.index) as index:
         for _ in range(repeat):
             t = time.perf_counter()
@@ -134,11 +145,13 @@ def in_process(path: Path, home: Path, repeat: int) -> tuple[float, float, float
             t = time.perf_counter()
             read = check_model(path, plugins=plugins, index=index, registry=registry, rehash=True)
             whole.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            answered = check_model(path, plugins=plugins, index=index, registry=registry)
-            indexed.append(time.perf_counter() - t)
-            assert answered.to_json() == read.to_json()
-    return statistics.median(ident), statistics.median(whole), statistics.median(indexed)
+            forget_kept(home)
+            for times in (computed, kept):
+                t = time.perf_counter()
+                answered = check_model(path, plugins=plugins, index=index, registry=registry)
+                times.append(time.perf_counter() - t)
+                assert answered.to_json() == read.to_json()
+    return tuple(statistics.median(times) for times in (ident, whole, computed, kept))  # type: ignore[return-value]
 
 
 def stats_cost(repeat: int) -> None:
@@ -214,14 +227,17 @@ def main() -> None:
         env_cmd = [sys.executable, "-c", "import os,sys,runpy; os.environ['VAEREG_HOME']=sys.argv.pop(1);"
                    " sys.argv[0]='vaereg'; runpy.run_module('vaereg', run_name='__main__')", str(home)]
         print(f"load average before: {os.getloadavg()[0]:.1f}")
-        runs, indexed, helps = [], [], []
-        cpu: dict[str, list[float]] = {"read": [], "indexed": [], "help": [], "imports": []}
+        runs, computed, indexed, helps = [], [], [], []
+        cpu: dict[str, list[float]] = {"read": [], "computed": [], "indexed": [], "help": [], "imports": []}
         imports, imported = [], ("vaereg.cli", "vaereg.cli.cmd_check", "vaereg.answers.check", "vaereg.store.answer",
                                  "vaereg.store.index", "vaereg.store.registry.read", "vaereg.plugin.manager")
         for _ in range(args.repeat):  # in turn, so that the three share the machine's load
             runs.append(peak_rss([*env_cmd, "check", "--json", "--rehash", str(path)]))
             cpu["read"].append(LAST_CPU[0])
-            indexed.append(peak_rss([*env_cmd, "check", "--json", str(path)]))
+            forget_kept(home)  # as after any change to the library: the verdict is computed (and kept)
+            computed.append(peak_rss([*env_cmd, "check", "--json", str(path)]))
+            cpu["computed"].append(LAST_CPU[0])
+            indexed.append(peak_rss([*env_cmd, "check", "--json", str(path)]))  # the kept verdict
             cpu["indexed"].append(LAST_CPU[0])
             helps.append(peak_rss([*env_cmd, "--help"])[0])
             cpu["help"].append(LAST_CPU[0])
@@ -230,10 +246,11 @@ def main() -> None:
         cpu_s = {what: statistics.median(times) for what, times in cpu.items()}
         load_after = os.getloadavg()[0]
         report = json.loads(runs[0][2])
-        assert all(json.loads(out) == report for _, _, out in runs + indexed), "the index answered otherwise"
-        ident, whole, answered = in_process(path, home, args.repeat)
+        assert all(json.loads(out) == report for _, _, out in runs + computed + indexed), "the index answered otherwise"
+        ident, whole, answered, recalled = in_process(path, home, args.repeat)
         cli = statistics.median(e for e, _, _ in runs)
         from_index = statistics.median(e for e, _, _ in indexed)
+        from_index_computed = statistics.median(e for e, _, _ in computed)
         embedded = report["embedded"]
         blend = ", ".join(f"{p['name']} {p['weight']:.3f}" for p in embedded["blend"] or [])
         print(f"file:                      {path.name}, {path.stat().st_size / 1e9:.2f} GB, {args.known} known VAEs")
@@ -242,14 +259,17 @@ def main() -> None:
         print(f"recorded in the index (Ingest.identify, in process): {recorded:.3f} s")
         print(f"vaereg check --rehash (CLI call, reads):   {cli:.3f} s median of {args.repeat} (CPU {cpu_s['read']:.2f} s),"
               f" peak RSS {max(r for _, r, _ in runs) / 1e6:.0f} MB")
-        print(f"vaereg check (CLI call, from the index):   {from_index:.3f} s median of {args.repeat}"
+        print(f"vaereg check (CLI call, from the index, verdict computed): {from_index_computed:.3f} s median of"
+              f" {args.repeat} (CPU {cpu_s['computed']:.2f} s), peak RSS {max(r for _, r, _ in computed) / 1e6:.0f} MB,"
+              " the same answer")
+        print(f"vaereg check (CLI call, from the index, verdict kept):     {from_index:.3f} s median of {args.repeat}"
               f" (CPU {cpu_s['indexed']:.2f} s), peak RSS {max(r for _, r, _ in indexed) / 1e6:.0f} MB, the same answer")
         print(f"vaereg --help (CLI call):                  {statistics.median(helps):.3f} s median of {args.repeat}"
               f" (CPU {cpu_s['help']:.2f} s)")
         print(f"python -c 'import <what check imports>':   {statistics.median(imports):.3f} s median of {args.repeat}"
               f" (CPU {cpu_s['imports']:.2f} s)")
         print(f"in process: check_model reading {whole:.3f} s (identity + stats pass {ident:.3f} s),"
-              f" from the index {answered:.3f} s")
+              f" from the index {answered:.3f} s (verdict computed), {recalled:.3f} s (verdict kept)")
         print(f"load average after: {load_after:.1f} (CLI calls), {os.getloadavg()[0]:.1f} (end)")
     finally:
         if not args.keep:

@@ -169,6 +169,7 @@ def test_an_index_without_tensor_stats_migrates_and_knows_none(tmp_path):
         file, st = model_file(tmp_path, "vae.safetensors")
         index.record(file, st, report(file, vae), stats_of(vae))
     with raw(path) as db:
+        back_to_schema_3(db)
         db.execute("ALTER TABLE tensors DROP COLUMN nonfinite")
         db.execute("ALTER TABLE tensors DROP COLUMN all_zero")
         db.execute("PRAGMA user_version = 2")
@@ -178,7 +179,16 @@ def test_an_index_without_tensor_stats_migrates_and_knows_none(tmp_path):
         index.record(file, st, report(file, vae), stats_of(vae, nan_in=1))
         assert index.exact_vae(vae.exact_id).stats == stats_of(vae, nan_in=1)
     with raw(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+def back_to_schema_3(db) -> None:
+    """Undo schema 4 (kept answers, the generation and its triggers) in an index this vaereg wrote."""
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("DROP TABLE answers")
+    db.execute("DROP TABLE state")
+    db.execute("PRAGMA user_version = 3")
 
 
 def test_a_file_without_vae_and_an_unreadable_file(index, tmp_path):

@@ -15,6 +15,7 @@ import factory
 import families
 import numpy as np
 from test_base import CASES
+from test_index import back_to_schema_3
 
 from vaereg.cli import main
 from vaereg.identity.analyze import identify
@@ -29,6 +30,7 @@ def _as_left_by_v1(index_path, v1_ids: dict[str, tuple[str, str]]) -> None:
             )
             conn.execute("UPDATE tensors SET exact_id = ? WHERE exact_id = ?", (v1_exact, exact_id))
             conn.execute("UPDATE files SET exact_id = ? WHERE exact_id = ?", (v1_exact, exact_id))
+        back_to_schema_3(conn)
         conn.execute("DROP INDEX files_base")
         conn.execute("ALTER TABLE files DROP COLUMN base")
         conn.execute("ALTER TABLE files DROP COLUMN spec")

@@ -8,7 +8,8 @@ encoder or decoder, a blend of several (`blend`), or unknown. Other checkpoints 
 listed, never counted as evidence. The verdict asks for an external VAE when there is no VAE, an unhealthy
 one, or a blend, and recommends the healthy known VAE the embedded one is closest to or made from that the
 user can load: one with standalone copies, else a registry entry with a source to download it from.
-Nothing here writes: the index and registry are only read.
+The registry is only read; the index only keeps the verdict on an unchanged file, for the next call to
+reuse while the library is the same (`answers.kept`).
 """
 
 from __future__ import annotations
@@ -102,6 +103,49 @@ class CheckReport:
         }
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the known VAEs say of a model's own VAE: what it is, and whether (and which) external VAE to load.
+    A function of the VAE and the library alone, so it is kept in the index per library state (answers/kept.py)."""
+
+    embedded: EmbeddedVae
+    needs_external_vae: bool
+    reason: str
+    recommended: KnownVae | None
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything but the VAE's identity (which the index holds): full-precision weights, raw problems."""
+        e = self.embedded
+        return {
+            "name": e.name,
+            "relation": e.relation,
+            "health": list(e.health.problems),
+            "related": e.related.to_json() if e.related else None,
+            "blend": [[part.vae.to_json(), part.weight] for part in e.blend] if e.blend is not None else None,
+            "embedded_in": list(e.embedded_in),
+            "needs_external_vae": self.needs_external_vae,
+            "reason": self.reason,
+            "recommended": self.recommended.to_json() if self.recommended else None,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], vae: VaeIdentity) -> Verdict:
+        def known(d: Mapping[str, Any] | None) -> KnownVae | None:
+            return KnownVae(d["id"], d["name"], tuple(d["paths"]), d["source"]) if d is not None else None
+
+        blend = record["blend"]
+        embedded = EmbeddedVae(
+            vae,
+            record["name"],
+            record["relation"],
+            Health(tuple(record["health"])),
+            related=known(record["related"]),
+            blend=tuple(BlendPart(known(v), w) for v, w in blend) if blend is not None else None,  # type: ignore[arg-type]
+            embedded_in=tuple(record["embedded_in"]),
+        )
+        return cls(embedded, record["needs_external_vae"], record["reason"], known(record["recommended"]))
+
+
 def check_model(
     path: Path,
     *,
@@ -139,13 +183,53 @@ def check_model(
     if vae is None:
         return CheckReport(shown, None, True, "the model holds no VAE", automatic_vae=automatic, base=report.base)
     launcher_vae_folders = [folder for found in launchers for folder in found.vae] + list(vae_folders)
-    known = KnownVaes.gather(
-        vae, own_path=path, index=index, registry=registry, launcher_vae_folders=launcher_vae_folders
+    keeper = None
+    verdict: Verdict | None = None
+    findings: DecodeFindings | None = None
+    if indexed is not None and decode is None:  # an unchanged file: its verdict may be kept (answers/kept.py)
+        from vaereg.answers.kept import Keeper
+
+        assert index is not None
+        keeper = Keeper.of(index, registry, path, vae, launcher_vae_folders)
+        verdict = _recall(keeper.record, vae)
+    if verdict is None:
+        known = KnownVaes.gather(
+            vae, own_path=path, index=index, registry=registry, launcher_vae_folders=launcher_vae_folders
+        )
+        embedded, ranked = _place(vae, known, stats)
+        if decode is not None:
+            findings = decode(path, [k for k in ranked if k.paths and k.id != vae.id], known.flags(vae.id))
+        verdict = _judge(embedded, ranked, known, report.base, findings)
+        if keeper is not None:
+            keeper.keep(verdict.to_record())
+    warnings = () if index is not None else ("no index (run `vaereg scan`): only registry ids were compared",)
+    return CheckReport(
+        shown,
+        verdict.embedded,
+        verdict.needs_external_vae,
+        verdict.reason,
+        verdict.recommended,
+        automatic,
+        warnings=warnings,
+        base=report.base,
+        decode=findings,
     )
-    embedded, ranked = _place(vae, known, stats)
-    findings = None
-    if decode is not None:
-        findings = decode(path, [k for k in ranked if k.paths and k.id != vae.id], known.flags(vae.id))
+
+
+def _recall(record: Mapping[str, Any] | None, vae: VaeIdentity) -> Verdict | None:
+    if record is None:
+        return None
+    try:
+        return Verdict.from_record(record, vae)
+    except (KeyError, TypeError, ValueError):  # not what this code writes: computed afresh, and kept anew
+        return None
+
+
+def _judge(
+    embedded: EmbeddedVae, ranked: list[KnownVae], known: KnownVaes, base: str | None, findings: DecodeFindings | None
+) -> Verdict:
+    """Whether the model needs an external VAE and, if so, which known one to load."""
+    vae = embedded.vae
     needs, reason = _verdict(embedded, findings)
     recommended = None
     if needs:
@@ -157,19 +241,16 @@ def check_model(
             for k in ranked
             if k.id != own
             and known.healthy(k.id)
-            and may_recommend(report.base, known.bases(k.id), same_encoder=vae.encoder_id in known.encoder_ids(k.id))
+            and may_recommend(base, known.bases(k.id), same_encoder=vae.encoder_id in known.encoder_ids(k.id))
         ]
         recommended = next((k for k in fit if k.paths), None) or next((k for k in fit if k.source), None)
         if recommended is None:
-            space = f"{report.base} " if report.base else ""
+            space = f"{base} " if base else ""
             reason += (
                 f"; no healthy known {space}VAE with a file to load is related to it:"
-                f" use a {report.base or vae.family} VAE you trust"
+                f" use a {base or vae.family} VAE you trust"
             )
-    warnings = () if index is not None else ("no index (run `vaereg scan`): only registry ids were compared",)
-    return CheckReport(
-        shown, embedded, needs, reason, recommended, automatic, warnings=warnings, base=report.base, decode=findings
-    )
+    return Verdict(embedded, needs, reason, recommended)
 
 
 def _place(vae: VaeIdentity, known: KnownVaes, stats: Mapping[str, Any]) -> tuple[EmbeddedVae, list[KnownVae]]:

@@ -22,10 +22,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
 from vaereg._fs import inside_any
-from vaereg.answers.blend import BlendFit, Pool, Sketch
 from vaereg.answers.health import FLAG_PROBLEMS
 from vaereg.answers.relation import (
     RELATION_ORDER,
@@ -41,6 +38,7 @@ from vaereg.identity.report import VaeIdentity
 from vaereg.store.rows import fold64
 
 if TYPE_CHECKING:
+    from vaereg.answers.blend import BlendFit, Pool, Sketch
     from vaereg.store.catalog import Catalog
     from vaereg.store.index import Index, IndexedFile
     from vaereg.store.registry.read import Registry
@@ -251,6 +249,8 @@ class KnownVaes:
         for member in self.members(vae_id):
             if any(flag in FLAG_PROBLEMS for flag in self.flags(member)):
                 return False
+        import numpy as np
+
         return all(
             np.isfinite(sketch_values(v)).all() for m in self.members(vae_id) for v in self.variants.get(m, ())
         )
@@ -316,6 +316,8 @@ class KnownVaes:
 
     def _candidates(self, like: VaeIdentity | None = None) -> dict[str, Sketch]:
         """One sketch per group (its most precise variant), of `like`'s shapes when given."""
+        from vaereg.answers.blend import Sketch
+
         out: dict[str, Sketch] = {}
         for vae_id, head in self._grouping().items():
             if head in out or vae_id != head:
@@ -329,6 +331,8 @@ class KnownVaes:
 
     def _pool_by_shape(self) -> dict[tuple[int, int, int], Pool]:
         """One pool per set of shapes, of one sketch per group."""
+        from vaereg.answers.blend import Pool
+
         if self._pools is None:
             by_shape: dict[tuple[int, int, int], list[Sketch]] = {}
             for head, sketch in self._candidates().items():
@@ -379,6 +383,8 @@ class KnownVaes:
 
         The components are known VAEs that are not merges themselves, one per set of precision variants.
         """
+        from vaereg.answers.blend import Sketch
+
         target = Sketch.of(vae)
         pool = self._pool_by_shape().get(_shape(vae))
         if pool is None:

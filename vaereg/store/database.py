@@ -83,6 +83,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tensors ADD COLUMN nonfinite INTEGER",
         "ALTER TABLE tensors ADD COLUMN all_zero INTEGER",
     ),
+    (
+        # `check`'s verdicts kept per file (answers/kept.py), valid while `generation` - counted up by every
+        # change to a file, VAE or tensor row, whoever makes it - is what it was when they were made.
+        "CREATE TABLE state (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO state (name, value) VALUES ('generation', 0)",
+        "CREATE TABLE answers (path TEXT PRIMARY KEY, key TEXT NOT NULL, answer TEXT NOT NULL)",
+        *(
+            f"CREATE TRIGGER {table}_{event.lower()} AFTER {event} ON {table} BEGIN"
+            " UPDATE state SET value = value + 1 WHERE name = 'generation';"
+            + (" DELETE FROM answers WHERE path = OLD.path;" if (table, event) == ("files", "DELETE") else "")
+            + (" DELETE FROM answers WHERE path = OLD.path AND NEW.path IS NOT OLD.path;"
+               if (table, event) == ("files", "UPDATE") else "")
+            + " END"
+            for table in ("files", "vaes", "tensors")
+            for event in ("INSERT", "UPDATE", "DELETE")
+        ),
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -122,6 +139,18 @@ def bind_text(value: str | None) -> str | bytes | None:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "surrogateescape")
+
+
+def paths_below(folder: str) -> tuple[str, list[str]]:
+    """A WHERE clause on `f.path` for the paths strictly inside `folder`, as an index range scan.
+
+    A prefix alone is not a folder boundary (`/a/b` is a prefix of `/a/bc`), so the range starts at
+    folder + separator. The separator is the one `folder` is spelled with: a folder with a backslash is a
+    Windows one; otherwise `/` (a backslash may be part of a POSIX file name).
+    """
+    sep = "\\" if "\\" in folder else "/"
+    base = folder.rstrip(sep)
+    return f"f.path >= {TEXT_PARAM} AND f.path < {TEXT_PARAM}", [bind_text(base + sep), bind_text(base + chr(ord(sep) + 1))]
 
 
 def _decode_text(raw: bytes) -> str:

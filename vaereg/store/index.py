@@ -3,7 +3,8 @@
 Three tables: ``files`` (one row per indexed path, with its stat key, format or error, the exact VAE it
 holds and its whole-file hashes), ``vaes`` (one row per distinct ``exact_id``) and ``tensors`` (the
 per-tensor digests and health stats of each ``exact_id``, written once: store/tensors.py). A ``vaes`` row
-lives as long as some file holds it, so every identity the index knows is one this machine has.
+lives as long as some file holds it, so every identity the index knows is one this machine has. `check`'s
+verdicts are kept beside them, valid while no row has changed since (store/kept.py).
 
 Several threads of one process share one connection behind a lock; several processes (the daemon and
 CLI calls) share the file through WAL mode and a busy timeout. Every logical change is one
@@ -34,7 +35,7 @@ from vaereg.identity.report import (
     TensorStats,
     VaeIdentity,
 )
-from vaereg.store import tensors
+from vaereg.store import kept, tensors
 from vaereg.store.database import (
     MIGRATIONS,
     REBUILD_HINT,
@@ -42,6 +43,7 @@ from vaereg.store.database import (
     TEXT_PARAM,
     bind_text,
     connect,
+    paths_below,
 )
 from vaereg.store.overview import IdentityCounts, identity_counts
 from vaereg.store.rows import (
@@ -128,18 +130,6 @@ def _hex_prefix(query: str) -> str:
     if len(text) < MIN_PREFIX:
         raise ValueError(f"{query!r} is too short: give at least {MIN_PREFIX} hex digits of a hash")
     return text
-
-
-def _below(folder: str) -> tuple[str, list[str]]:
-    """A WHERE clause on `f.path` for the paths strictly inside `folder`, as an index range scan.
-
-    A prefix alone is not a folder boundary (`/a/b` is a prefix of `/a/bc`), so the range starts at
-    folder + separator. The separator is the one `folder` is spelled with: a folder with a backslash is a
-    Windows one; otherwise `/` (a backslash may be part of a POSIX file name).
-    """
-    sep = "\\" if "\\" in folder else "/"
-    base = folder.rstrip(sep)
-    return f"f.path >= {TEXT_PARAM} AND f.path < {TEXT_PARAM}", [bind_text(base + sep), bind_text(base + chr(ord(sep) + 1))]
 
 
 class Index:
@@ -389,7 +379,7 @@ class Index:
     def remove_missing(self, under: str, seen: set[str]) -> list[str]:
         """Delete the rows inside folder `under` whose path is not in `seen` (what a scan found there);
         returns their paths, sorted."""
-        where, params = _below(under)
+        where, params = paths_below(under)
         with self._write() as conn:
             rows = conn.execute(f"SELECT f.path, f.exact_id FROM files f WHERE {where}", params).fetchall()
             gone = sorted((path, exact_id) for path, exact_id in rows if path not in seen)
@@ -399,7 +389,7 @@ class Index:
 
     def paths_under(self, folder: str) -> dict[str, IndexedFile]:
         """Every row inside `folder`, by path: what a stat-only rescan compares the disk against."""
-        where, params = _below(folder)
+        where, params = paths_below(folder)
         return {row.path: row for row in self._files(f"WHERE {where}", params)}
 
     def problems(self) -> list[IndexedFile]:
@@ -416,7 +406,7 @@ class Index:
         by path: what the second phase of a scan reads."""
         found: dict[str, IndexedFile] = {}
         for root in roots:
-            where, params = _below(root)
+            where, params = paths_below(root)
             pending = "f.sha256 IS NULL AND f.error IS NULL"
             for row in self._files(f"WHERE (({where}) OR f.path = {TEXT_PARAM}) AND {pending}", [*params, bind_text(root)]):
                 found[row.path] = row
@@ -478,6 +468,16 @@ class Index:
         (store/tensors.py); None when no file holds it."""
         with self._read() as conn:
             return tensors.exact_vae(conn, exact_id.lower())
+
+    def kept_answer(self, path: str) -> tuple[int, str | None, str | None]:
+        """The generation, and the key and answer `check` kept for `path` (store/kept.py), in one snapshot."""
+        with self._read() as conn:
+            return kept.recall(conn, path)
+
+    def keep_answer(self, path: str, key: str, answer: str) -> bool:
+        """Keep `check`'s answer for `path` under `key`; False when the index is busy or read-only."""
+        with self._read() as conn:
+            return kept.keep(conn, path, key, answer)
 
     def sketches(self, family: str) -> list[tuple[str, str, bytes]]:
         """(id, exact_id, sketch) of every exact VAE of `family`, for blend detection."""

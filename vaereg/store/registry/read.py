@@ -156,6 +156,12 @@ class Registry:
         self._index = hash_index(self.entries)
         self._labels = label_index(self.entries)
 
+    def fingerprint(self) -> str:
+        """A digest of every merged entry, field by field and in order: equal exactly when the entries are."""
+        import xxhash
+
+        return xxhash.xxh3_128_hexdigest(repr(list(self.entries.items())).encode("utf-8", "surrogateescape"))
+
     # lookups
 
     def get(self, slug: str) -> Entry | None:

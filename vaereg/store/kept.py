@@ -1,0 +1,45 @@
+"""The index's ``answers`` table: `check`'s verdicts kept per file (answers/kept.py says what they hold and
+when one still holds), and the ``state`` row ``generation`` they are checked against, which triggers count up
+on every change to a ``files``, ``vaes`` or ``tensors`` row (store/database.py, schema 4).
+
+Keeping is a favour to the next call, never a reason to wait: when another process holds the write lock
+for more than a moment, or the index is read-only, nothing is kept.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from vaereg.store.database import BUSY_TIMEOUT, TEXT_PARAM, bind_text
+
+#: How long keeping an answer waits for another process's write (ms).
+KEEP_WAIT_MS = 50
+
+
+def recall(conn: sqlite3.Connection, path: str) -> tuple[int, str | None, str | None]:
+    """The generation, and the key and answer kept for `path` (None, None: nothing kept), in one snapshot."""
+    return conn.execute(
+        f"SELECT s.value, a.key, a.answer FROM state s LEFT JOIN answers a ON a.path = {TEXT_PARAM}"
+        " WHERE s.name = 'generation'",
+        (bind_text(path),),
+    ).fetchone()
+
+
+def keep(conn: sqlite3.Connection, path: str, key: str, answer: str) -> bool:
+    """Keep `answer` for `path` under `key`, in a transaction of its own; False when it could not be."""
+    conn.execute(f"PRAGMA busy_timeout = {KEEP_WAIT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            f"INSERT INTO answers (path, key, answer) VALUES ({TEXT_PARAM}, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET key = excluded.key, answer = excluded.answer",
+            (bind_text(path), key, answer),
+        )
+        conn.execute("COMMIT")
+        return True
+    except sqlite3.OperationalError:  # busy, or a read-only file or folder
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {round(BUSY_TIMEOUT * 1000)}")
