@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import json
+import threading
 
 import factory
 import ml_dtypes
@@ -12,9 +16,13 @@ import torch
 from memsource import identify_arrays
 from safetensors.torch import save_file
 
+from vaereg.answers import diff
 from vaereg.answers.diff import diff_models
 from vaereg.answers.relation import relation, sketch_agreement, values_agree
 from vaereg.cli import main
+from vaereg.identity import analyze
+from vaereg.identity.digest import compute_identity
+from vaereg.identity.report import VaeIdentity
 
 
 def save_torch(sd, path, dtype):
@@ -24,8 +32,6 @@ def save_torch(sd, path, dtype):
     else:
         factory.save_ckpt(sd, path, dtype=dtype)
     return path
-
-
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +176,89 @@ def test_cli_error_exit_status(tmp_path, capsys, base):
     assert captured.out == "" and captured.err.startswith(f"vaereg: {tmp_path / 'b.safetensors'}: ")
     assert main(["diff", str(a), str(tmp_path / "gone.safetensors")]) == 1
     assert capsys.readouterr().err == f"vaereg: {tmp_path / 'gone.safetensors'}: no such file or directory\n"
+
+
+# --- what diff reads -------------------------------------------------------------------------------------
+
+
+class Reads:
+    """Counts the tensor reads of every source `open_model` opens (`diff_models` opens its files through it):
+    calls per (file name, stored key), a `read_into` that falls back to `read` counted once. A read of a key in
+    `short` comes back a byte short, as from a file whose bytes contradict its header."""
+
+    def __init__(self, open_model):
+        self.open_model = open_model  # the real one
+        self.calls = collections.Counter()
+        self.short = set()
+        self._lock = threading.Lock()
+        self._inside = threading.local()
+
+    def wrap(self, file, method):
+        def counted(key, *args):
+            if getattr(self._inside, "reading", False):
+                return method(key, *args)
+            self._inside.reading = True
+            try:
+                raw = method(key, *args)
+            finally:
+                self._inside.reading = False
+            with self._lock:
+                self.calls[file, key] += 1
+            return raw[:-1] if (file, key) in self.short else raw
+
+        return counted
+
+    def stored_keys(self, path, plugins):
+        with self.open_model(path, plugins) as model:
+            return set(model.vae.stored_key.values())
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    reads = Reads(analyze.open_model)
+
+    @contextlib.contextmanager
+    def open_counted(path, plugins):
+        with reads.open_model(path, plugins) as model:
+            for method in ("read", "read_into"):
+                if hasattr(model.source, method):
+                    setattr(model.source, method, reads.wrap(path.name, getattr(model.source, method)))
+            yield model
+
+    monkeypatch.setattr(analyze, "open_model", open_counted)
+    return reads
+
+
+def assert_same_identity(got: VaeIdentity, want: VaeIdentity) -> None:
+    for f in dataclasses.fields(VaeIdentity):  # tensor_digests and sketch too, which == leaves out
+        assert getattr(got, f.name) == getattr(want, f.name), f.name
+
+
+@pytest.mark.parametrize("change", ["latent channels", "a missing tensor"])
+def test_incompatible_pair_is_decided_before_any_read(tmp_path, plugins, base, reads, monkeypatch, change):
+    """From the headers: no tensor read before `incompatibility` answers; both identities still reported."""
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    if change == "latent channels":
+        other, reason = factory.make_vae(z=16, quant=False), "different families (kl-f8-4ch vs kl-f8-16ch)"
+    else:
+        other = {k: v for k, v in base.items() if k != "decoder.up.0.block.1.conv2.bias"}
+        reason = "different tensors (1, e.g. decoder.up.0.block.1.conv2.bias)"
+    b = factory.save_safetensors(other, tmp_path / "b.safetensors")
+    reads_before = []
+    real = diff.incompatibility
+
+    def spy(x, y):
+        reads_before.append(sum(reads.calls.values()))
+        return real(x, y)
+
+    monkeypatch.setattr(diff, "incompatibility", spy)
+    report = diff_models(a, b, plugins)
+    assert reads_before == [0]
+    assert report.relation == "incompatible" and report.reason == reason and report.error is None
+    assert report.groups == () and report.tensors == ()
+    for got, path in ((report.vae_a, a), (report.vae_b, b)):
+        with reads.open_model(path, plugins) as model:
+            assert_same_identity(got, compute_identity(model.vae, model.source.read)[0])
 
 
 # --- relations from identities and sketches alone -------------------------------------------------------

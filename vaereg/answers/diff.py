@@ -344,8 +344,9 @@ class DiffReport:
 def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
     """Identify the VAEs of two model files and compare them; every failure becomes `error`.
 
-    Each file's VAE is read twice - once for its identity, once for the differences - so memory stays at
-    a tensor pair per worker thread; the second read comes from the page cache.
+    Compatibility is decided from the headers, before any tensor is read. Each file's VAE is then read twice -
+    once for its identity, once for the differences (compatible VAEs only) - so memory stays at a tensor pair
+    per worker thread; the second read comes from the page cache.
     """
     from vaereg.errors import FileProblem
     from vaereg.identity.analyze import open_model
@@ -367,10 +368,10 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
                 return DiffReport(*shown, error=f"{path}: holds no VAE")
             models.append(model)
         ma, mb = models
+        why = incompatibility(ma.vae, mb.vae)
         try:
             va, _ = compute_identity(ma.vae, ma.source.read, read_into=getattr(ma.source, "read_into", None))
             vb, _ = compute_identity(mb.vae, mb.source.read, read_into=getattr(mb.source, "read_into", None))
-            why = incompatibility(va, vb)
             if why:
                 return DiffReport(*shown, relation="incompatible", reason=why, vae_a=va, vae_b=vb)
             diffs = tensor_differences(va, _Reader(ma), vb, _Reader(mb))
