@@ -4,9 +4,9 @@
 ``precision-variant`` (the same weights stored at another precision), ``same-encoder``, ``same-decoder``,
 ``different`` or ``incompatible`` (another family, latent size or tensor shapes). The precision rule is exact,
 with no threshold: a stored value agrees with another when both can be roundings, to nearest, of one value.
-It is checked on every element when both tensors are at hand (`answers.diff.tensor_differences`) and on the
-sketch samples when only sketches are (`sketch_agreement`). numpy is imported by the functions that use it, not
-here: naming a relation from per-tensor results (``vaereg diff`` through the compiled kernel) needs none.
+It is checked on every element when both tensors are at hand (`answers.diff.identify_and_measure`) and on
+the sketch samples when only sketches are (`sketch_agreement`). numpy is imported by the functions that use it,
+not here: naming a relation from per-tensor results (``vaereg diff`` through the compiled kernel) needs none.
 """
 
 from __future__ import annotations
