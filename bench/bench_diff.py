@@ -1,12 +1,15 @@
 """`vaereg diff` of two full-size VAEs: time against reading both files, and peak memory.
 
 Builds an SD VAE of real size (248 tensors, 83.65M parameters) in fp32, its fp16 and bf16 copies and a fine-tune
-(every decoder weight moved by ~1%), then times, page cache warm, for fp32 against each of the others:
+(every decoder weight moved by ~1%), then times, for fp32 against each of the others:
 
-- reading both files whole (1 MiB blocks, in process): the floor for anything that looks at every weight;
-- ``vaereg diff A B --json`` as one CLI call (process start included), with its peak RSS;
-- in process, what that call spends: both identities (`compute_identity`, one read of each file) and the
-  differences (`tensor_differences`, a second read of each, the diff computation proper);
+- page cache warm:
+  - reading both files whole (1 MiB blocks, in process): the floor for anything that looks at every weight;
+  - ``vaereg diff A B --json`` as one CLI call (process start included), with its peak RSS;
+  - in process, `diff_models` (plugins discovered beforehand): the one pass that reads each file once for both
+    identities and the differences, the diff computation proper;
+- page cache cold (both files evicted with ``posix_fadvise(POSIX_FADV_DONTNEED)`` before each run; the
+  interpreter's and vaereg's own files stay cached): reading both whole, and the ``vaereg diff --json`` CLI call;
 - once: a Python start (``python -c pass``) and ``vaereg --version`` (start, imports and plugins: what every
   CLI call costs before it reads a byte).
 
@@ -64,22 +67,30 @@ def build(folder: Path, missing: set[str]) -> None:
         save_file(factory.to_torch(vae, torch.bfloat16), str(folder / "vae-bf16.safetensors"))
 
 
-def in_process(pa: Path, pb: Path) -> tuple[float, float]:
-    """(identities, differences) of one diff, timed in this process: what `diff_models` does."""
-    from vaereg.answers.diff import _Reader, tensor_differences
-    from vaereg.identity.analyze import open_model
-    from vaereg.identity.digest import compute_identity
+def evict(*paths: Path) -> None:
+    """Drop the files' pages from the page cache (written back first: dirty pages are not dropped)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def in_process(pa: Path, pb: Path) -> float:
+    """Seconds of one `diff_models` in this process (what a CLI call spends past its start, imports and plugin
+    discovery): both files opened and each read once."""
+    from vaereg.answers.diff import diff_models
     from vaereg.plugin.manager import Plugins
 
-    plugins = Plugins()
-    with open_model(pa, plugins) as ma, open_model(pb, plugins) as mb:
-        t = time.perf_counter()
-        va, _ = compute_identity(ma.vae, ma.source.read, read_into=getattr(ma.source, "read_into", None))
-        vb, _ = compute_identity(mb.vae, mb.source.read, read_into=getattr(mb.source, "read_into", None))
-        identities = time.perf_counter() - t
-        t = time.perf_counter()
-        tensor_differences(va, _Reader(ma), vb, _Reader(mb))
-        return identities, time.perf_counter() - t
+    plugins = Plugins()  # discovers the plugins, before the clock starts
+    t = time.perf_counter()
+    report = diff_models(pa, pb, plugins)
+    elapsed = time.perf_counter() - t
+    if report.error:
+        raise SystemExit(f"diff {pa} {pb}: {report.error}")
+    return elapsed
 
 
 def wall(cmd: list[str], repeat: int) -> float:
@@ -109,24 +120,35 @@ def main() -> None:
     print(f"python start {start:.3f} s; vaereg --version {fixed:.3f} s (start, imports, plugins)")
     for a, b in PAIRS:
         pa, pb = files[a], files[b]
+        diff_cmd = [*vaereg, "diff", "--json", str(pa), str(pb)]
         read_whole(pa, pb)  # warm
         reads = []
         for _ in range(args.repeat):
             t = time.perf_counter()
             read_whole(pa, pb)
             reads.append(time.perf_counter() - t)
-        runs = [peak_rss([*vaereg, "diff", "--json", str(pa), str(pb)]) for _ in range(args.repeat)]
-        parts = [in_process(pa, pb) for _ in range(args.repeat)]
+        runs = [peak_rss(diff_cmd) for _ in range(args.repeat)]
+        passes = [in_process(pa, pb) for _ in range(args.repeat)]
+        cold_reads, cold_runs = [], []
+        for _ in range(args.repeat):
+            evict(pa, pb)
+            t = time.perf_counter()
+            read_whole(pa, pb)
+            cold_reads.append(time.perf_counter() - t)
+            evict(pa, pb)
+            cold_runs.append(peak_rss(diff_cmd)[0])
         read_t = statistics.median(reads)
         diff_t = statistics.median(e for e, _, _ in runs)
         rss = max(r for _, r, _ in runs)
-        ids_t = statistics.median(i for i, _ in parts)
-        differences_t = statistics.median(d for _, d in parts)
+        pass_t = statistics.median(passes)
+        cold_read_t = statistics.median(cold_reads)
+        cold_diff_t = statistics.median(cold_runs)
         size = (pa.stat().st_size + pb.stat().st_size) / 1e6
         print(f"{a} vs {b} ({size:.0f} MB): read both {read_t:.2f} s; vaereg diff {diff_t:.2f} s "
               f"({diff_t / read_t:.1f}x the read), peak RSS {rss / 1e6:.0f} MB")
-        print(f"  in process: differences {differences_t:.3f} s ({differences_t / read_t:.1f}x the read), "
-              f"identities {ids_t:.3f} s")
+        print(f"  in process: diff_models (each file read once) {pass_t:.3f} s ({pass_t / read_t:.1f}x the read)")
+        print(f"  cold cache: read both {cold_read_t:.2f} s ({size / cold_read_t:.0f} MB/s); vaereg diff "
+              f"{cold_diff_t:.2f} s ({cold_diff_t / cold_read_t:.2f}x the read)")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.keep:
         for p in files.values():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import json
+import threading
 
 import factory
 import ml_dtypes
@@ -12,9 +16,13 @@ import torch
 from memsource import identify_arrays
 from safetensors.torch import save_file
 
-from vaereg.answers.diff import diff_models
+from vaereg.answers import diff
+from vaereg.answers.diff import DiffReport, _measure, diff_models, group_differences
 from vaereg.answers.relation import relation, sketch_agreement, values_agree
 from vaereg.cli import main
+from vaereg.identity import analyze, digest
+from vaereg.identity.digest import compute_identity
+from vaereg.identity.report import VaeIdentity
 
 
 def save_torch(sd, path, dtype):
@@ -24,8 +32,6 @@ def save_torch(sd, path, dtype):
     else:
         factory.save_ckpt(sd, path, dtype=dtype)
     return path
-
-
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +176,194 @@ def test_cli_error_exit_status(tmp_path, capsys, base):
     assert captured.out == "" and captured.err.startswith(f"vaereg: {tmp_path / 'b.safetensors'}: ")
     assert main(["diff", str(a), str(tmp_path / "gone.safetensors")]) == 1
     assert capsys.readouterr().err == f"vaereg: {tmp_path / 'gone.safetensors'}: no such file or directory\n"
+
+
+# --- what diff reads -------------------------------------------------------------------------------------
+
+
+class Reads:
+    """Counts the tensor reads of every source `open_model` opens (`diff_models` opens its files through it):
+    calls per (file name, stored key), a `read_into` that falls back to `read` counted once. A read of a key in
+    `short` comes back a byte short, as from a file whose bytes contradict its header."""
+
+    def __init__(self, open_model):
+        self.open_model = open_model  # the real one
+        self.calls = collections.Counter()
+        self.short = set()
+        self._lock = threading.Lock()
+        self._inside = threading.local()
+
+    def wrap(self, file, method):
+        def counted(key, *args):
+            if getattr(self._inside, "reading", False):
+                return method(key, *args)
+            self._inside.reading = True
+            try:
+                raw = method(key, *args)
+            finally:
+                self._inside.reading = False
+            with self._lock:
+                self.calls[file, key] += 1
+            return raw[:-1] if (file, key) in self.short else raw
+
+        return counted
+
+    def stored_keys(self, path, plugins):
+        with self.open_model(path, plugins) as model:
+            return set(model.vae.stored_key.values())
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    reads = Reads(analyze.open_model)
+
+    @contextlib.contextmanager
+    def open_counted(path, plugins):
+        with reads.open_model(path, plugins) as model:
+            for method in ("read", "read_into"):
+                if hasattr(model.source, method):
+                    setattr(model.source, method, reads.wrap(path.name, getattr(model.source, method)))
+            yield model
+
+    monkeypatch.setattr(analyze, "open_model", open_counted)
+    return reads
+
+
+@pytest.fixture(params=["kernel", "numpy"])
+def measuring(request, monkeypatch):
+    """Through the compiled kernel, then as without it: numpy digests and sums."""
+    if request.param == "kernel":
+        assert diff.kernel is not None and digest.kernel is not None
+    else:
+        monkeypatch.setattr(diff, "kernel", None)
+        monkeypatch.setattr(digest, "kernel", None)
+    return request.param
+
+
+@pytest.fixture(params=["one thread", "two threads"])
+def threads(request, monkeypatch):
+    """A small VAE is worked on in one thread; two as for a full-size one."""
+    if request.param == "two threads":
+        monkeypatch.setattr(diff, "PARALLEL_MIN_BYTES", 0)
+    return request.param
+
+
+#: A few decoder tensors of `base` changed: every other tensor of B is A's, byte for byte.
+CHANGED = ("decoder.conv_out.weight", "decoder.mid.attn_1.q.weight", "decoder.up.0.block.1.conv2.bias")
+
+
+def pair_files(tmp_path, base, pair):
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    if pair == "fp32/fp16":
+        return a, save_torch(base, tmp_path / "b.ckpt", torch.float16)
+    if pair == "fp32/bf16":
+        return a, save_torch(base, tmp_path / "b.safetensors", torch.bfloat16)
+    changed = dict(base)
+    changed["decoder.conv_out.weight"] = base["decoder.conv_out.weight"].copy()
+    changed["decoder.conv_out.weight"][1, 2, 0, 0] += 0.25
+    changed["decoder.mid.attn_1.q.weight"] = base["decoder.mid.attn_1.q.weight"] * np.float32(1.01)
+    changed["decoder.up.0.block.1.conv2.bias"] = -base["decoder.up.0.block.1.conv2.bias"]
+    return a, factory.save_safetensors(changed, tmp_path / "b.safetensors")
+
+
+PAIRS = {"fp32/fp16": "same", "fp32/bf16": "precision-variant", "fp32/some-decoder-tensors": "same-encoder"}
+
+
+def two_passes(a, b, plugins):
+    """What `diff_models` reported when it read each file twice: `compute_identity` over each, then every tensor
+    pair read again and measured (B's tensor only where the exact digests differ)."""
+    with analyze.open_model(a, plugins) as ma, analyze.open_model(b, plugins) as mb:
+        va, _ = compute_identity(ma.vae, ma.source.read, read_into=ma.source.read_into)
+        vb, _ = compute_identity(mb.vae, mb.source.read, read_into=mb.source.read_into)
+        diffs = []
+        for name in sorted(va.tensor_digests):
+            da, db = va.tensor_digests[name], vb.tensor_digests[name]
+            same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+            diffs.append(_measure(name, da, ma.read(name), db, None if same else mb.read(name)))
+    return DiffReport(
+        str(a), str(b), relation=relation(va, vb, {d.name: d.agrees for d in diffs}), vae_a=va, vae_b=vb,
+        groups=tuple(group_differences(diffs)), tensors=tuple(diffs),
+    )
+
+
+def assert_same_identity(got: VaeIdentity, want: VaeIdentity) -> None:
+    for f in dataclasses.fields(VaeIdentity):  # tensor_digests and sketch too, which == leaves out
+        assert getattr(got, f.name) == getattr(want, f.name), f.name
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_one_pass_reports_what_two_passes_did(tmp_path, plugins, base, measuring, threads, pair):
+    """Reading each file once changes nothing: `compute_identity`'s identities (ids, per-tensor digests, sketch),
+    the same per-tensor figures to the bit, the same relation and JSON."""
+    a, b = pair_files(tmp_path, base, pair)
+    want = two_passes(a, b, plugins)
+    got = diff_models(a, b, plugins)
+    assert got.error is None and got.relation == want.relation == PAIRS[pair]
+    assert_same_identity(got.vae_a, want.vae_a)
+    assert_same_identity(got.vae_b, want.vae_b)
+    assert got.tensors == want.tensors and got.groups == want.groups  # bit for bit: no NaN here
+    assert json.dumps(got.to_json()) == json.dumps(want.to_json())
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_each_file_is_read_once(tmp_path, plugins, base, reads, measuring, monkeypatch, pair):
+    """Every tensor of both VAEs read exactly once, nothing else read; B's tensor measured only where the exact
+    digests differ (elsewhere only ||a||)."""
+    a, b = pair_files(tmp_path, base, pair)
+    expected = {(path.name, key): 1 for path in (a, b) for key in reads.stored_keys(path, plugins)}
+    measured = {}
+    real = diff._measure
+
+    def spy(name, da, raw_a, db, raw_b):
+        measured[name] = raw_b is not None
+        return real(name, da, raw_a, db, raw_b)
+
+    monkeypatch.setattr(diff, "_measure", spy)
+    report = diff_models(a, b, plugins)
+    assert report.error is None and len(expected) == 2 * len(base)
+    assert dict(reads.calls) == expected
+    with_b = {name for name, with_b in measured.items() if with_b}
+    assert set(measured) == set(base) and with_b == (set(CHANGED) if "decoder" in pair else set(base))
+
+
+@pytest.mark.parametrize("change", ["latent channels", "a missing tensor"])
+def test_incompatible_pair_is_decided_before_any_read(tmp_path, plugins, base, reads, monkeypatch, change):
+    """From the headers: no tensor read before `incompatibility` answers; both identities still reported."""
+    a = factory.save_safetensors(base, tmp_path / "a.safetensors")
+    if change == "latent channels":
+        other, reason = factory.make_vae(z=16, quant=False), "different families (kl-f8-4ch vs kl-f8-16ch)"
+    else:
+        other = {k: v for k, v in base.items() if k != "decoder.up.0.block.1.conv2.bias"}
+        reason = "different tensors (1, e.g. decoder.up.0.block.1.conv2.bias)"
+    b = factory.save_safetensors(other, tmp_path / "b.safetensors")
+    reads_before = []
+    real = diff.incompatibility
+
+    def spy(x, y):
+        reads_before.append(sum(reads.calls.values()))
+        return real(x, y)
+
+    monkeypatch.setattr(diff, "incompatibility", spy)
+    report = diff_models(a, b, plugins)
+    assert reads_before == [0]
+    assert report.relation == "incompatible" and report.reason == reason and report.error is None
+    assert report.groups == () and report.tensors == ()
+    for got, path in ((report.vae_a, a), (report.vae_b, b)):
+        with reads.open_model(path, plugins) as model:
+            assert_same_identity(got, compute_identity(model.vae, model.source.read)[0])
+
+
+def test_a_short_read_is_the_error_identity_then_differences_met_first(tmp_path, plugins, base, reads, threads):
+    """A's tensors were all read before B's: a short read of A's last tensor is reported before one of B's first."""
+    a, b = pair_files(tmp_path, base, "fp32/some-decoder-tensors")
+    size_a, size_b = base["quant_conv.weight"].nbytes, base["decoder.conv_in.bias"].nbytes
+    reads.short = {("a.safetensors", "quant_conv.weight"), ("b.safetensors", "decoder.conv_in.bias")}
+    report = diff_models(a, b, plugins)
+    assert report.relation is None and report.vae_a is None
+    assert report.error == f"unreadable: tensor 'quant_conv.weight': read {size_a - 1} bytes, expected {size_a}"
+    reads.short = {("b.safetensors", "decoder.conv_in.bias")}
+    report = diff_models(a, b, plugins)
+    assert report.error == f"unreadable: tensor 'decoder.conv_in.bias': read {size_b - 1} bytes, expected {size_b}"
 
 
 # --- relations from identities and sketches alone -------------------------------------------------------

@@ -337,34 +337,41 @@ def test_diff_of_kernel_dtypes_never_imports_numpy(tmp_path, base):
     assert done.stdout.startswith("precision-variant:")
 
 
-def test_two_threads_measure_what_one_does(tmp_path, plugins, base):
-    """`tensor_differences` measures two pairs at once: each thread reads into a buffer of its own. Both threads
-    hold a tensor before either measures it, after a read of the largest tensor that would make one shared
-    buffer large enough for all."""
+def test_two_threads_measure_what_one_does(tmp_path, plugins, base, monkeypatch):
+    """`identify_and_measure` works on two pairs at once: each thread reads A's and B's tensors into buffers of its
+    own. Both threads hold a pair before either measures it, in buffers first made as large as the largest tensor,
+    so that one buffer shared by the threads (or by the two sides) would be overwritten."""
     import itertools
     import threading
 
-    from vaereg.answers.diff import _Reader, tensor_differences
+    from vaereg.answers.diff import identify_and_measure
     from vaereg.identity.analyze import open_model
-    from vaereg.identity.digest import compute_identity
 
     a = factory.save_safetensors(base, tmp_path / "a.safetensors")
     b = _torch_copy(base, tmp_path / "b.safetensors", torch.bfloat16)
+    largest = max(v.nbytes for v in base.values())
+
+    class LargeScratch(diff._Scratch):
+        def raw(self, nbytes):
+            return super().raw(max(nbytes, largest))
+
+    monkeypatch.setattr(diff, "_Scratch", LargeScratch)
     with open_model(a, plugins) as ma, open_model(b, plugins) as mb:
-        va, _ = compute_identity(ma.vae, ma.source.read)
-        vb, _ = compute_identity(mb.vae, mb.source.read)
-        one = tensor_differences(va, _Reader(ma), vb, _Reader(mb), workers=1)
-        reader = _Reader(ma)
-        reader(max(ma.vae.tensors, key=lambda n: ma.vae.tensors[n].nbytes))
+        one = identify_and_measure(ma, mb, workers=1)
+        read_into = mb.source.read_into
         barrier, calls, threads = threading.Barrier(2, timeout=60), itertools.count(), set()
 
-        def read_a(name):
-            raw = reader(name)
+        def read_b(key, out):
+            raw = read_into(key, out)
             threads.add(threading.get_ident())
             if next(calls) < 2:
                 barrier.wait()
             return raw
 
-        two = tensor_differences(va, read_a, vb, _Reader(mb), workers=2)
+        mb.source.read_into = read_b
+        two = identify_and_measure(ma, mb, workers=2)
     assert len(threads) == 2
-    assert two == one and all(t.agrees for t in two)
+    va, vb, diffs = two
+    assert diffs == one[2] and all(t.agrees for t in diffs)
+    for got, want in zip((va, vb), one[:2]):
+        assert got == want and got.tensor_digests == want.tensor_digests and got.sketch == want.sketch

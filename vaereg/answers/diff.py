@@ -1,7 +1,10 @@
 """How far apart two VAEs' weights are, tensor by tensor (``vaereg diff``, docs/check.md).
 
-`diff_models` identifies both VAEs, then streams the two files a tensor pair at a time - two pairs at once, in two
-threads, so that one reads while the other measures - for the relation (`answers.relation`) and the per-group and
+`diff_models` first decides from the two files' headers whether the VAEs are compatible (`incompatibility`:
+family, latent channels, canonical tensor shapes), reading no tensor. Compatible VAEs are then read once, a
+tensor pair at a time - two pairs at once, in two threads, so that one reads while the other computes: each
+tensor is digested as `compute_identity` digests it, and B's is measured against A's while both are in memory
+(`identify_and_measure`). That gives both identities, the relation (`answers.relation`) and the per-group and
 per-tensor differences that ``vaereg diff`` shows. Each pair is measured `CHUNK` values at a time: ||a||^2,
 ||b - a||^2, max |b - a| and, where the digests cannot tell, the precision rule on every value. F32, F16 and BF16
 go through the compiled kernel (`_fp16kernel.diff_pair`: one pass, sums in double precision, at memory speed);
@@ -14,13 +17,11 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from vaereg.answers.relation import (
     GROUPS,
@@ -29,15 +30,25 @@ from vaereg.answers.relation import (
     relation,
     relative_gap,
 )
-from vaereg.identity.digest import PARALLEL_MIN_BYTES
+from vaereg.identity.digest import (
+    PARALLEL_MIN_BYTES,
+    _digest_tensor,
+    _Digested,
+    _map_in_threads,
+    _Scratch,
+    assemble_identity,
+    compute_identity,
+    read_tensor,
+)
 from vaereg.identity.dtypes import DTYPE_BITS
 from vaereg.identity.kernel import kernel
 from vaereg.identity.locate import group_of
-from vaereg.identity.report import VaeIdentity
+from vaereg.identity.report import TensorDigest, VaeIdentity
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from vaereg.identity.analyze import OpenedModel
     from vaereg.plugin.manager import Plugins
 
 #: How many of the most different tensors a diff lists.
@@ -235,56 +246,70 @@ def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: byte
     return TensorDiff(name, math.sqrt(norm2), math.sqrt(gap2), biggest, agrees if decided is None else decided)
 
 
-class _Reader:
-    """Reads tensors into a reused buffer per thread (when the source can) instead of fresh memory each time."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.read_into = getattr(model.source, "read_into", None)
-        self.buffers = threading.local()
-
-    def __call__(self, name: str) -> bytes | memoryview:
-        if self.read_into is None:
-            return self.model.read(name)
-        nbytes = self.model.vae.tensors[name].nbytes
-        buffer = getattr(self.buffers, "buffer", None)
-        if buffer is None or len(buffer) < nbytes:
-            buffer = self.buffers.buffer = bytearray(nbytes)
-        return self.read_into(self.model.vae.stored_key[name], memoryview(buffer)[:nbytes])
-
-
-#: Tensor pairs measured at once: while one thread reads a pair (the GIL released in pread), the other measures
-#: the previous one (released in the kernel). More would only add memory: the pass runs at memory speed.
+#: Tensor pairs worked on at once: while one thread reads a pair (the GIL released in pread), the other digests and
+#: measures the previous one (released in the kernel). More would only add memory: the pass runs at memory speed.
 WORKERS = 2
 
 
-def tensor_differences(
-    a: VaeIdentity,
-    read_a: Callable[[str], bytes | memoryview],
-    b: VaeIdentity,
-    read_b: Callable[[str], bytes | memoryview],
-    workers: int | None = None,
-) -> list[TensorDiff]:
-    """Read the canonical tensors of two compatible VAEs a pair at a time and measure B against A.
+@dataclass(frozen=True)
+class _PairDone:
+    """What one canonical name gives in `identify_and_measure`: both tensors' digests and the difference, or
+    the stage that failed (0: reading or digesting A's tensor, 1: B's, 2: measuring) and its exception."""
 
-    `read_*` read by canonical name, from `workers` threads at once (by default `WORKERS`, one for a small
-    VAE). B's tensor is not read where the exact digests say it equals A's. Memory: the two stored tensors of
-    a pair per worker and, in the numpy path, a few chunks of float64 (`CHUNK`), whatever their size.
+    a: _Digested | None = None
+    b: _Digested | None = None
+    diff: TensorDiff | None = None
+    failure: tuple[int, Exception] | None = None
+
+
+def identify_and_measure(
+    ma: OpenedModel, mb: OpenedModel, workers: int | None = None
+) -> tuple[VaeIdentity, VaeIdentity, list[TensorDiff]]:
+    """Both identities and the differences of two compatible opened VAEs, reading each file once.
+
+    For each canonical name, on `workers` threads at once (by default `WORKERS`, one for a small VAE): read A's
+    tensor and digest it as `compute_identity` does, the same for B's, and measure the pair while both are in
+    memory - only ||a|| where the exact digests and dtypes say B's is A's. The identities are assembled as
+    `compute_identity` assembles them: the same ids, digests and sketch. Each thread reads into two buffers of its
+    own, reused from tensor to tensor: memory stays at a stored tensor pair per thread (and, in the numpy path, a
+    few chunks of float64, `CHUNK`), whatever the files' size.
+
+    Raises what identifying A, then B, then measuring (each file read twice, as diff once did) raised first: the
+    first failing tensor of A in name order, else of B, else the first failing measurement.
     """
+    sides = [(m.vae, m.source.read, getattr(m.source, "read_into", None), _Scratch()) for m in (ma, mb)]
 
-    def measure(name: str) -> TensorDiff:
-        da, db = a.tensor_digests[name], b.tensor_digests[name]
-        same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
-        return _measure(name, da, read_a(name), db, None if same else read_b(name))
+    def digest(side: int, name: str) -> tuple[bytes | memoryview, _Digested, TensorDigest]:
+        vae, read, read_into, scratch = sides[side]
+        info = vae.tensors[name]
+        raw = read_tensor(info.nbytes, vae.stored_key[name], read, read_into, scratch)
+        got = _digest_tensor(info, raw, False, scratch)
+        return raw, got, TensorDigest(info.dtype, info.shape, got.digest, got.exact_digest)
 
-    names = sorted(a.tensor_digests)
+    def work(name: str) -> _PairDone:
+        stage = 0
+        try:
+            raw_a, got_a, da = digest(0, name)
+            stage = 1
+            raw_b, got_b, db = digest(1, name)
+            stage = 2
+            same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+            return _PairDone(got_a, got_b, _measure(name, da, raw_a, db, None if same else raw_b))
+        except Exception as exc:  # noqa: BLE001 - raised below, the one reading each file twice met first
+            return _PairDone(failure=(stage, exc))
+
+    infos = ma.vae.tensors
+    names = sorted(infos)
     if workers is None:
-        stored = sum(math.prod(t.shape) * DTYPE_BITS.get(t.dtype, 8) // 8 for t in a.tensor_digests.values())
+        stored = sum(math.prod(t.shape) * DTYPE_BITS.get(t.dtype, 8) // 8 for t in infos.values())
         workers = min(WORKERS, os.cpu_count() or 1) if stored >= PARALLEL_MIN_BYTES else 1
-    if workers == 1:
-        return [measure(name) for name in names]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vaereg-diff") as pool:
-        return list(pool.map(measure, names))
+    done = _map_in_threads(work, names, workers)
+    failures = [(d.failure[0], i, d.failure[1]) for i, d in enumerate(done) if d.failure is not None]
+    if failures:
+        raise min(failures, key=lambda f: f[:2])[2]
+    va, _ = assemble_identity(ma.vae, [d.a for d in done])
+    vb, _ = assemble_identity(mb.vae, [d.b for d in done])
+    return va, vb, [d.diff for d in done]
 
 
 def group_differences(diffs: Iterable[TensorDiff]) -> list[GroupDiff]:
@@ -344,12 +369,12 @@ class DiffReport:
 def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
     """Identify the VAEs of two model files and compare them; every failure becomes `error`.
 
-    Each file's VAE is read twice - once for its identity, once for the differences - so memory stays at
-    a tensor pair per worker thread; the second read comes from the page cache.
+    Compatibility is decided from the headers, before any tensor is read. Compatible VAEs are then read once,
+    a tensor pair per worker thread at a time, for both identities and the differences
+    (`identify_and_measure`); for incompatible ones only the identities are computed, as `vaereg hash` does.
     """
     from vaereg.errors import FileProblem
     from vaereg.identity.analyze import open_model
-    from vaereg.identity.digest import compute_identity
 
     shown = (str(path_a), str(path_b))
     with ExitStack() as stack:
@@ -367,13 +392,13 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
                 return DiffReport(*shown, error=f"{path}: holds no VAE")
             models.append(model)
         ma, mb = models
+        why = incompatibility(ma.vae, mb.vae)
         try:
-            va, _ = compute_identity(ma.vae, ma.source.read, read_into=getattr(ma.source, "read_into", None))
-            vb, _ = compute_identity(mb.vae, mb.source.read, read_into=getattr(mb.source, "read_into", None))
-            why = incompatibility(va, vb)
             if why:
+                va, _ = compute_identity(ma.vae, ma.source.read, read_into=getattr(ma.source, "read_into", None))
+                vb, _ = compute_identity(mb.vae, mb.source.read, read_into=getattr(mb.source, "read_into", None))
                 return DiffReport(*shown, relation="incompatible", reason=why, vae_a=va, vae_b=vb)
-            diffs = tensor_differences(va, _Reader(ma), vb, _Reader(mb))
+            va, vb, diffs = identify_and_measure(ma, mb)
         except (FileProblem, OSError, ValueError, KeyError) as exc:  # data contradicting its header
             return DiffReport(*shown, error=f"unreadable: {exc}")
     return DiffReport(

@@ -4,9 +4,9 @@
 ``precision-variant`` (the same weights stored at another precision), ``same-encoder``, ``same-decoder``,
 ``different`` or ``incompatible`` (another family, latent size or tensor shapes). The precision rule is exact,
 with no threshold: a stored value agrees with another when both can be roundings, to nearest, of one value.
-It is checked on every element when both tensors are at hand (`answers.diff.tensor_differences`) and on the
-sketch samples when only sketches are (`sketch_agreement`). numpy is imported by the functions that use it, not
-here: naming a relation from per-tensor results (``vaereg diff`` through the compiled kernel) needs none.
+It is checked on every element when both tensors are at hand (`answers.diff.identify_and_measure`) and on
+the sketch samples when only sketches are (`sketch_agreement`). numpy is imported by the functions that use it,
+not here: naming a relation from per-tensor results (``vaereg diff`` through the compiled kernel) needs none.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from vaereg.identity.digest import SKETCH_PER_TENSOR
 from vaereg.identity.dtypes import HOLDS, holds
-from vaereg.identity.locate import group_of
+from vaereg.identity.locate import CanonicalVae, group_of
 from vaereg.identity.report import TensorDigest, VaeIdentity
 
 if TYPE_CHECKING:
@@ -288,17 +288,21 @@ def ids_decide(a: VaeIdentity, b: VaeIdentity) -> bool:
     return not any(ok[groups == g].all() for g in GROUPS if (groups == g).any())
 
 
-def incompatibility(a: VaeIdentity, b: VaeIdentity) -> str | None:
-    """Why two VAEs cannot stand in for each other, in a few words; None when they can."""
+def incompatibility(a: CanonicalVae, b: CanonicalVae) -> str | None:
+    """Why two VAEs cannot stand in for each other, in a few words; None when they can (`compatible`).
+
+    From what a file's header gives - family, latent channels, canonical tensor names and shapes - so that
+    ``vaereg diff`` decides before it reads any tensor.
+    """
     if a.family != b.family:
         return f"different families ({a.family} vs {b.family})"
     if a.latent_channels != b.latent_channels:
         return f"different latent channels ({a.latent_channels} vs {b.latent_channels})"
-    if not compatible(a, b):
-        shapes_a = {n: t.shape for n, t in a.tensor_digests.items()}
-        shapes_b = {n: t.shape for n, t in b.tensor_digests.items()}
+    shapes_a = {n: t.shape for n, t in a.tensors.items()}
+    shapes_b = {n: t.shape for n, t in b.tensors.items()}
+    if shapes_a != shapes_b:
         odd = sorted(n for n in shapes_a.keys() | shapes_b.keys() if shapes_a.get(n) != shapes_b.get(n))
-        return f"different tensors ({len(odd)}, e.g. {odd[0]})" if odd else "different tensor sets"
+        return f"different tensors ({len(odd)}, e.g. {odd[0]})"
     return None
 
 

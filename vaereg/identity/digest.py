@@ -15,7 +15,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import xxhash
 
@@ -171,11 +171,14 @@ def ids_from_digests(vae: Mapping[str, TensorDigest]) -> dict[str, str]:
     }
 
 
-def _map_in_threads(work: Callable[[str], _Digested], names: list[str], threads: int) -> list[_Digested]:
+_Result = TypeVar("_Result")
+
+
+def _map_in_threads(work: Callable[[str], _Result], names: list[str], threads: int) -> list[_Result]:
     """`[work(n) for n in names]` on `threads` threads (this one among them), results in order. Every name is
     worked on and the first failure in `names` order is raised (`ThreadPoolExecutor.map` raises the same one
     but cancels what had not started); Ctrl-C stops the others after their tensor."""
-    results: list[_Digested | None] = [None] * len(names)
+    results: list[_Result | None] = [None] * len(names)
     failures: dict[int, Exception] = {}
     todo = iter(enumerate(names))
     lock = threading.Lock()
@@ -231,11 +234,8 @@ def compute_identity(
 
     def work(name: str) -> _Digested:
         info = infos[name]
-        key = vae.stored_key[name]
         fits = scratch_limit is None or info.nbytes <= scratch_limit
-        raw = read_into(key, scratch.raw(info.nbytes)) if read_into is not None and fits else read(key)
-        if len(raw) != info.nbytes:
-            raise ValueError(f"tensor {key!r}: read {len(raw)} bytes, expected {info.nbytes}")
+        raw = read_tensor(info.nbytes, vae.stored_key[name], read, read_into, scratch if fits else None)
         return _digest_tensor(info, raw, with_stats, scratch)
 
     names = sorted(infos)
@@ -244,6 +244,28 @@ def compute_identity(
         done = [work(name) for name in names]  # a pool costs more than it saves on a small VAE
     else:
         done = _map_in_threads(work, names, pool_size)
+    return assemble_identity(vae, done)
+
+
+def read_tensor(
+    nbytes: int,
+    key: str,
+    read: Callable[[str], bytes | memoryview],
+    read_into: Callable[[str, memoryview], bytes | memoryview] | None,
+    scratch: _Scratch | None,
+) -> bytes | memoryview:
+    """The stored bytes of tensor `key`: into `scratch`'s buffer of this thread when there is one and the source
+    can (`read_into`), else through `read`. ValueError when the source gives other than the header's `nbytes`."""
+    raw = read_into(key, scratch.raw(nbytes)) if read_into is not None and scratch is not None else read(key)
+    if len(raw) != nbytes:
+        raise ValueError(f"tensor {key!r}: read {len(raw)} bytes, expected {nbytes}")
+    return raw
+
+
+def assemble_identity(vae: CanonicalVae, done: Sequence[_Digested]) -> tuple[VaeIdentity, dict[str, TensorStats]]:
+    """The :class:`VaeIdentity` of `vae`, and the health stats where they were counted, from its tensors'
+    `_digest_tensor` results: one per canonical tensor, in sorted name order (the sketch's)."""
+    infos = vae.tensors
     digests = {
         d.name: TensorDigest(infos[d.name].dtype, infos[d.name].shape, d.digest, d.exact_digest) for d in done
     }
