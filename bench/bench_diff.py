@@ -1,7 +1,9 @@
 """`vaereg diff` of two full-size VAEs: time against reading both files, and peak memory.
 
 Builds an SD VAE of real size (248 tensors, 83.65M parameters) in fp32, its fp16 and bf16 copies and a fine-tune
-(every decoder weight moved by ~1%), then times, for fp32 against each of the others:
+(every decoder weight moved by ~1%), then times, for fp32 against each of the others, twice - under a private
+VAEREG_HOME without an index (each file read and digested) and under one whose index holds the four files
+unchanged (identities from the index; B's tensors that equal A's not read):
 
 - page cache warm:
   - reading both files whole (1 MiB blocks, in process): the floor for anything that looks at every weight;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,16 +81,35 @@ def evict(*paths: Path) -> None:
             os.close(fd)
 
 
-def in_process(pa: Path, pb: Path) -> float:
-    """Seconds of one `diff_models` in this process (what a CLI call spends past its start, imports and plugin
-    discovery): both files opened and each read once."""
-    from vaereg.answers.diff import diff_models
+def index_files(home: Path, paths: list[Path]) -> None:
+    """An index under `home` holding `paths` as a scan leaves them (identity and stats, no file hashes)."""
+    from vaereg.config import Config
     from vaereg.plugin.manager import Plugins
+    from vaereg.store.index import Index
+    from vaereg.store.ingest import Ingest
+
+    plugins = Plugins()
+    with Index(Config(home=home).index) as index:
+        for path in paths:
+            outcome = Ingest(index, plugins).identify(str(path), with_file_hashes=False)
+            assert outcome.error is None, outcome
+
+
+def in_process(pa: Path, pb: Path, home: Path | None = None) -> float:
+    """Seconds of one `diff_models` in this process (what a CLI call spends past its start, imports and plugin
+    discovery): both files opened and each read once; with `home`, its index gives the identities."""
+    from vaereg.answers.diff import diff_models
+    from vaereg.config import Config
+    from vaereg.plugin.manager import Plugins
+    from vaereg.store.index import Index
 
     plugins = Plugins()  # discovers the plugins, before the clock starts
+    index = Index(Config(home=home).index) if home is not None else None
     t = time.perf_counter()
-    report = diff_models(pa, pb, plugins)
+    report = diff_models(pa, pb, plugins, index=index)
     elapsed = time.perf_counter() - t
+    if index is not None:
+        index.close()
     if report.error:
         raise SystemExit(f"diff {pa} {pb}: {report.error}")
     return elapsed
@@ -113,46 +135,60 @@ def main() -> None:
     missing = {name for name, path in files.items() if not path.exists()}
     if missing:
         build(args.dir, missing)
-    vaereg = [sys.executable, "-m", "vaereg"]
+    # Two private homes: one without an index (each file read and digested), one whose index holds the four
+    # files unchanged (identities from it; B's tensors that equal A's not read).
+    homes = {"not indexed": args.dir / "diff-home-none", "indexed": args.dir / "diff-home-indexed"}
+    shutil.rmtree(homes["not indexed"], ignore_errors=True)
+    shutil.rmtree(homes["indexed"], ignore_errors=True)
+    index_files(homes["indexed"], list(files.values()))
+    vaereg = {
+        how: [sys.executable, "-c", "import os,sys,runpy; os.environ['VAEREG_HOME']=sys.argv.pop(1);"
+              " sys.argv[0]='vaereg'; runpy.run_module('vaereg', run_name='__main__')", str(home)]
+        for how, home in homes.items()
+    }
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     start = wall([sys.executable, "-c", "pass"], 5 * args.repeat)
-    fixed = wall([*vaereg, "--version"], 5 * args.repeat)
+    fixed = wall([*vaereg["not indexed"], "--version"], 5 * args.repeat)
     print(f"python start {start:.3f} s; vaereg --version {fixed:.3f} s (start, imports, plugins)")
     for a, b in PAIRS:
         pa, pb = files[a], files[b]
-        diff_cmd = [*vaereg, "diff", "--json", str(pa), str(pb)]
+        size = (pa.stat().st_size + pb.stat().st_size) / 1e6
         read_whole(pa, pb)  # warm
         reads = []
         for _ in range(args.repeat):
             t = time.perf_counter()
             read_whole(pa, pb)
             reads.append(time.perf_counter() - t)
-        runs = [peak_rss(diff_cmd) for _ in range(args.repeat)]
-        passes = [in_process(pa, pb) for _ in range(args.repeat)]
-        cold_reads, cold_runs = [], []
-        for _ in range(args.repeat):
-            evict(pa, pb)
-            t = time.perf_counter()
-            read_whole(pa, pb)
-            cold_reads.append(time.perf_counter() - t)
-            evict(pa, pb)
-            cold_runs.append(peak_rss(diff_cmd)[0])
         read_t = statistics.median(reads)
-        diff_t = statistics.median(e for e, _, _ in runs)
-        rss = max(r for _, r, _ in runs)
-        pass_t = statistics.median(passes)
-        cold_read_t = statistics.median(cold_reads)
-        cold_diff_t = statistics.median(cold_runs)
-        size = (pa.stat().st_size + pb.stat().st_size) / 1e6
-        print(f"{a} vs {b} ({size:.0f} MB): read both {read_t:.2f} s; vaereg diff {diff_t:.2f} s "
-              f"({diff_t / read_t:.1f}x the read), peak RSS {rss / 1e6:.0f} MB")
-        print(f"  in process: diff_models (each file read once) {pass_t:.3f} s ({pass_t / read_t:.1f}x the read)")
-        print(f"  cold cache: read both {cold_read_t:.2f} s ({size / cold_read_t:.0f} MB/s); vaereg diff "
-              f"{cold_diff_t:.2f} s ({cold_diff_t / cold_read_t:.2f}x the read)")
+        print(f"{a} vs {b} ({size:.0f} MB): read both {read_t:.3f} s (warm)")
+        for how, home in homes.items():
+            diff_cmd = [*vaereg[how], "diff", "--json", str(pa), str(pb)]
+            runs = [peak_rss(diff_cmd) for _ in range(args.repeat)]
+            passes = [in_process(pa, pb, home if how == "indexed" else None) for _ in range(args.repeat)]
+            cold_reads, cold_runs = [], []
+            for _ in range(args.repeat):
+                evict(pa, pb)
+                t = time.perf_counter()
+                read_whole(pa, pb)
+                cold_reads.append(time.perf_counter() - t)
+                evict(pa, pb)
+                cold_runs.append(peak_rss(diff_cmd)[0])
+            read_whole(pa, pb)  # warm again
+            diff_t = statistics.median(e for e, _, _ in runs)
+            rss = max(r for _, r, _ in runs)
+            pass_t = statistics.median(passes)
+            cold_read_t = statistics.median(cold_reads)
+            cold_diff_t = statistics.median(cold_runs)
+            print(f"  {how + ':':12} CLI call {diff_t:.3f} s ({diff_t / read_t:.1f}x the read), peak RSS {rss / 1e6:.0f} MB;"
+                  f" in process {pass_t:.3f} s ({pass_t / read_t:.1f}x);"
+                  f" cold cache: read both {cold_read_t:.2f} s ({size / cold_read_t:.0f} MB/s),"
+                  f" CLI call {cold_diff_t:.2f} s ({cold_diff_t / cold_read_t:.2f}x the read)")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.keep:
         for p in files.values():
             p.unlink()
+    for home in homes.values():
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import os
 import threading
 
 import factory
@@ -436,3 +437,76 @@ def test_nan_and_overflow():
     x = np.array([np.nan, 1.0, 70000.0, np.nan])
     y = np.array([np.nan, np.nan, np.inf, 1.0])
     assert values_agree(x, "F32", y, "F16").tolist() == [True, False, True, False]
+
+
+# --- identities from the index --------------------------------------------------------------------------
+
+
+def index_both(tmp_path, plugins, *paths):
+    """An index holding `paths` as a scan leaves them (identity and stats)."""
+    from vaereg.store.index import Index
+    from vaereg.store.ingest import Ingest
+
+    index = Index(tmp_path / "index.sqlite3")
+    for path in paths:
+        assert Ingest(index, plugins).identify(str(path), with_file_hashes=False).error is None
+    return index
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_indexed_files_give_the_same_report_reading_only_what_differs(
+    tmp_path, plugins, base, reads, monkeypatch, pair
+):
+    """Both files indexed unchanged: their identities come from the index (no tensor digested), A's tensors
+    are read once to be measured, B's only where the digests say they differ - and the report is the one
+    reading both gives."""
+    a, b = pair_files(tmp_path, base, pair)
+    want = two_passes(a, b, plugins)
+    with index_both(tmp_path, plugins, a, b) as index:
+        reads.calls.clear()  # what the scan read
+        digested = []
+        real = diff._digest_tensor
+        monkeypatch.setattr(diff, "_digest_tensor", lambda info, *rest: digested.append(info.name) or real(info, *rest))
+        got = diff_models(a, b, plugins, index=index)
+    assert digested == []
+    assert got.error is None and got.relation == want.relation == PAIRS[pair]
+    assert_same_identity(got.vae_a, want.vae_a)
+    assert_same_identity(got.vae_b, want.vae_b)
+    assert got.tensors == want.tensors and json.dumps(got.to_json()) == json.dumps(want.to_json())
+    keys_a, keys_b = reads.stored_keys(a, plugins), reads.stored_keys(b, plugins)
+    expected = {(a.name, key): 1 for key in keys_a}
+    if pair == "fp32/some-decoder-tensors":  # the same layout: B's changed tensors only
+        expected |= {(b.name, key): 1 for key in keys_b if key in CHANGED}
+    else:  # fp16 and bf16 copies: every exact digest differs
+        expected |= {(b.name, key): 1 for key in keys_b}
+    assert dict(reads.calls) == expected
+
+
+def test_a_changed_indexed_file_and_rehash_are_read_and_digested(tmp_path, plugins, base, reads):
+    a, b = pair_files(tmp_path, base, "fp32/some-decoder-tensors")
+    with index_both(tmp_path, plugins, a, b) as index:
+        changed = dict(base)
+        changed["encoder.conv_in.bias"] = base["encoder.conv_in.bias"] + np.float32(1)
+        factory.save_safetensors(changed, b)  # rewritten after the scan: the index no longer answers for it
+        os.utime(b, ns=(os.stat(b).st_atime_ns, os.stat(b).st_mtime_ns + 10**9))
+        reads.calls.clear()
+        got = diff_models(a, b, plugins, index=index)
+        assert got.relation == "same-decoder"  # what the file holds now: only its encoder differs
+        assert got.vae_b.encoder_id != index.get(str(b)).report().vae.encoder_id
+        assert all(reads.calls[b.name, key] == 1 for key in reads.stored_keys(b, plugins))
+        reads.calls.clear()
+        fresh = diff_models(a, b, plugins, index=index, rehash=True)
+        assert json.dumps(fresh.to_json()) == json.dumps(got.to_json())
+        assert dict(reads.calls) == {(p.name, k): 1 for p in (a, b) for k in reads.stored_keys(p, plugins)}
+
+
+def test_cli_diff_uses_the_index_and_rehash_reads(tmp_path, capsys, base, monkeypatch):
+    monkeypatch.setenv("VAEREG_HOME", str(tmp_path / "home"))
+    a, b = pair_files(tmp_path, base, "fp32/some-decoder-tensors")
+    assert main(["scan", "--no-file-hashes", str(tmp_path)]) == 0
+    capsys.readouterr()
+    outputs = []
+    for extra in ([], ["--rehash"]):
+        assert main(["diff", "--json", *extra, str(a), str(b)]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1] and outputs[0]["relation"] == "same-encoder"

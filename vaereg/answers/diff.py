@@ -5,7 +5,8 @@ family, latent channels, canonical tensor shapes), reading no tensor. Compatible
 tensor pair at a time - two pairs at once, in two threads, so that one reads while the other computes: each
 tensor is digested as `compute_identity` digests it, and B's is measured against A's while both are in memory
 (`identify_and_measure`). That gives both identities, the relation (`answers.relation`) and the per-group and
-per-tensor differences that ``vaereg diff`` shows. Each pair is measured `CHUNK` values at a time: ||a||^2,
+per-tensor differences that ``vaereg diff`` shows. A file the index holds unchanged is not digested: its
+identity comes from the index, and B's tensors that the digests say are A's are not read at all. Each pair is measured `CHUNK` values at a time: ||a||^2,
 ||b - a||^2, max |b - a| and, where the digests cannot tell, the precision rule on every value. F32, F16 and BF16
 go through the compiled kernel (`_fp16kernel.diff_pair`: one pass, sums in double precision, at memory speed);
 other float dtypes, and machines where the kernel was not built, through numpy in float64 - the same relation and
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
     from vaereg.identity.analyze import OpenedModel
     from vaereg.plugin.manager import Plugins
+    from vaereg.store.index import Index
 
 #: How many of the most different tensors a diff lists.
 TOP_TENSORS = 5
@@ -263,26 +265,33 @@ class _PairDone:
 
 
 def identify_and_measure(
-    ma: OpenedModel, mb: OpenedModel, workers: int | None = None
+    ma: OpenedModel,
+    mb: OpenedModel,
+    workers: int | None = None,
+    known: tuple[VaeIdentity | None, VaeIdentity | None] = (None, None),
 ) -> tuple[VaeIdentity, VaeIdentity, list[TensorDiff]]:
-    """Both identities and the differences of two compatible opened VAEs, reading each file once.
+    """Both identities and the differences of two compatible opened VAEs, reading each file at most once.
 
     For each canonical name, on `workers` threads at once (by default `WORKERS`, one for a small VAE): read A's
     tensor and digest it as `compute_identity` does, the same for B's, and measure the pair while both are in
     memory - only ||a|| where the exact digests and dtypes say B's is A's. The identities are assembled as
-    `compute_identity` assembles them: the same ids, digests and sketch. Each thread reads into two buffers of its
-    own, reused from tensor to tensor: memory stays at a stored tensor pair per thread (and, in the numpy path, a
-    few chunks of float64, `CHUNK`), whatever the files' size.
+    `compute_identity` assembles them: the same ids, digests and sketch. A side whose identity is `known` (from
+    the index: `known_identity`) is not digested, and B's tensor is not even read where the digests say it is
+    A's. Each thread reads into two buffers of its own, reused from tensor to tensor: memory stays at a stored
+    tensor pair per thread (and, in the numpy path, a few chunks of float64, `CHUNK`), whatever the files' size.
 
     Raises what identifying A, then B, then measuring (each file read twice, as diff once did) raised first: the
     first failing tensor of A in name order, else of B, else the first failing measurement.
     """
     sides = [(m.vae, m.source.read, getattr(m.source, "read_into", None), _Scratch()) for m in (ma, mb)]
 
-    def digest(side: int, name: str) -> tuple[bytes | memoryview, _Digested, TensorDigest]:
-        vae, read, read_into, scratch = sides[side]
+    def digest(side: int, name: str, read: bool = True) -> tuple[bytes | memoryview | None, _Digested | None, TensorDigest]:
+        vae, read_from, read_into, scratch = sides[side]
         info = vae.tensors[name]
-        raw = read_tensor(info.nbytes, vae.stored_key[name], read, read_into, scratch)
+        raw = read_tensor(info.nbytes, vae.stored_key[name], read_from, read_into, scratch) if read else None
+        if known[side] is not None:
+            return raw, None, known[side].tensor_digests[name]  # type: ignore[union-attr]
+        assert raw is not None
         got = _digest_tensor(info, raw, False, scratch)
         return raw, got, TensorDigest(info.dtype, info.shape, got.digest, got.exact_digest)
 
@@ -291,9 +300,15 @@ def identify_and_measure(
         try:
             raw_a, got_a, da = digest(0, name)
             stage = 1
-            raw_b, got_b, db = digest(1, name)
+            if known[1] is not None:  # whether B's tensor is A's, told before reading it
+                db = known[1].tensor_digests[name]
+                same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+                raw_b, got_b, db = digest(1, name, read=not same)
+            else:
+                raw_b, got_b, db = digest(1, name)
+                same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
             stage = 2
-            same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+            assert raw_a is not None
             return _PairDone(got_a, got_b, _measure(name, da, raw_a, db, None if same else raw_b))
         except Exception as exc:  # noqa: BLE001 - raised below, the one reading each file twice met first
             return _PairDone(failure=(stage, exc))
@@ -307,9 +322,24 @@ def identify_and_measure(
     failures = [(d.failure[0], i, d.failure[1]) for i, d in enumerate(done) if d.failure is not None]
     if failures:
         raise min(failures, key=lambda f: f[:2])[2]
-    va, _ = assemble_identity(ma.vae, [d.a for d in done])
-    vb, _ = assemble_identity(mb.vae, [d.b for d in done])
-    return va, vb, [d.diff for d in done]
+    va = known[0] or assemble_identity(ma.vae, [d.a for d in done])[0]  # type: ignore[misc]
+    vb = known[1] or assemble_identity(mb.vae, [d.b for d in done])[0]  # type: ignore[misc]
+    return va, vb, [d.diff for d in done]  # type: ignore[misc]
+
+
+def known_identity(index: Index, path: Path, model: OpenedModel) -> VaeIdentity | None:
+    """The identity of the VAE in `path` as the index holds it, when the file is unchanged since
+    (`store.answer.indexed_model`) and its canonical tensors are the ones `model`'s header gives (the same
+    names, dtypes and shapes: the same plugins canonicalised it); else None, and it is read."""
+    from vaereg.store.answer import indexed_model
+
+    found = indexed_model(index, path, with_stats=False)
+    vae = found[0].vae if found is not None else None
+    if vae is None or model.vae is None:
+        return None
+    held = {name: (t.dtype, tuple(t.shape)) for name, t in vae.tensor_digests.items()}
+    opened = {name: (t.dtype, tuple(t.shape)) for name, t in model.vae.tensors.items()}
+    return vae if held == opened else None
 
 
 def group_differences(diffs: Iterable[TensorDiff]) -> list[GroupDiff]:
@@ -366,12 +396,16 @@ class DiffReport:
         }
 
 
-def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
+def diff_models(
+    path_a: Path, path_b: Path, plugins: Plugins, *, index: Index | None = None, rehash: bool = False
+) -> DiffReport:
     """Identify the VAEs of two model files and compare them; every failure becomes `error`.
 
     Compatibility is decided from the headers, before any tensor is read. Compatible VAEs are then read once,
     a tensor pair per worker thread at a time, for both identities and the differences
     (`identify_and_measure`); for incompatible ones only the identities are computed, as `vaereg hash` does.
+    The identity of a file `index` holds unchanged comes from the index (not with `rehash`): its tensors are
+    still read to be measured, except B's where the digests say they are A's.
     """
     from vaereg.errors import FileProblem
     from vaereg.identity.analyze import open_model
@@ -393,12 +427,17 @@ def diff_models(path_a: Path, path_b: Path, plugins: Plugins) -> DiffReport:
             models.append(model)
         ma, mb = models
         why = incompatibility(ma.vae, mb.vae)
+        known = (None, None)
+        if index is not None and not rehash:
+            known = (known_identity(index, path_a, ma), known_identity(index, path_b, mb))
         try:
             if why:
-                va, _ = compute_identity(ma.vae, ma.source.read, read_into=getattr(ma.source, "read_into", None))
-                vb, _ = compute_identity(mb.vae, mb.source.read, read_into=getattr(mb.source, "read_into", None))
+                va, vb = (
+                    k or compute_identity(m.vae, m.source.read, read_into=getattr(m.source, "read_into", None))[0]
+                    for k, m in zip(known, models)
+                )
                 return DiffReport(*shown, relation="incompatible", reason=why, vae_a=va, vae_b=vb)
-            va, vb, diffs = identify_and_measure(ma, mb)
+            va, vb, diffs = identify_and_measure(ma, mb, known=known)
         except (FileProblem, OSError, ValueError, KeyError) as exc:  # data contradicting its header
             return DiffReport(*shown, error=f"unreadable: {exc}")
     return DiffReport(

@@ -1,4 +1,7 @@
-"""``vaereg diff A B``: how two VAEs are related, and which tensor groups differ by how much."""
+"""``vaereg diff A B``: how two VAEs are related, and which tensor groups differ by how much.
+
+The identity of a file the index holds unchanged comes from the index (``--rehash``: read it anyway).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from vaereg.cli.common import (
     Context,
+    add_rehash,
     emit_json,
     fail,
     printable,
@@ -36,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("a", type=Path, metavar="A")
     p.add_argument("b", type=Path, metavar="B")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/check.md)")
+    add_rehash(p)
     p.set_defaults(run=run)
 
 
@@ -43,7 +48,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.diff import diff_models
 
     with working(shows_progress(args.json), f"comparing {args.a.name} and {args.b.name}..."):
-        report = diff_models(args.a, args.b, ctx.plugins)
+        index = ctx.index if ctx.config.index.is_file() else None  # identities of unchanged indexed files
+        report = diff_models(args.a, args.b, ctx.plugins, index=index, rehash=args.rehash)
     if report.error:
         fail(report.error)
     if args.json:

@@ -84,7 +84,7 @@ class Context:
 
 
 def add_rehash(parser: argparse.ArgumentParser) -> None:
-    """`--rehash`, one meaning wherever an unchanged indexed file is answered from the index (`hash`, `check`)."""
+    """`--rehash`, one meaning wherever an unchanged indexed file is answered from the index (`hash`, `check`, `diff`)."""
     parser.add_argument("--rehash", action="store_true", help="read every file, even one the index holds unchanged")
 
 

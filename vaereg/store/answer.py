@@ -75,10 +75,13 @@ def indexed_report(
     return report
 
 
-def indexed_model(index: Index, path: Path) -> tuple[HashReport, Mapping[str, TensorStats]] | None:
+def indexed_model(
+    index: Index, path: Path, *, with_stats: bool = True
+) -> tuple[HashReport, Mapping[str, TensorStats]] | None:
     """What `analyze(path, with_stats=True)` gives that `vaereg check` uses - the full identity (per-tensor
     digests and sketch), its tensors' health stats, base and format - from the index; None when the index
-    cannot answer for `path` (as for `indexed_report`, or a tensor's stats are not known)."""
+    cannot answer for `path` (as for `indexed_report`, or a tensor's stats are wanted and not known). Without
+    `with_stats` (`vaereg diff`), the stats are {} and need not be known."""
     st = _regular(path)
     row = _unchanged_row(index, path, st) if st is not None else None
     if row is None:
@@ -87,6 +90,7 @@ def indexed_model(index: Index, path: Path) -> tuple[HashReport, Mapping[str, Te
     if row.exact_id is None:
         return report, {}  # a model without a VAE: nothing to know of tensors
     exact = index.exact_vae(row.exact_id)
-    if exact is None or exact.stats is None:
+    if exact is None or (with_stats and exact.stats is None):
         return None
-    return dataclasses.replace(report, vae=dataclasses.replace(exact.vae, prefix=row.prefix or "")), exact.stats
+    vae = dataclasses.replace(exact.vae, prefix=row.prefix or "")
+    return dataclasses.replace(report, vae=vae), (exact.stats or {}) if with_stats else {}
