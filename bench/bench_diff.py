@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    args.dir = args.dir.resolve()  # the index keeps absolute paths, as a scan records them
     args.dir.mkdir(parents=True, exist_ok=True)
     files = {name: args.dir / f"vae-{name}.safetensors" for name in ("fp32", "fp16", "tuned", "bf16")}
     missing = {name for name, path in files.items() if not path.exists()}
