@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -47,13 +46,13 @@ from vaereg.store.database import (
 )
 from vaereg.store.overview import IdentityCounts, identity_counts
 from vaereg.store.rows import (
-    U64,
     ExactVae,
     HashHit,
     IdentitySummary,
     IndexedFile,
     IndexedVae,
     IndexStats,
+    file_from_row,
     lower_hex,
     sql_int,
 )
@@ -106,21 +105,6 @@ _LOOKUP = " UNION ALL ".join(
         for kind in FILE_KINDS
     ]
 )
-
-
-_FILE_FIELDS = tuple(f.name for f in fields(IndexedFile))
-
-
-def _file(row: tuple) -> IndexedFile:
-    values = list(row)
-    values[1] %= U64  # dev and inode back to unsigned
-    values[2] %= U64
-    values[8] = bool(values[8])
-    # Filling __dict__ skips the frozen __init__'s object.__setattr__ per field, which is half the cost of
-    # the 100k rows a rescan reads through paths_under. The row's columns are the fields, in order.
-    file = object.__new__(IndexedFile)
-    file.__dict__.update(zip(_FILE_FIELDS, values, strict=True))
-    return file
 
 
 def _hex_prefix(query: str) -> str:
@@ -239,7 +223,7 @@ class Index:
 
     def _files(self, where: str, params: Iterable[Any] = ()) -> list[IndexedFile]:
         with self._read() as conn:
-            return [_file(row) for row in conn.execute(f"{_SELECT_FILE} {where}", tuple(params))]
+            return [file_from_row(row) for row in conn.execute(f"{_SELECT_FILE} {where}", tuple(params))]
 
     # -- files
 
@@ -473,6 +457,11 @@ class Index:
         """The generation, and the key and answer `check` kept for `path` (store/kept.py), in one snapshot."""
         with self._read() as conn:
             return kept.recall(conn, path)
+
+    def kept_paths(self) -> tuple[int, list[str]]:
+        """The generation, and every path with a verdict `check` kept (store/kept.py), in one snapshot."""
+        with self._read() as conn:
+            return kept.kept_paths(conn)
 
     def keep_answer(self, path: str, key: str, answer: str) -> bool:
         """Keep `check`'s answer for `path` under `key`; False when the index is busy or read-only."""

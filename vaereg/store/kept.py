@@ -25,6 +25,16 @@ def recall(conn: sqlite3.Connection, path: str) -> tuple[int, str | None, str | 
     ).fetchone()
 
 
+def kept_paths(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+    """The generation, and every path with a kept answer (stale or not), in one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        generation = conn.execute("SELECT value FROM state WHERE name = 'generation'").fetchone()[0]
+        return generation, [path for (path,) in conn.execute("SELECT path FROM answers ORDER BY path")]
+    finally:
+        conn.execute("COMMIT")
+
+
 def keep(conn: sqlite3.Connection, path: str, key: str, answer: str) -> bool:
     """Keep `answer` for `path` under `key`, in a transaction of its own; False when it could not be."""
     conn.execute(f"PRAGMA busy_timeout = {KEEP_WAIT_MS}")

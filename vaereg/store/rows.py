@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from vaereg.identity.report import (
@@ -153,6 +153,23 @@ class IndexedFile:
             "dtype": self.dtype,
             **{name: getattr(self, name) for name in FILE_HASH_NAMES},
         }
+
+
+
+_FILE_FIELDS = tuple(f.name for f in fields(IndexedFile))
+
+
+def file_from_row(row: tuple) -> IndexedFile:
+    """An `IndexedFile` from a row of the index's file query (`Index._files`: its columns are the fields, in order)."""
+    values = list(row)
+    values[1] %= U64  # dev and inode back to unsigned
+    values[2] %= U64
+    values[8] = bool(values[8])
+    # Filling __dict__ skips the frozen __init__'s object.__setattr__ per field, which is half the cost of
+    # the 100k rows a rescan reads through paths_under. The row's columns are the fields, in order.
+    file = object.__new__(IndexedFile)
+    file.__dict__.update(zip(_FILE_FIELDS, values, strict=True))
+    return file
 
 
 @dataclass(frozen=True)

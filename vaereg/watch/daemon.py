@@ -10,7 +10,9 @@ It drives identify -> index -> registry -> hooks and owns every thread it needs:
   writes the status file;
 - ``workers`` identify workers: the identity first, without whole-file hashes, recorded and announced;
 - one hash worker after them: the whole-file hashes, stored and announced again. They take a full read,
-  so a new checkpoint is identified in under a second and its sha256 follows.
+  so a new checkpoint is identified in under a second and its sha256 follows;
+- once the index has settled, with nothing queued: `check`'s kept verdicts computed anew, in a thread of
+  their own (`watch/verdicts.py`), so that asking again after a change still answers at once.
 
 An exception while handling a file is logged with the file and the daemon goes on. `serve` runs a daemon in
 the foreground until SIGTERM or SIGINT. torch is never imported here.
@@ -45,6 +47,7 @@ from vaereg.watch.state import (
     timestamp,
     write_status,
 )
+from vaereg.watch.verdicts import VerdictRefresh
 from vaereg.watch.watcher import Target, Watcher
 from vaereg.watch.workqueue import JobQueue, Workers
 
@@ -112,6 +115,7 @@ class Daemon:
         self.router: EventRouter | None = None
         self.watcher: Watcher | None = None
         self.reconciles = 0
+        self.verdicts: VerdictRefresh | None = None  # check's kept verdicts, refreshed when the index settles
 
     # -- lifecycle
 
@@ -141,6 +145,7 @@ class Daemon:
                 poll_interval=max(1.0, self.config.settle_seconds),
             )
             self.watcher.start(self._root_targets())
+            self.verdicts = VerdictRefresh(self.services, self.plugins, self.config, self._stopping)
             self._identify_workers.start()
             self._hash_workers.start()
             self._reconcile_wanted.set()
@@ -244,7 +249,8 @@ class Daemon:
                     if body != last_written or now - last_write >= STATUS_REFRESH:
                         write_status(self.config.home, status)
                         last_written, last_write = body, now
-                timers = (self.completion.due(), next_removal, next_check, next_status, next_reconcile)
+                next_verdicts = self.verdicts.poll(self._idle()) if self.verdicts is not None else None
+                timers = (self.completion.due(), next_removal, next_check, next_status, next_reconcile, next_verdicts)
                 wake_at = min(t for t in timers if t is not None)
             except Exception as exc:  # the supervisor must outlive whatever went wrong in one round
                 log.exception("daemon supervisor")
@@ -418,6 +424,12 @@ class Daemon:
             hashing=len(self.hash_queue) + self.hash_queue.in_hand,
             recent_errors=tuple(self._errors),
         )
+
+    def _idle(self) -> bool:
+        """Nothing waiting to complete, queued or in hand, and no reconcile running."""
+        busy = len(self.completion) + len(self.identify_queue) + self.identify_queue.in_hand
+        busy += len(self.hash_queue) + self.hash_queue.in_hand
+        return not busy and not (self._reconciling and self._reconciling.is_alive())
 
     def _write_status(self) -> None:
         write_status(self.config.home, self.status())
