@@ -510,3 +510,22 @@ def test_cli_diff_uses_the_index_and_rehash_reads(tmp_path, capsys, base, monkey
         assert main(["diff", "--json", *extra, str(a), str(b)]) == 0
         outputs.append(json.loads(capsys.readouterr().out))
     assert outputs[0] == outputs[1] and outputs[0]["relation"] == "same-encoder"
+
+
+def test_the_human_report_escapes_names_from_files(capsys, plugins):
+    """Tensor names and paths come from files: a control character in them cannot start a line or move the
+    cursor."""
+    from vaereg.answers.diff import TensorDiff
+    from vaereg.cli.cmd_diff import _print
+
+    vae = identify_arrays(factory.make_vae(ch=8), plugins)
+    odd = "decoder.\x1b[2Jconv\nout.weight"
+    report = DiffReport(
+        "a\nb.safetensors", "c\x1b.safetensors", relation="different", reason="other\rweights", vae_a=vae, vae_b=vae,
+        groups=tuple(group_differences([TensorDiff(odd, 1.0, 0.5, 0.25, False)])),
+        tensors=(TensorDiff(odd, 1.0, 0.5, 0.25, False),),
+    )
+    _print(report)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and len(out.splitlines()) == 6
+    assert "decoder.\\x1b[2Jconv\\nout.weight" in out and "a\\nb.safetensors" in out

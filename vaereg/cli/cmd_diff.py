@@ -14,7 +14,7 @@ from vaereg.cli.common import (
     add_rehash,
     emit_json,
     fail,
-    printable,
+    say,
     short,
     shows_progress,
     working,
@@ -60,23 +60,24 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _print(report: DiffReport) -> None:
+    """The report for a person, every line escaped (`say`): paths and tensor names come from files."""
     assert report.relation is not None and report.vae_a and report.vae_b
-    print(f"{report.relation}: {MEANING[report.relation]}" + (f" - {report.reason}" if report.reason else ""))
+    say(f"{report.relation}: {MEANING[report.relation]}" + (f" - {report.reason}" if report.reason else ""))
     for label, path, vae in (("A", report.a, report.vae_a), ("B", report.b, report.vae_b)):
-        print(f"  {label}: {printable(path)}  {vae.family} {vae.dtype}, id {short(vae.id)}")
+        say(f"  {label}: {path}  {vae.family} {vae.dtype}, id {short(vae.id)}")
     for group in report.groups:
         if group.differing:
-            print(
+            say(
                 f"  {group.group + ':':9s}{group.differing}/{group.tensors} tensors differ,"
                 f" relative L2 {_num(group.rel_l2)}, max |diff| {_num(group.max_abs)}"
             )
         else:
-            print(f"  {group.group + ':':9s}identical ({group.tensors} tensors)")
+            say(f"  {group.group + ':':9s}identical ({group.tensors} tensors)")
     top = report.top
     if top:
-        print("  most different (relative L2, max |diff|):")
+        say("  most different (relative L2, max |diff|):")
         for t in top:
-            print(f"    {t.name}  {_num(t.rel_l2)}  {_num(t.max_abs)}")
+            say(f"    {t.name}  {_num(t.rel_l2)}  {_num(t.max_abs)}")
 
 
 def _num(value: float) -> str:
