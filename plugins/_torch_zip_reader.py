@@ -154,6 +154,17 @@ class TorchZipSource:
         _, _, first_byte, stop = self._extent(name)
         return self._bytes.fetch_into(first_byte, stop, out)
 
+    def read_range_into(self, name: str, start: int, out: memoryview) -> memoryview | None:
+        """Bytes [start, start + len(out)) of what :meth:`read` gives for `name`, into `out`; None for a tensor
+        whose stored bytes are not already the answer (strided, big-endian or empty: read it whole)."""
+        ref = self._refs[name]
+        if math.prod(ref.shape) == 0 or self._big_endian or not _is_c_contiguous(ref.shape, ref.stride):
+            return None
+        _, _, first_byte, stop = self._extent(name)
+        if not 0 <= start <= start + len(out) <= stop - first_byte:
+            raise ValueError(f"tensor {name!r}: bytes {start}..{start + len(out)} of {stop - first_byte}")
+        return self._bytes.fetch_into(first_byte + start, first_byte + start + len(out), out)
+
     def read(self, name: str) -> bytes:
         """The bytes of tensor `name` in C order, little-endian; KeyError for an unknown name."""
         ref = self._refs[name]

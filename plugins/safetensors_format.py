@@ -365,6 +365,19 @@ class SafetensorsSource:
         except ModelFormatError as e:
             raise ModelFormatError(f"tensor {_quote(name)}: {e}") from None
 
+    def read_range_into(self, name: str, start: int, out: memoryview) -> memoryview:
+        """Bytes [start, start + len(out)) of tensor `name` into `out`: a piece of what :meth:`read` gives."""
+        begin, end = self._spans[name]
+        if self._bytes.closed:
+            raise ValueError("read from a closed SafetensorsSource")
+        if not 0 <= start <= start + len(out) <= end - begin:
+            raise ValueError(f"tensor {_quote(name)}: bytes {start}..{start + len(out)} of {end - begin}")
+        first = self.data_offset + begin + start
+        try:
+            return self._bytes.fetch_into(first, first + len(out), out)
+        except ModelFormatError as e:
+            raise ModelFormatError(f"tensor {_quote(name)}: {e}") from None
+
     def close(self) -> None:
         """Release the mapping and the file; safe to call twice."""
         self._bytes.close()

@@ -17,7 +17,7 @@ import torch
 from memsource import identify_arrays
 from safetensors.torch import save_file
 
-from vaereg.answers import diff
+from vaereg.answers import diff, measure
 from vaereg.answers.diff import DiffReport, _measure, diff_models, group_differences
 from vaereg.answers.relation import relation, sketch_agreement, values_agree
 from vaereg.cli import main
@@ -184,7 +184,8 @@ def test_cli_error_exit_status(tmp_path, capsys, base):
 
 class Reads:
     """Counts the tensor reads of every source `open_model` opens (`diff_models` opens its files through it):
-    calls per (file name, stored key), a `read_into` that falls back to `read` counted once. A read of a key in
+    calls per (file name, stored key), a `read_into` that falls back to `read` counted once, a tensor read in
+    pieces (`read_range_into`) counted at its first piece. A read of a key in
     `short` comes back a byte short, as from a file whose bytes contradict its header."""
 
     def __init__(self, open_model):
@@ -203,8 +204,11 @@ class Reads:
                 raw = method(key, *args)
             finally:
                 self._inside.reading = False
-            with self._lock:
-                self.calls[file, key] += 1
+            if raw is None:
+                return None
+            if method.__name__ != "read_range_into" or args[0] == 0:  # a tensor read in pieces: once
+                with self._lock:
+                    self.calls[file, key] += 1
             return raw[:-1] if (file, key) in self.short else raw
 
         return counted
@@ -221,7 +225,7 @@ def reads(monkeypatch):
     @contextlib.contextmanager
     def open_counted(path, plugins):
         with reads.open_model(path, plugins) as model:
-            for method in ("read", "read_into"):
+            for method in ("read", "read_into", "read_range_into"):
                 if hasattr(model.source, method):
                     setattr(model.source, method, reads.wrap(path.name, getattr(model.source, method)))
             yield model
@@ -529,3 +533,49 @@ def test_the_human_report_escapes_names_from_files(capsys, plugins):
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out and len(out.splitlines()) == 6
     assert "decoder.\\x1b[2Jconv\\nout.weight" in out and "a\\nb.safetensors" in out
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_indexed_pairs_are_measured_in_pieces_with_the_same_sums(tmp_path, plugins, base, monkeypatch, pair):
+    """With both identities from the index, each tensor is read CHUNK values at a time (`read_range_into`) and
+    measured piece by piece: the same pieces as reading it whole, so the same figures to the bit."""
+    monkeypatch.setattr(measure, "CHUNK", 100)  # many pieces per tensor, also in the whole-tensor reference
+    a, b = pair_files(tmp_path, base, pair)
+    want = two_passes(a, b, plugins)
+    ranges = collections.Counter()
+    with index_both(tmp_path, plugins, a, b) as index:
+        real = analyze.open_model
+
+        @contextlib.contextmanager
+        def opened(path, plugins):
+            with real(path, plugins) as model:
+                read_range_into = model.source.read_range_into
+                model.source.read_range_into = lambda key, start, out: ranges.update([path.name]) or read_range_into(
+                    key, start, out
+                )
+                model.source.read_into = None  # a whole-tensor read would fail the test
+                yield model
+
+        monkeypatch.setattr(analyze, "open_model", opened)
+        got = diff_models(a, b, plugins, index=index)
+    assert got.error is None and got.tensors == want.tensors and got.relation == want.relation
+    pieces = sum(-(-int(np.prod(v.shape)) // 100) for v in base.values())
+    assert ranges[a.name] == pieces  # every piece of A once
+    assert ranges[b.name] == (pieces if "decoder" not in pair else sum(-(-base[k].size // 100) for k in CHANGED))
+
+
+def test_a_tensor_a_source_cannot_read_in_pieces_is_read_whole(tmp_path, plugins, base, monkeypatch):
+    a, b = pair_files(tmp_path, base, "fp32/bf16")
+    want = two_passes(a, b, plugins)
+    with index_both(tmp_path, plugins, a, b) as index:
+        real = analyze.open_model
+
+        @contextlib.contextmanager
+        def opened(path, plugins):
+            with real(path, plugins) as model:
+                model.source.read_range_into = lambda key, start, out: None  # e.g. a big-endian torch file
+                yield model
+
+        monkeypatch.setattr(analyze, "open_model", opened)
+        got = diff_models(a, b, plugins, index=index)
+    assert got.error is None and got.tensors == want.tensors and json.dumps(got.to_json()) == json.dumps(want.to_json())

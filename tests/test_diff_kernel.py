@@ -15,12 +15,8 @@ from isas import available_isas, using
 from safetensors.torch import save_file
 
 from vaereg.answers import diff
-from vaereg.answers.diff import (
-    CHUNK,
-    diff_models,
-    measure_with_kernel,
-    measure_with_numpy,
-)
+from vaereg.answers.diff import diff_models
+from vaereg.answers.measure import CHUNK, measure_with_kernel, measure_with_numpy
 from vaereg.answers.relation import rounding_interval, values_agree
 from vaereg.cli import main
 from vaereg.identity.kernel import kernel

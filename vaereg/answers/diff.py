@@ -6,24 +6,25 @@ tensor pair at a time - two pairs at once, in two threads, so that one reads whi
 tensor is digested as `compute_identity` digests it, and B's is measured against A's while both are in memory
 (`identify_and_measure`). That gives both identities, the relation (`answers.relation`) and the per-group and
 per-tensor differences that ``vaereg diff`` shows. A file the index holds unchanged is not digested: its
-identity comes from the index, and B's tensors that the digests say are A's are not read at all. Each pair is measured `CHUNK` values at a time: ||a||^2,
-||b - a||^2, max |b - a| and, where the digests cannot tell, the precision rule on every value. F32, F16 and BF16
-go through the compiled kernel (`_fp16kernel.diff_pair`: one pass, sums in double precision, at memory speed);
-other float dtypes, and machines where the kernel was not built, through numpy in float64 - the same relation and
-agreements, the same figures but for the order of summation. numpy is imported by that path only. Memory: the
-stored tensor pair of each thread plus a few MB, never float64 copies of whole tensors.
+identity comes from the index; when both are, B's tensors that the digests say are A's are not read at all,
+and each pair is read and measured a piece at a time while in the core's cache. The measuring itself -
+||a||^2, ||b - a||^2, max |b - a| and, where the digests cannot tell, the precision rule, `CHUNK` values at a
+time, through the compiled kernel or numpy - is `answers.measure`. Memory: the stored tensor pair of each
+thread plus a few MB, never float64 copies of whole tensors.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from vaereg.answers import measure
+from vaereg.answers.measure import KERNEL_DTYPES, chunks_of, kernel_sums, measure_with_kernel, measure_with_numpy
 from vaereg.answers.relation import (
     GROUPS,
     digests_decide,
@@ -47,7 +48,6 @@ from vaereg.identity.locate import group_of
 from vaereg.identity.report import TensorDigest, VaeIdentity
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from vaereg.identity.analyze import OpenedModel
     from vaereg.plugin.manager import Plugins
@@ -112,131 +112,6 @@ def _number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None  # JSON has no NaN
 
 
-#: Values compared per step: a few MB of float64 temporaries in the numpy path, whatever the tensor's size.
-CHUNK = 1 << 18
-#: Stored dtypes the compiled kernel measures (`_fp16kernel.diff_pair`); others (F64, 8-bit and packed floats) and
-#: machines without the kernel take the numpy path.
-KERNEL_DTYPES = frozenset({"F32", "F16", "BF16"})
-
-#: What one tensor pair sums to: ||a||^2, ||b - a||^2, max |b - a| (NaN if any difference is), and whether every
-#: pair of values obeys `values_agree` (True unless checked).
-Sums = tuple[float, float, float, bool]
-
-
-def _widen(dtype: str, raw: bytes | memoryview) -> np.ndarray:
-    import numpy as np
-
-    from vaereg.identity.values import (
-        widen_float32,  # the one exact widening of stored floats
-    )
-
-    values = widen_float32(dtype, raw)
-    if values is None:
-        raise ValueError(f"no float values to compare in dtype {dtype}")
-    return values.astype(np.float64)
-
-
-@lru_cache(maxsize=1)
-def _f16_table() -> np.ndarray:
-    """Every fp16 bit pattern as float32, by numpy's own conversion: a lookup is several times faster than
-    numpy's element-by-element fp16 cast, and the same values."""
-    import numpy as np
-
-    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-
-
-def _chunks(dtype: str, raw: bytes | memoryview) -> Iterable[np.ndarray]:
-    """The tensor's values as float64, CHUNK at a time (a packed sub-byte dtype: in one piece)."""
-    import numpy as np
-
-    bits = DTYPE_BITS.get(dtype, 0)
-    if not bits or bits % 8:
-        yield _widen(dtype, raw)
-        return
-    step = CHUNK * bits // 8
-    view = memoryview(raw).cast("B")
-    for start in range(0, max(len(view), 1), step):
-        if dtype == "F16":
-            halves = np.frombuffer(view[start : start + step], dtype="<u2")
-            yield _f16_table()[halves].astype(np.float64)
-        else:
-            yield _widen(dtype, view[start : start + step])
-
-
-def _sum_squares(x: np.ndarray) -> float:
-    import numpy as np
-
-    # einsum's own loop, not BLAS: a BLAS dot (or np.linalg.norm) starts a thread per core, which spin and
-    # stall on a busy machine - the 20 s a full-size diff took.
-    return float(np.einsum("i,i->", x, x))
-
-
-def _nan_max(a: float, b: float) -> float:
-    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
-
-
-def measure_with_numpy(
-    name: str, a_dtype: str, raw_a: bytes | memoryview, b_dtype: str | None, raw_b: bytes | memoryview | None,
-    check: bool,
-) -> Sums:
-    """`Sums` of a tensor pair through numpy, chunk by chunk in float64 (any float dtype). `raw_b` None: only
-    ||a||^2. `check`: apply `values_agree` to every pair."""
-    import numpy as np
-
-    from vaereg.answers.relation import values_agree
-
-    norm2 = gap2 = 0.0
-    biggest = 0.0
-    agrees = True
-    with np.errstate(invalid="ignore", over="ignore"):
-        pairs = zip(_chunks(a_dtype, raw_a), _chunks(b_dtype, raw_b)) if raw_b is not None and b_dtype else (
-            (x, None) for x in _chunks(a_dtype, raw_a)
-        )
-        for x, y in pairs:
-            norm2 += _sum_squares(x)
-            if y is None:
-                continue
-            if x.shape != y.shape:
-                raise ValueError(f"tensor {name!r}: {x.size} values against {y.size}")
-            delta = np.subtract(y, x)
-            np.abs(delta, out=delta)
-            gap2 += _sum_squares(delta)
-            if delta.size:
-                biggest = _nan_max(biggest, float(delta.max()))
-            if check and agrees:
-                agrees = bool(values_agree(x, a_dtype, y, b_dtype).all())
-    return norm2, gap2, biggest, agrees
-
-
-def measure_with_kernel(
-    name: str, a_dtype: str, raw_a: bytes | memoryview, b_dtype: str | None, raw_b: bytes | memoryview | None,
-    check: bool,
-) -> Sums:
-    """`measure_with_numpy` through the compiled kernel, for `KERNEL_DTYPES`: one pass over each piece of CHUNK
-    values, sums in double precision, the GIL released. The same figures but for the order of summation (see
-    docs/benchmarks.md), the same `agrees`."""
-    assert kernel is not None
-    a, a_width = memoryview(raw_a).cast("B"), DTYPE_BITS[a_dtype] // 8
-    b, b_width = (memoryview(raw_b).cast("B"), DTYPE_BITS[b_dtype] // 8) if raw_b is not None and b_dtype else (None, 1)
-    count = len(a) // a_width
-    if len(a) % a_width or (b is not None and len(b) != count * b_width):
-        size_b = f"{len(b) / b_width:g}" if b is not None else "none"
-        raise ValueError(f"tensor {name!r}: {len(a) / a_width:g} values against {size_b}")
-    norm2 = gap2 = 0.0
-    biggest = 0.0
-    agrees = True
-    for start in range(0, count, CHUNK):
-        stop = min(start + CHUNK, count)
-        piece_b = b[start * b_width : stop * b_width] if b is not None else None
-        n2, g2, big, ok = kernel.diff_pair(a[start * a_width : stop * a_width], a_dtype, piece_b, b_dtype,
-                                           check and agrees)
-        norm2 += n2
-        gap2 += g2
-        biggest = _nan_max(biggest, big)
-        agrees = agrees and ok
-    return norm2, gap2, biggest, agrees
-
-
 def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: bytes | memoryview | None) -> TensorDiff:
     """One tensor pair, streamed: sums of squares and the largest difference, piece by piece. `raw_b` is
     None when the exact digests say B's tensor is A's."""
@@ -251,6 +126,10 @@ def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: byte
 #: Tensor pairs worked on at once: while one thread reads a pair (the GIL released in pread), the other digests and
 #: measures the previous one (released in the kernel). More would only add memory: the pass runs at memory speed.
 WORKERS = 2
+
+
+class _Unranged(Exception):
+    """A source cannot read a range of this tensor (`read_range_into` gave None): read it whole."""
 
 
 @dataclass(frozen=True)
@@ -295,9 +174,54 @@ def identify_and_measure(
         got = _digest_tensor(info, raw, False, scratch)
         return raw, got, TensorDigest(info.dtype, info.shape, got.digest, got.exact_digest)
 
+    ranged = kernel is not None and None not in known and all(hasattr(m.source, "read_range_into") for m in (ma, mb))
+    pieces = threading.local()
+
+    def in_pieces(name: str, stage: list[int]) -> TensorDiff | None:
+        """`_measure` of a pair whose digests the index gave, each side read CHUNK values at a time into small
+        buffers of this thread, measured while in the core's cache (the same sums as reading it whole: the
+        same pieces); None when a dtype or a source's tensor does not allow it (then it is read whole)."""
+        da, db = known[0].tensor_digests[name], known[1].tensor_digests[name]  # type: ignore[union-attr]
+        if da.dtype not in KERNEL_DTYPES or db.dtype not in KERNEL_DTYPES:
+            return None
+        if getattr(pieces, "buffers", None) is None:  # the largest piece: CHUNK values of 4 bytes
+            pieces.buffers = (memoryview(bytearray(measure.CHUNK * 4)), memoryview(bytearray(measure.CHUNK * 4)))
+        same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+        decided = True if same else digests_decide(da, db)
+        widths = DTYPE_BITS[da.dtype] // 8, DTYPE_BITS[db.dtype] // 8
+        keys = ma.vae.stored_key[name], mb.vae.stored_key[name]
+        reads = ma.source.read_range_into, mb.source.read_range_into
+
+        def piece(side: int, start: int, stop: int) -> memoryview:
+            stage[0] = side
+            got = reads[side](keys[side], start * widths[side], pieces.buffers[side][: (stop - start) * widths[side]])
+            if got is None:
+                raise _Unranged
+            return got
+
+        def pairs() -> Iterable[tuple[memoryview, memoryview | None]]:
+            for start, stop in chunks_of(math.prod(da.shape)):
+                yield piece(0, start, stop), None if same else piece(1, start, stop)
+                stage[0] = 2
+
+        try:
+            norm2, gap2, biggest, agrees = kernel_sums(pairs(), da.dtype, None if same else db.dtype, decided is None)
+        except _Unranged:
+            return None
+        return TensorDiff(name, math.sqrt(norm2), math.sqrt(gap2), biggest, agrees if decided is None else decided)
+
     def work(name: str) -> _PairDone:
         stage = 0
         try:
+            if ranged:
+                at = [0]
+                try:
+                    measured = in_pieces(name, at)
+                except Exception:
+                    stage = at[0]
+                    raise
+                if measured is not None:
+                    return _PairDone(diff=measured)
             raw_a, got_a, da = digest(0, name)
             stage = 1
             if known[1] is not None:  # whether B's tensor is A's, told before reading it

@@ -43,7 +43,9 @@ class TensorSource(Protocol):
     descriptor. `read(name)` returns that tensor's elements as C-contiguous little-endian bytes in its own
     dtype, reading no more of the file than that tensor; it may be called from several threads at once.
     Sources are context managers; `close` releases the file. Optionally, ``read_into(name, out)`` reads the
-    same bytes into a caller's writable buffer and returns the filled part (docs/plugins.md).
+    same bytes into a caller's writable buffer and returns the filled part, and ``read_range_into(name,
+    start, out)`` reads bytes [start, start + len(out)) of them, or returns None when it cannot for that
+    tensor (docs/plugins.md).
     """
 
     format: str
