@@ -133,7 +133,25 @@ def test_the_launchers_vae_folders_are_part_of_the_state(world, tmp_path, monkey
     assert world.check(model, vae_folders=[folder]) == with_folder and fits.calls == calls + 1
 
 
-@pytest.mark.parametrize("damage", ["not json", '{"name": 1}', '{"relation": "same"}', "[]"])
+DAMAGE = [
+    "not json",
+    '{"name": 1}',
+    '{"relation": "same"}',
+    "[]",
+    "null",
+    # well-formed JSON of the right keys with values of the wrong types
+    '{"name": null, "relation": "blend", "health": [], "related": null, "blend": [[{"id": "a", "name": null,'
+    ' "paths": [], "source": null}, "heavy"]], "embedded_in": [], "needs_external_vae": true, "reason": "r",'
+    ' "recommended": null}',
+    '{"name": null, "relation": "blend", "health": "ok", "related": null, "blend": null, "embedded_in": [],'
+    ' "needs_external_vae": 1, "reason": "r", "recommended": null}',
+    '{"name": null, "relation": "same", "health": [], "related": {"id": "a", "name": null, "paths": "/x",'
+    ' "source": null}, "blend": null, "embedded_in": [], "needs_external_vae": false, "reason": "r",'
+    ' "recommended": null}',
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_kept_verdict_is_computed_afresh_and_kept_anew(world, tmp_path, damage):
     model = indexed(world, merged_checkpoint(tmp_path, {"A": 0.7, "B": 0.3}, world))
     fresh = world.check(model)

@@ -130,20 +130,39 @@ class Verdict:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], vae: VaeIdentity) -> Verdict:
-        def known(d: Mapping[str, Any] | None) -> KnownVae | None:
-            return KnownVae(d["id"], d["name"], tuple(d["paths"]), d["source"]) if d is not None else None
+        """The verdict `to_record` wrote; TypeError (or KeyError, ValueError) for anything else."""
+
+        def text(value: Any, *, optional: bool = False) -> Any:
+            if not (isinstance(value, str) or (optional and value is None)):
+                raise TypeError(f"not a string: {value!r}")
+            return value
+
+        def texts(values: Any) -> tuple[str, ...]:
+            if not isinstance(values, list):
+                raise TypeError(f"not a list: {values!r}")
+            return tuple(text(v) for v in values)
+
+        def known(d: Any) -> KnownVae | None:
+            if d is None:
+                return None
+            return KnownVae(text(d["id"]), text(d["name"], optional=True), texts(d["paths"]), text(d["source"], optional=True))
 
         blend = record["blend"]
+        parts = tuple(BlendPart(known(v), float(w)) for v, w in blend) if blend is not None else None
+        if parts is not None and any(part.vae is None for part in parts):
+            raise TypeError("a blend part without its VAE")
+        if not isinstance(record["needs_external_vae"], bool):
+            raise TypeError("needs_external_vae is not a boolean")
         embedded = EmbeddedVae(
             vae,
-            record["name"],
-            record["relation"],
-            Health(tuple(record["health"])),
+            text(record["name"], optional=True),
+            text(record["relation"]),
+            Health(texts(record["health"])),
             related=known(record["related"]),
-            blend=tuple(BlendPart(known(v), w) for v, w in blend) if blend is not None else None,  # type: ignore[arg-type]
-            embedded_in=tuple(record["embedded_in"]),
+            blend=parts,  # type: ignore[arg-type]
+            embedded_in=texts(record["embedded_in"]),
         )
-        return cls(embedded, record["needs_external_vae"], record["reason"], known(record["recommended"]))
+        return cls(embedded, record["needs_external_vae"], text(record["reason"]), known(record["recommended"]))
 
 
 def check_model(
