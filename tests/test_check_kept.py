@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import factory
+import numpy as np
 import pytest
 import torch
 from test_check import build_world, checkpoint, merged_checkpoint
@@ -216,3 +217,25 @@ def test_the_cli_answers_a_kept_verdict_without_numpy(world, tmp_path):
     first, second = (json.loads(r.stdout) for r in runs)
     assert first == second and first["embedded"]["relation"] == "blend"
     assert first["recommended"]["name"] == "VAE A"
+
+
+def test_files_without_a_vae_change_no_verdict(world, tmp_path, monkeypatch):
+    """A LoRA, an unreadable file or their removal cannot change what the known VAEs are: the generation stays,
+    and the kept verdict is used."""
+    model = indexed(world, merged_checkpoint(tmp_path, {"A": 0.7, "B": 0.3}, world))
+    path = os.path.abspath(model)
+    kept_verdict = world.check(model)
+    start = world.index.kept_answer(path)[0]
+    lora = factory.save_safetensors(
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 8), np.float32)},
+        tmp_path / "detail-lora.safetensors",
+    )
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    for other in (lora, broken):
+        Ingest(world.index, world.plugins, world.registry).identify(str(other), with_file_hashes=False)
+        assert world.index.get(str(other)) is not None and world.index.get(str(other)).exact_id is None
+    world.index.remove(str(lora))
+    assert world.index.kept_answer(path)[0] == start
+    fits = Fits(monkeypatch)
+    assert world.check(model) == kept_verdict and fits.calls == 0

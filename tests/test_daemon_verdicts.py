@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
+import time
 
 import factory
 import numpy as np
@@ -87,7 +88,39 @@ def test_a_changed_file_is_left_to_its_identification_not_read_by_the_refresh(tm
     monkeypatch.setattr(analyze, "analyze", lambda *a, **k: read.append(a[0]) or real(*a, **k))
     with Vaereg(config, plugins=plugins) as services:
         refresh = verdicts.VerdictRefresh(services, plugins, config, threading.Event())
-        generation, paths = services.index.kept_paths()
+        generation, paths = services.index.verdict_paths()
         assert paths == [str(model)]
         refresh._refresh(generation, paths)
     assert read == [] and refresh.refreshed == 0
+
+
+@pytest.mark.parametrize("check_ahead", [True, False])
+def test_check_ahead_keeps_a_verdict_for_every_checkpoint(tmp_path, config, plugins, capsys, monkeypatch, check_ahead):
+    """With `[daemon] check_ahead` (the default) a checkpoint nobody checked yet has its verdict kept by the
+    daemon, so the first `check` computes nothing; without it, only verdicts asked for are kept."""
+    monkeypatch.setattr(verdicts, "SETTLE", 0.2)
+    config = dataclasses.replace(config, check_ahead=check_ahead)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    factory.save_safetensors(factory.make_vae(seed=4), lib / "vae.safetensors")
+    models = [lib / f"model-{n}.safetensors" for n in range(3)]
+    for n, model in enumerate(models):
+        save_file(factory.to_torch(factory.make_checkpoint(factory.make_vae(seed=5 + n)), torch.float16), str(model))
+    lora = factory.save_safetensors(
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 8), np.float32)},
+        lib / "lora.safetensors",
+    )
+    with running(config, plugins, [lib]) as daemon:
+        wait_idle(daemon)
+        if check_ahead:
+            wait_for(lambda: sorted(kept(config)) == sorted(map(str, models)), "a verdict kept for each checkpoint")
+        else:
+            time.sleep(3 * verdicts.SETTLE)  # paces the test: nothing may appear meanwhile
+            assert kept(config) == {}
+        gathered = []
+        real = KnownVaes.gather.__func__
+        monkeypatch.setattr(KnownVaes, "gather", classmethod(lambda cls, *a, **k: gathered.append(1) or real(cls, *a, **k)))
+        first = check_json(capsys, str(models[0]))
+        assert (gathered == []) is check_ahead
+        assert first == check_json(capsys, "--rehash", str(models[0]))
+    assert str(lora) not in kept(config)

@@ -70,6 +70,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, Callable[[Any], Any], str]] = {
     ("daemon", "reconcile_interval"): ("reconcile_interval", _number, "a number of seconds"),
     ("daemon", "settle_seconds"): ("settle_seconds", _number, "a number of seconds"),
     ("daemon", "workers"): ("workers", _count, "a whole number of at least 1"),
+    ("daemon", "check_ahead"): ("check_ahead", _flag, "true or false"),
     ("hash", "file_hashes"): ("file_hashes", _flag, "true or false"),
     ("hash", "autov3_max_mb"): ("autov3_max_bytes", _megabytes_or_all, 'a number of MB (0: never) or "all"'),
     ("launchers", "auto_fix"): ("auto_fix", _flag, "true or false"),
@@ -88,6 +89,8 @@ class Config:
     reconcile_interval: float = 3600.0
     settle_seconds: float = 2.0
     workers: int = 2
+    #: [daemon] check_ahead: keep `check`'s verdict on every indexed checkpoint current, not only on those asked
+    check_ahead: bool = True
     file_hashes: bool = True
     #: AutoV3 (a second SHA-256 over the file) only for files up to this many bytes (`[hash] autov3_max_mb`)
     autov3_max_bytes: int = 1 << 30

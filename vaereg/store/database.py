@@ -84,21 +84,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tensors ADD COLUMN all_zero INTEGER",
     ),
     (
-        # `check`'s verdicts kept per file (answers/kept.py), valid while `generation` - counted up by every
-        # change to a file, VAE or tensor row, whoever makes it - is what it was when they were made.
+        # `check`'s verdicts kept per file (answers/kept.py), valid while `generation` is what it was when they
+        # were made. Triggers count it up on every change to a VAE, its tensors, or a file row that holds or
+        # held a VAE, whoever makes it; files without one (LoRAs, upscalers, unreadable files) change no verdict.
         "CREATE TABLE state (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
         "INSERT INTO state (name, value) VALUES ('generation', 0)",
         "CREATE TABLE answers (path TEXT PRIMARY KEY, key TEXT NOT NULL, answer TEXT NOT NULL)",
         *(
             f"CREATE TRIGGER {table}_{event.lower()} AFTER {event} ON {table} BEGIN"
-            " UPDATE state SET value = value + 1 WHERE name = 'generation';"
-            + (" DELETE FROM answers WHERE path = OLD.path;" if (table, event) == ("files", "DELETE") else "")
-            + (" DELETE FROM answers WHERE path = OLD.path AND NEW.path IS NOT OLD.path;"
-               if (table, event) == ("files", "UPDATE") else "")
-            + " END"
-            for table in ("files", "vaes", "tensors")
+            " UPDATE state SET value = value + 1 WHERE name = 'generation'; END"
+            for table in ("vaes", "tensors")
             for event in ("INSERT", "UPDATE", "DELETE")
         ),
+        *(
+            f"CREATE TRIGGER files_{event.lower()} AFTER {event} ON files WHEN {held} BEGIN"
+            " UPDATE state SET value = value + 1 WHERE name = 'generation'; END"
+            for event, held in (
+                ("INSERT", "NEW.exact_id IS NOT NULL"),
+                ("UPDATE", "NEW.exact_id IS NOT NULL OR OLD.exact_id IS NOT NULL"),
+                ("DELETE", "OLD.exact_id IS NOT NULL"),
+            )
+        ),
+        # A file forgotten or moved away takes its kept verdict along.
+        "CREATE TRIGGER files_delete_answer AFTER DELETE ON files BEGIN DELETE FROM answers WHERE path = OLD.path;"
+        " END",
+        "CREATE TRIGGER files_move_answer AFTER UPDATE OF path ON files WHEN NEW.path IS NOT OLD.path BEGIN"
+        " DELETE FROM answers WHERE path = OLD.path; END",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,7 +4,7 @@ Three tables: ``files`` (one row per indexed path, with its stat key, format or 
 holds and its whole-file hashes), ``vaes`` (one row per distinct ``exact_id``) and ``tensors`` (the
 per-tensor digests and health stats of each ``exact_id``, written once: store/tensors.py). A ``vaes`` row
 lives as long as some file holds it, so every identity the index knows is one this machine has. `check`'s
-verdicts are kept beside them, valid while no row has changed since (store/kept.py).
+verdicts are kept beside them, valid while no row of a VAE has changed since (store/kept.py).
 
 Several threads of one process share one connection behind a lock; several processes (the daemon and
 CLI calls) share the file through WAL mode and a busy timeout. Every logical change is one
@@ -458,10 +458,11 @@ class Index:
         with self._read() as conn:
             return kept.recall(conn, path)
 
-    def kept_paths(self) -> tuple[int, list[str]]:
-        """The generation, and every path with a verdict `check` kept (store/kept.py), in one snapshot."""
+    def verdict_paths(self, every_checkpoint: bool = False) -> tuple[int, list[str]]:
+        """The generation, and the paths with a verdict `check` kept - with `every_checkpoint`, then every other
+        file embedding a VAE - in one snapshot (store/kept.py)."""
         with self._read() as conn:
-            return kept.kept_paths(conn)
+            return kept.verdict_paths(conn, every_checkpoint)
 
     def keep_answer(self, path: str, key: str, answer: str) -> bool:
         """Keep `check`'s answer for `path` under `key`; False when the index is busy or read-only."""

@@ -1,6 +1,7 @@
 """The index's ``answers`` table: `check`'s verdicts kept per file (answers/kept.py says what they hold and
 when one still holds), and the ``state`` row ``generation`` they are checked against, which triggers count up
-on every change to a ``files``, ``vaes`` or ``tensors`` row (store/database.py, schema 4).
+on every change to a ``vaes`` or ``tensors`` row and to a ``files`` row that holds or held a VAE
+(store/database.py, schema 4).
 
 Keeping is a favour to the next call, never a reason to wait: when another process holds the write lock
 for more than a moment, or the index is read-only, nothing is kept.
@@ -25,12 +26,23 @@ def recall(conn: sqlite3.Connection, path: str) -> tuple[int, str | None, str | 
     ).fetchone()
 
 
-def kept_paths(conn: sqlite3.Connection) -> tuple[int, list[str]]:
-    """The generation, and every path with a kept answer (stale or not), in one snapshot."""
+def verdict_paths(conn: sqlite3.Connection, every_checkpoint: bool) -> tuple[int, list[str]]:
+    """The generation, and the paths whose verdicts to keep current (the daemon: watch/verdicts.py): those with
+    a kept verdict (stale or not), then with `every_checkpoint` every other indexed file that embeds a VAE, in
+    one snapshot."""
     conn.execute("BEGIN")
     try:
         generation = conn.execute("SELECT value FROM state WHERE name = 'generation'").fetchone()[0]
-        return generation, [path for (path,) in conn.execute("SELECT path FROM answers ORDER BY path")]
+        paths = [path for (path,) in conn.execute("SELECT path FROM answers ORDER BY path")]
+        if every_checkpoint:
+            paths += [
+                path
+                for (path,) in conn.execute(
+                    "SELECT path FROM files WHERE embedded = 1 AND exact_id IS NOT NULL AND error IS NULL"
+                    " AND path NOT IN (SELECT path FROM answers) ORDER BY path"
+                )
+            ]
+        return generation, paths
     finally:
         conn.execute("COMMIT")
 

@@ -1,13 +1,15 @@
-"""The daemon brings `check`'s kept verdicts up to date (answers/kept.py).
+"""The daemon keeps `check`'s verdicts current (answers/kept.py), so that `vaereg check` answers at once.
 
 `vaereg check` keeps its verdict on an unchanged file in the index, valid while the library is what it was.
-Any change - a download identified, a file's hashes filled in, a rename, a naming - makes every kept verdict
-stale, and the next check of each file would compute it again (the relations and the blend fit, numpy's
-import: about twice the time of a kept answer). So once the index has stayed unchanged for `SETTLE` seconds
-with nothing queued, the daemon checks, in a thread of its own, every file a verdict was kept for and the
-index still holds unchanged - the same `check_model` with the launchers `vaereg check` finds, so the keys
-are the ones the CLI computes - and each verdict is kept anew. Files are never read for it: one that changed
-waits for its own identification. Stopping the daemon stops the refresh between two files.
+A change that can alter a verdict - a VAE or checkpoint identified, its hashes filled in, renamed, removed, a
+naming - makes every kept verdict stale, and the next check of each file would compute it again (the
+relations and the blend fit, numpy's import: about twice the time of a kept answer). So once the index has
+stayed unchanged for `SETTLE` seconds with nothing queued, the daemon checks, in a low-priority thread of its
+own, every file a verdict was kept for and, with ``[daemon] check_ahead`` (the default), every other indexed
+checkpoint - the same `check_model` with the launchers `vaereg check` finds, so the keys are the ones the CLI
+computes - and each verdict is kept anew. A file that changed is never read for it: it waits for its own
+identification. Stopping the daemon stops the refresh between two files; a change during a refresh starts
+another once the index settles again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vaereg.watch.workqueue import lower_priority
+
 if TYPE_CHECKING:
     from vaereg.api import Vaereg
     from vaereg.config import Config
@@ -25,19 +29,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vaereg.watch.daemon")
 
-#: Seconds the index must stay unchanged, with nothing queued, before the kept verdicts are refreshed.
+#: Seconds the index must stay unchanged, with nothing queued, before the verdicts are refreshed.
 SETTLE = 2.0
+#: How much the refreshing thread yields the CPU (Linux), as the whole-file hashes do.
+NICE = 10
 
 
 class VerdictRefresh:
-    """When to refresh the kept verdicts, and the refresh itself (`poll` from the supervisor's loop)."""
+    """When to refresh the verdicts, and the refresh itself (`poll` from the supervisor's loop)."""
 
     def __init__(self, services: Vaereg, plugins: Plugins, config: Config, stopping: threading.Event) -> None:
         self.services = services
         self.plugins = plugins
         self.config = config
         self.stopping = stopping
-        self.refreshed = 0  # verdicts kept anew, for status and tests
+        self.refreshed = 0  # verdicts checked and kept, for tests and the log
         self._done: int | None = None  # the generation the last refresh left the verdicts current for
         self._seen: tuple[int, float] | None = None  # the generation last seen, and since when
         self._thread: threading.Thread | None = None
@@ -47,7 +53,7 @@ class VerdictRefresh:
         now = time.monotonic() if now is None else now
         if self._thread is not None and self._thread.is_alive():
             return now + SETTLE
-        generation, paths = self.services.index.kept_paths()
+        generation, paths = self.services.index.verdict_paths(self.config.check_ahead)
         if not paths or generation == self._done:
             return None
         if self._seen is None or self._seen[0] != generation:
@@ -66,6 +72,8 @@ class VerdictRefresh:
         from vaereg.files.launchers import find_launchers
         from vaereg.store.answer import indexed_model
 
+        lower_priority(NICE)
+        started, checked = time.monotonic(), 0
         try:
             launchers = list(find_launchers(self.plugins, self.config.launchers).found)  # as `vaereg check` does
             index = self.services.index
@@ -77,9 +85,10 @@ class VerdictRefresh:
                 check_model(
                     Path(path), plugins=self.plugins, index=index, registry=self.services.registry, launchers=launchers
                 )
+                checked += 1
                 self.refreshed += 1
             self._done = generation
-            log.info("kept verdicts refreshed: %d files", len(paths))
-        except Exception:  # a refresh is a favour: the daemon goes on, the next check computes its verdict
+            log.info("check verdicts kept current: %d files in %.1f s", checked, time.monotonic() - started)
+        except Exception:  # a favour: the daemon goes on, and a check computes its own verdict
             if not self.stopping.is_set():
-                log.exception("refreshing kept verdicts")
+                log.exception("keeping check verdicts current")

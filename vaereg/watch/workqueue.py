@@ -129,6 +129,16 @@ class JobQueue(Generic[T]):
             return path in self._jobs or path in self._held or path in self._in_hand
 
 
+def lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority by `nice` (Linux keeps a nice value per thread; elsewhere the call would
+    name the whole process, so it is left alone there). Threads it starts inherit it."""
+    if nice and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError:
+            pass
+
+
 class Workers(Generic[T]):
     """`count` threads taking jobs from `queue` and giving them to `handle`.
 
@@ -168,11 +178,7 @@ class Workers(Generic[T]):
         return not any(thread.is_alive() for thread in started)
 
     def _run(self) -> None:
-        if self._nice and sys.platform.startswith("linux"):
-            try:  # Linux keeps a nice value per thread; elsewhere this would name a process
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
-            except OSError:
-                pass
+        lower_priority(self._nice)
         while True:
             item = self.queue.get()
             if item is None:
