@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from vaereg.answers import measure
-from vaereg.answers.measure import KERNEL_DTYPES, chunks_of, kernel_sums, measure_with_kernel, measure_with_numpy
+from vaereg.answers.measure import KERNEL_DTYPES, Sums, chunks_of, kernel_sums, measure_with_kernel, measure_with_numpy
 from vaereg.answers.relation import (
     GROUPS,
     digests_decide,
@@ -112,6 +110,17 @@ def _number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None  # JSON has no NaN
 
 
+def _same(da: TensorDigest, db: TensorDigest) -> bool:
+    """Whether B's tensor is A's byte for byte (the same exact digest and stored dtype): then it is not read."""
+    return da.exact_digest == db.exact_digest and da.dtype == db.dtype
+
+
+def _tensor_diff(name: str, sums: Sums, decided: bool | None) -> TensorDiff:
+    """The `TensorDiff` of a pair from its sums; the precision rule's verdict is the digests' where they decide."""
+    norm2, gap2, biggest, agrees = sums
+    return TensorDiff(name, math.sqrt(norm2), math.sqrt(gap2), biggest, agrees if decided is None else decided)
+
+
 def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: bytes | memoryview | None) -> TensorDiff:
     """One tensor pair, streamed: sums of squares and the largest difference, piece by piece. `raw_b` is
     None when the exact digests say B's tensor is A's."""
@@ -119,8 +128,7 @@ def _measure(name: str, da: Any, raw_a: bytes | memoryview, db: Any, raw_b: byte
     b_dtype = db.dtype if raw_b is not None else None
     through_kernel = kernel is not None and da.dtype in KERNEL_DTYPES and (b_dtype is None or b_dtype in KERNEL_DTYPES)
     measure = measure_with_kernel if through_kernel else measure_with_numpy
-    norm2, gap2, biggest, agrees = measure(name, da.dtype, raw_a, b_dtype, raw_b, decided is None)
-    return TensorDiff(name, math.sqrt(norm2), math.sqrt(gap2), biggest, agrees if decided is None else decided)
+    return _tensor_diff(name, measure(name, da.dtype, raw_a, b_dtype, raw_b, decided is None), decided)
 
 
 #: Tensor pairs worked on at once: while one thread reads a pair (the GIL released in pread), the other digests and
@@ -175,18 +183,15 @@ def identify_and_measure(
         return raw, got, TensorDigest(info.dtype, info.shape, got.digest, got.exact_digest)
 
     ranged = kernel is not None and None not in known and all(hasattr(m.source, "read_range_into") for m in (ma, mb))
-    pieces = threading.local()
 
     def in_pieces(name: str, stage: list[int]) -> TensorDiff | None:
-        """`_measure` of a pair whose digests the index gave, each side read CHUNK values at a time into small
-        buffers of this thread, measured while in the core's cache (the same sums as reading it whole: the
-        same pieces); None when a dtype or a source's tensor does not allow it (then it is read whole)."""
+        """`_measure` of a pair whose digests the index gave, each side read CHUNK values at a time into its
+        scratch buffer of this thread, measured while in the core's cache (the same sums as reading it whole:
+        the same pieces); None when a dtype or a source's tensor does not allow it (then it is read whole)."""
         da, db = known[0].tensor_digests[name], known[1].tensor_digests[name]  # type: ignore[union-attr]
         if da.dtype not in KERNEL_DTYPES or db.dtype not in KERNEL_DTYPES:
             return None
-        if getattr(pieces, "buffers", None) is None:  # the largest piece: CHUNK values of 4 bytes
-            pieces.buffers = (memoryview(bytearray(measure.CHUNK * 4)), memoryview(bytearray(measure.CHUNK * 4)))
-        same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+        same = _same(da, db)
         decided = True if same else digests_decide(da, db)
         widths = DTYPE_BITS[da.dtype] // 8, DTYPE_BITS[db.dtype] // 8
         keys = ma.vae.stored_key[name], mb.vae.stored_key[name]
@@ -194,7 +199,8 @@ def identify_and_measure(
 
         def piece(side: int, start: int, stop: int) -> memoryview:
             stage[0] = side
-            got = reads[side](keys[side], start * widths[side], pieces.buffers[side][: (stop - start) * widths[side]])
+            nbytes = (stop - start) * widths[side]
+            got = reads[side](keys[side], start * widths[side], sides[side][3].raw(nbytes)[:nbytes])
             if got is None:
                 raise _Unranged
             return got
@@ -205,10 +211,9 @@ def identify_and_measure(
                 stage[0] = 2
 
         try:
-            norm2, gap2, biggest, agrees = kernel_sums(pairs(), da.dtype, None if same else db.dtype, decided is None)
+            return _tensor_diff(name, kernel_sums(pairs(), da.dtype, None if same else db.dtype, decided is None), decided)
         except _Unranged:
             return None
-        return TensorDiff(name, math.sqrt(norm2), math.sqrt(gap2), biggest, agrees if decided is None else decided)
 
     def work(name: str) -> _PairDone:
         stage = 0
@@ -225,12 +230,11 @@ def identify_and_measure(
             raw_a, got_a, da = digest(0, name)
             stage = 1
             if known[1] is not None:  # whether B's tensor is A's, told before reading it
-                db = known[1].tensor_digests[name]
-                same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+                same = _same(da, known[1].tensor_digests[name])
                 raw_b, got_b, db = digest(1, name, read=not same)
             else:
                 raw_b, got_b, db = digest(1, name)
-                same = da.exact_digest == db.exact_digest and da.dtype == db.dtype
+                same = _same(da, db)
             stage = 2
             assert raw_a is not None
             return _PairDone(got_a, got_b, _measure(name, da, raw_a, db, None if same else raw_b))
