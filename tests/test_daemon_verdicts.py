@@ -88,9 +88,8 @@ def test_a_changed_file_is_left_to_its_identification_not_read_by_the_refresh(tm
     monkeypatch.setattr(analyze, "analyze", lambda *a, **k: read.append(a[0]) or real(*a, **k))
     with Vaereg(config, plugins=plugins) as services:
         refresh = verdicts.VerdictRefresh(services, plugins, config, threading.Event())
-        generation, paths = services.index.verdict_paths()
-        assert paths == [str(model)]
-        refresh._refresh(generation, paths)
+        assert services.index.verdict_paths()[1] == [str(model)]
+        refresh._refresh()
     assert read == [] and refresh.refreshed == 0
 
 

@@ -465,9 +465,20 @@ class Index:
             return kept.verdict_paths(conn, every_checkpoint)
 
     def keep_answer(self, path: str, key: str, answer: str) -> bool:
-        """Keep `check`'s answer for `path` under `key`; False when the index is busy or read-only."""
+        """Keep `check`'s answer for `path` under `key`; False, keeping nothing, when another process holds the
+        write lock for more than a moment or the index is read-only: keeping never makes a call wait."""
+        with self._read() as conn, kept.brief_wait(conn):
+            try:
+                with self._write() as conn:
+                    kept.keep(conn, path, key, answer)
+                return True
+            except sqlite3.OperationalError:  # busy, or a read-only file or folder
+                return False
+
+    def generation(self) -> int:
+        """The count of changes that can alter `check`'s verdicts (store/kept.py)."""
         with self._read() as conn:
-            return kept.keep(conn, path, key, answer)
+            return kept.generation(conn)
 
     def sketches(self, family: str) -> list[tuple[str, str, bytes]]:
         """(id, exact_id, sketch) of every exact VAE of `family`, for blend detection."""

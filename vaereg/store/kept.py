@@ -10,6 +10,8 @@ for more than a moment, or the index is read-only, nothing is kept.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vaereg.store.database import BUSY_TIMEOUT, TEXT_PARAM, bind_text
 
@@ -26,13 +28,17 @@ def recall(conn: sqlite3.Connection, path: str) -> tuple[int, str | None, str | 
     ).fetchone()
 
 
+def generation(conn: sqlite3.Connection) -> int:
+    """The count of changes that can alter a verdict (the triggers')."""
+    return conn.execute("SELECT value FROM state WHERE name = 'generation'").fetchone()[0]
+
+
 def verdict_paths(conn: sqlite3.Connection, every_checkpoint: bool) -> tuple[int, list[str]]:
     """The generation, and the paths whose verdicts to keep current (the daemon: watch/verdicts.py): those with
     a kept verdict (stale or not), then with `every_checkpoint` every other indexed file that embeds a VAE, in
     one snapshot."""
     conn.execute("BEGIN")
     try:
-        generation = conn.execute("SELECT value FROM state WHERE name = 'generation'").fetchone()[0]
         paths = [path for (path,) in conn.execute("SELECT path FROM answers ORDER BY path")]
         if every_checkpoint:
             paths += [
@@ -42,26 +48,25 @@ def verdict_paths(conn: sqlite3.Connection, every_checkpoint: bool) -> tuple[int
                     " AND path NOT IN (SELECT path FROM answers) ORDER BY path"
                 )
             ]
-        return generation, paths
+        return generation(conn), paths
     finally:
         conn.execute("COMMIT")
 
 
-def keep(conn: sqlite3.Connection, path: str, key: str, answer: str) -> bool:
-    """Keep `answer` for `path` under `key`, in a transaction of its own; False when it could not be."""
+@contextmanager
+def brief_wait(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within: another process's write lock is waited for `KEEP_WAIT_MS` at most, not `BUSY_TIMEOUT`."""
     conn.execute(f"PRAGMA busy_timeout = {KEEP_WAIT_MS}")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            f"INSERT INTO answers (path, key, answer) VALUES ({TEXT_PARAM}, ?, ?)"
-            " ON CONFLICT (path) DO UPDATE SET key = excluded.key, answer = excluded.answer",
-            (bind_text(path), key, answer),
-        )
-        conn.execute("COMMIT")
-        return True
-    except sqlite3.OperationalError:  # busy, or a read-only file or folder
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        return False
+        yield
     finally:
         conn.execute(f"PRAGMA busy_timeout = {round(BUSY_TIMEOUT * 1000)}")
+
+
+def keep(conn: sqlite3.Connection, path: str, key: str, answer: str) -> None:
+    """Keep `answer` for `path` under `key` (the caller's write transaction)."""
+    conn.execute(
+        f"INSERT INTO answers (path, key, answer) VALUES ({TEXT_PARAM}, ?, ?)"
+        " ON CONFLICT (path) DO UPDATE SET key = excluded.key, answer = excluded.answer",
+        (bind_text(path), key, answer),
+    )

@@ -49,25 +49,24 @@ class VerdictRefresh:
         self._thread: threading.Thread | None = None
 
     def poll(self, idle: bool, now: float | None = None) -> float | None:
-        """Start a refresh when due; returns when to look again (a monotonic time), None when nothing waits."""
+        """Start a refresh when due; returns when to look again (a monotonic time), None when nothing waits.
+        Called every round of the supervisor: it reads one row (the generation) unless a refresh is due."""
         now = time.monotonic() if now is None else now
         if self._thread is not None and self._thread.is_alive():
             return now + SETTLE
-        generation, paths = self.services.index.verdict_paths(self.config.check_ahead)
-        if not paths or generation == self._done:
+        generation = self.services.index.generation()
+        if generation == self._done:
             return None
         if self._seen is None or self._seen[0] != generation:
             self._seen = (generation, now)
         due = self._seen[1] + SETTLE
         if not idle or now < due:
             return max(due, now + SETTLE / 4)
-        self._thread = threading.Thread(
-            target=self._refresh, args=(generation, paths), name="vaereg-verdicts", daemon=True
-        )
+        self._thread = threading.Thread(target=self._refresh, name="vaereg-verdicts", daemon=True)
         self._thread.start()
         return now + SETTLE
 
-    def _refresh(self, generation: int, paths: list[str]) -> None:
+    def _refresh(self) -> None:
         from vaereg.answers.check import check_model
         from vaereg.files.launchers import find_launchers
         from vaereg.store.answer import indexed_model
@@ -75,8 +74,10 @@ class VerdictRefresh:
         lower_priority(NICE)
         started, checked = time.monotonic(), 0
         try:
-            launchers = list(find_launchers(self.plugins, self.config.launchers).found)  # as `vaereg check` does
             index = self.services.index
+            generation, paths = index.verdict_paths(self.config.check_ahead)
+            # The launchers `vaereg check` finds, so that the keys are the ones it computes.
+            launchers = list(find_launchers(self.plugins, self.config.launchers).found) if paths else []
             for path in paths:
                 if self.stopping.is_set():
                     return
@@ -88,7 +89,8 @@ class VerdictRefresh:
                 checked += 1
                 self.refreshed += 1
             self._done = generation
-            log.info("check verdicts kept current: %d files in %.1f s", checked, time.monotonic() - started)
+            if paths:
+                log.info("check verdicts kept current: %d files in %.1f s", checked, time.monotonic() - started)
         except Exception:  # a favour: the daemon goes on, and a check computes its own verdict
             if not self.stopping.is_set():
                 log.exception("keeping check verdicts current")
