@@ -35,6 +35,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+class OneLine(logging.Filter):
+    """Log records name files, and a file name may hold a newline or a terminal escape: each record's text is
+    escaped (`printable`) as it is written, so one event is one line of the log (a traceback follows it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from vaereg.errors import printable
+
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
+
+
+def log_lines(handler: logging.Handler) -> logging.Handler:
+    """`handler` writing the daemon's log lines: its format, one escaped line per event."""
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(OneLine())
+    return handler
+
+
 def _setup_logging(log_file: Path | None, home: Path) -> None:
     # pythonw (Windows, no console) has no stderr: the log goes beside the index then.
     if log_file is None and sys.stderr is None:
@@ -49,7 +67,7 @@ def _setup_logging(log_file: Path | None, home: Path) -> None:
         )
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    log_lines(handler)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)

@@ -14,6 +14,7 @@ from vaereg.cli.common import (
     console,
     emit_json,
     fail,
+    fail_line,
     file_problem,
     human_size,
     printable,
@@ -80,8 +81,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             return fail("interrupted while looking for copies; nothing was changed", ExitStatus.INTERRUPTED)
         if not args.json:
             _print_plan(plan, acting=args.mode is not None)  # shown before anything is touched
-        for line in plan.errors:
-            fail(line)
+        for line in plan.errors:  # "PATH: reason": one line each
+            fail_line(line)
         result = None
         if args.mode:
             done = {"n": 0, "total": sum(len(g.copies) for g in plan.groups)}

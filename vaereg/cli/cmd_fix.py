@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, say, warn
+from vaereg.cli.common import Context, emit_json, fail, fail_line, say, warn
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -159,8 +159,8 @@ def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
         say(f"{head}: {summary or 'none listed'}{more}")
         return
     say(f"{head}: {summary}; wrote {len(result.done)} user-metadata file{'s' if len(result.done) != 1 else ''}")
-    for line in result.errors:
-        fail(line)
+    for line in result.errors:  # "PATH: reason": one line each
+        fail_line(line)
 
 
 def _undo(found: LauncherFolders, checkpoints: list[Path], args: argparse.Namespace) -> int:
@@ -179,6 +179,6 @@ def _undo(found: LauncherFolders, checkpoints: list[Path], args: argparse.Namesp
             say(f"  {verb:<8} {_shown(item.checkpoint, str(found.root))}: {item.reason}")
         if not result.done:
             say("  vaereg wrote no preference here")
-    for line in result.errors:
-        fail(line)
+    for line in result.errors:  # "PATH: reason": one line each
+        fail_line(line)
     return ExitStatus.FAILED if result.errors else ExitStatus.OK

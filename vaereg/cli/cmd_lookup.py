@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from vaereg.cli.common import Context, emit_json, fail, human_size, print_table, short
+from vaereg.cli.common import Context, emit_json, fail, fail_line, human_size, print_table, say, short
 from vaereg.cli.exit import ExitStatus
+from vaereg.errors import printable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,31 +42,33 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 print()
             _print_match(match)
     if not result.matches:
-        return fail(f"nothing matches {args.query}")
+        return fail_line(f"nothing matches {args.query}")
     if result.ambiguous:
         values = len({(hit.kind, hit.value) for match in result.matches for hit in match.matched})
         vaes = f"{len(result.matches)} VAE{'s' if len(result.matches) > 1 else ''}"
         if any(hit.kind in ("slug", "name", "alias") for match in result.matches for hit in match.matched):
-            return fail(f"{args.query} is ambiguous: {vaes} go by it; use a hash")
-        return fail(f"{args.query} is ambiguous: it matches {values} hashes of {vaes}; give more digits")
+            return fail_line(f"{args.query} is ambiguous: {vaes} go by it; use a hash")
+        return fail_line(f"{args.query} is ambiguous: it matches {values} hashes of {vaes}; give more digits")
     return ExitStatus.OK
 
 
 def _print_match(match) -> None:
-    print(match.label)
+    # Each value escaped (a registry file may be edited by hand, a label may be a file's name); the notes
+    # keep their own lines, each escaped.
+    say(match.label)
     fields = [
         ("slug", match.slug),
         ("id", match.id or "(not known yet: no copy scanned)"),
         ("aliases", ", ".join(match.aliases)),
         ("family", match.family),
         ("base", ", ".join(match.bases)),
-        ("notes", (match.notes or "").replace("\n", "\n" + " " * 12)),
+        ("notes", ("\n" + " " * 12).join(printable(line) for line in (match.notes or "").split("\n"))),
         ("flags", ", ".join(match.flags)),
         ("matched", "; ".join(f"{hit.kind} {hit.value}" for hit in match.matched)),
     ]
     for label, value in fields:
         if value:
-            print(f"  {label:<9} {value}")
+            print(f"  {label:<9} {value if label == 'notes' else printable(value)}")
     if not match.copies:
         print("  copies    none on this machine")
         return

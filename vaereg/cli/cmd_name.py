@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from vaereg.cli.common import Context, emit_json, fail
+from vaereg.cli.common import Context, emit_json, fail, say
 from vaereg.cli.exit import ExitStatus
 
 
@@ -62,7 +62,8 @@ def apply(args: argparse.Namespace, ctx: Context, plan_with: Callable) -> int:
         if args.json:
             emit_json(plan.to_json())
         else:
-            print("\n".join(plan.changes) if plan.changes else "nothing to change")
+            for line in plan.changes or ("nothing to change",):
+                say(line)
         return ExitStatus.OK
     result = plan.execute()
     if args.json:
@@ -79,7 +80,7 @@ def apply(args: argparse.Namespace, ctx: Context, plan_with: Callable) -> int:
     else:
         entry = result.entry
         aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
-        print(f"{target}: {entry.name or 'unnamed'}{aliases}  [vae.{entry.slug} in {where}]")
+        say(f"{target}: {entry.name or 'unnamed'}{aliases}  [vae.{entry.slug} in {where}]")
         copies = len(plan.target.copies)
         if copies:
             print(f"applies to {copies} cop{'y' if copies == 1 else 'ies'} on this machine")

@@ -31,6 +31,7 @@ from vaereg.cli.common import (
     console,
     emit_json,
     fail,
+    fail_line,
     human_size,
     note,
     progress,
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         warn(message)
     for message in report.not_read:  # "PATH: not read: what it is": a note, not a failure
         note(message)
-    for line in report.errors:
-        fail(line)
+    for line in report.errors:  # "PATH: reason": one line each, a newline in PATH escaped
+        fail_line(line)
     if args.json:
         emit_json({**report.to_json(), "launchers": [_launcher_json(found) for found in launchers]})
     else:

@@ -61,6 +61,8 @@ def _print_problems(rows) -> None:
 def _print(reading) -> None:
     from rich.markup import escape
 
+    from vaereg.errors import printable
+
     out = console()
     status = reading.status
     if reading.state == "stopped":
@@ -82,4 +84,5 @@ def _print(reading) -> None:
     if status.recent_errors:
         out.print("recent errors")
         for message in status.recent_errors:
-            out.print(f"  [red]{escape(message)}[/red]", soft_wrap=True)
+            # escaped again: a status file from an older daemon may hold a file name's newline as it is
+            out.print(f"  [red]{escape(printable(message))}[/red]", soft_wrap=True)

@@ -110,6 +110,13 @@ def fail(message: str, status: ExitStatus = ExitStatus.FAILED) -> int:
     return status
 
 
+def fail_line(message: str, status: ExitStatus = ExitStatus.FAILED) -> int:
+    """Say a problem as exactly one line, its line breaks escaped too, and return the exit status: for the
+    ``PATH: reason`` records a batch collects (a report's `errors`), whose path may hold a newline."""
+    print(f"vaereg: {printable(message)}", file=sys.stderr)
+    return status
+
+
 def file_problem(path: object, reason: object, status: ExitStatus = ExitStatus.FAILED) -> int:
     """Say ``vaereg: PATH: reason`` for one file and return the exit status."""
     print(f"vaereg: {problem_line(path, reason)}", file=sys.stderr)

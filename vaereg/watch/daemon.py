@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from vaereg.config import Config
-from vaereg.errors import is_not_read
+from vaereg.errors import is_not_read, problem_line
 from vaereg.files.names import download_in_progress
 from vaereg.files.walk import FoundFile
 from vaereg.identity.report import HashReport
@@ -202,13 +202,13 @@ class Daemon:
             except Exception as exc:  # a launcher plugin's bug costs that launcher only
                 folders = None
                 log.exception("locating the launcher at %s", launcher)
-                problem = f"{launcher}: the launcher plugin failed: {type(exc).__name__}: {exc}"
+                problem = f"the launcher plugin failed: {type(exc).__name__}: {exc}"
             else:
-                problem = f"{launcher}: not an installation of a launcher vaereg knows; not watched"
+                problem = "not an installation of a launcher vaereg knows; not watched"
             if folders is None:
                 if launcher not in self._unknown_launchers:
                     self._unknown_launchers.add(launcher)
-                    self._note_error(problem)
+                    self._note_error(launcher, problem)
                 continue
             targets += [Target.of(str(folder)) for folder in folders.all]
         return targets
@@ -254,7 +254,7 @@ class Daemon:
                 wake_at = min(t for t in timers if t is not None)
             except Exception as exc:  # the supervisor must outlive whatever went wrong in one round
                 log.exception("daemon supervisor")
-                self._note_error(f"supervisor: {type(exc).__name__}: {exc}")
+                self._note_error("supervisor", f"{type(exc).__name__}: {exc}")
                 wake_at = time.monotonic() + 1.0
             self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
@@ -295,7 +295,7 @@ class Daemon:
         except Exception as exc:
             if not self._stopping.is_set():
                 log.exception("reconcile")
-                self._note_error(f"reconcile: {type(exc).__name__}: {exc}")
+                self._note_error("reconcile", f"{type(exc).__name__}: {exc}")
 
     def _queue_hash_backlog(self) -> None:
         """Queue the whole-file hashes of the indexed files that lack them (and are there)."""
@@ -343,7 +343,7 @@ class Daemon:
         if is_not_read(report.error):  # a detector or other pickled object: a note, not a problem
             log.info("%s: %s", path, report.error)
         elif report.error:
-            self._note_error(f"{path}: {report.error}")
+            self._note_error(path, report.error)
         else:
             vae = report.vae
             log.info("identified %s: %s", path, f"{vae.family} {vae.id}" if vae else f"no VAE ({report.kind or 'unknown kind'})")
@@ -369,7 +369,7 @@ class Daemon:
             for item in result.done:
                 log.info("auto_fix: %s now loads %s (%s)", path, item.vae.name, item.metadata_file)
             for line in result.errors:
-                self._note_error(f"auto_fix: {line}")
+                self._note_error("auto_fix", line)
             for item in plan.items:
                 if item.action in ("user-set", "no-candidate", "error"):
                     log.info("auto_fix: %s: %s", path, item.reason)
@@ -399,9 +399,11 @@ class Daemon:
         if self._stopping.is_set():
             return  # the index closing under an abandoned worker
         log.error("%s: %s: %s", path, type(exc).__name__, exc, exc_info=exc)
-        self._note_error(f"{path}: {type(exc).__name__}: {exc}")
+        self._note_error(path, f"{type(exc).__name__}: {exc}")
 
-    def _note_error(self, message: str) -> None:
+    def _note_error(self, what: object, reason: object) -> None:
+        """A problem for the log and the status's recent errors, as one escaped line ``WHAT: reason``."""
+        message = problem_line(what, reason)
         log.warning("%s", message)
         self._errors.append(f"{timestamp(time.time())} {message}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from vaereg.errors import RegistryError
+from vaereg.errors import RegistryError, printable
 from vaereg.store.registry.schema import (
     DEFAULT_LOCK_TIMEOUT,
     FIELD_ORDER,
@@ -271,12 +271,24 @@ def _clean_id(value: str, key: str = "id") -> str:
     return cleaned
 
 
+#: The labels a person types and reads on one line (a heading, a table cell), as error messages call them.
+_LABELS = {"name": "a name", "aliases": "an alias"}
+
+
+def _check_label(key: str, value: str) -> str:
+    """`value`, unless it is a label holding a character `printable` would escape (a line break, a terminal
+    escape, any other control character): every writer - the CLI, the API - meets this refusal."""
+    if key in _LABELS and printable(value) != value:
+        raise RegistryError(f"{_LABELS[key]} cannot hold control characters (line breaks, escapes): {printable(value)}")
+    return value
+
+
 def _clean_scalar(key: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise RegistryError(f"{key} must be text, not {type(value).__name__}")
-    value = value.strip()
+    value = _check_label(key, value.strip())
     return _clean_id(value, key) if key in ID_FIELDS and value else value
 
 
@@ -284,7 +296,7 @@ def _clean_strings(key: str, value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else list(value)
     if not all(isinstance(item, str) for item in items):
         raise RegistryError(f"{key} must be text")
-    return union(item.strip() for item in items if item.strip())
+    return union(_check_label(key, item.strip()) for item in items if item.strip())
 
 
 def _clean_files(value: Iterable[KnownFile | Mapping[str, Any]]) -> tuple[KnownFile, ...]:
