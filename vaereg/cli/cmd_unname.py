@@ -1,5 +1,6 @@
 """``vaereg unname HASH``: remove the local name of a VAE; a name from the shipped or a shared registry
-shows again (those vaereg never writes)."""
+shows again (those vaereg never writes). A shipped or shared name that ``name --force`` took from another
+VAE for this one goes back to that VAE (`store.registry.edit`)."""
 
 from __future__ import annotations
 

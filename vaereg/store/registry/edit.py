@@ -46,7 +46,7 @@ class EntryEdit:
     notes as a line of its own (onto `note_base`, the notes below the local layer, if the local layer has
     none). `for_id` marks a new entry for that id: should its slug be taken by another id by then, the
     next free ``<slug>-<n>`` is used, skipping `avoid`. `drop_if_bare` removes the local table when only
-    identity fields are left in it.
+    identity fields are left in it, `drop_if_empty` when nothing is.
     """
 
     slug: str
@@ -59,6 +59,7 @@ class EntryEdit:
     for_id: str | None = None
     avoid: frozenset[str] = frozenset()
     drop_if_bare: bool = False
+    drop_if_empty: bool = False
 
     def describe(self) -> list[str]:
         where = f"vae.{self.slug}"
@@ -75,6 +76,8 @@ class EntryEdit:
             lines.append(f"{where}: add note {self.note!r}")
         if self.drop_if_bare:
             lines.append(f"{where}: drop the local entry if only identity fields are left")
+        elif self.drop_if_empty:
+            lines.append(f"{where}: drop the local entry if nothing is left in it")
         return lines
 
 
@@ -107,7 +110,10 @@ class WritePlan:
 def plan_update(registry: Registry, slug: str, changes: Mapping[str, Any]) -> WritePlan:
     """`Registry.plan_update`: changes to one entry (created if new), less what the merged layers say."""
     edit = _edit(registry, _check_slug(slug), changes)
-    return _plan(registry, [edit] if edit else [])
+    if edit is None:
+        return _plan(registry, [])
+    unnamed = ("name", None) in edit.set
+    return _plan(registry, [edit, *(_give_back(registry, [edit.slug]) if unnamed else ())])
 
 
 def plan_set_name(registry: Registry, vae_id: str, name: str, identity: Mapping[str, str | None]) -> WritePlan:
@@ -145,7 +151,29 @@ def plan_remove_name(registry: Registry, vae_id: str) -> WritePlan:
             f"the name of {vae_id} does not come from the local registry {registry.local_path}, "
             "the only one vaereg writes"
         )
-    return _plan(registry, edits)
+    return _plan(registry, [*edits, *_give_back(registry, [edit.slug for edit in edits])])
+
+
+def _give_back(registry: Registry, unnamed: Sequence[str]) -> list[EntryEdit]:
+    """The edits giving back each lower layer's name that `plan_release` cleared for one of `unnamed` (slugs,
+    whose local names are being removed) to have it.
+
+    ``name --force`` takes a shipped or shared name by clearing it locally (``name = ""``); once the local name
+    that took it goes, the clearing goes too, and with it the local table if nothing else is in it. A name
+    another entry has by then (as its name or an alias) stays cleared: a name is one VAE's.
+    """
+    labels = [str(registry._local[slug]["name"]) for slug in unnamed if registry._local.get(slug, {}).get("name")]
+    edits = []
+    for slug, declared in registry._local.items():
+        if slug in unnamed or declared.get("name") != "":
+            continue
+        below = registry._merged_below(slug)
+        if below is None or not below.name or not any(same_label(below.name, label) for label in labels):
+            continue
+        if any(m.entry.slug not in unnamed or m.field != "name" for m in registry.holders_of(below.name)):
+            continue
+        edits.append(EntryEdit(slug, set=(("name", None),), drop_if_empty=True))
+    return edits
 
 
 def plan_release(registry: Registry, label: str, keep: frozenset[str]) -> WritePlan:

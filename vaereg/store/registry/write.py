@@ -113,7 +113,7 @@ def _verify(
 
 def _applied(table: Mapping[str, Any] | None, edit: EntryEdit) -> bool:
     if table is None:
-        return edit.drop_if_bare
+        return edit.drop_if_bare or edit.drop_if_empty
     for key, value in edit.set:
         if (key in table) if value is None else (table.get(key) != value):
             return False
@@ -163,7 +163,7 @@ def _apply(doc: tomlkit.TOMLDocument, edit: EntryEdit) -> str:
         lines = base.split("\n") if base else []
         if edit.note not in lines:
             _put(table, "notes", _text("\n".join([*lines, edit.note])))
-    if edit.drop_if_bare and set(table.keys()) <= IDENTITY_FIELDS:
+    if (edit.drop_if_bare and set(table.keys()) <= IDENTITY_FIELDS) or (edit.drop_if_empty and not table):
         del entries[slug]
         if not entries:  # an empty [vae] table writes as nothing, and would not read back as the edit
             del doc["vae"]
