@@ -17,9 +17,17 @@ try:
 except ImportError as exc:  # ComfyUI logs this and goes on without the node pack
     import sys
 
+    def _shell_word(path: str) -> str:  # pasteable in the shell the user has
+        import os
+        import shlex
+        import subprocess
+
+        return subprocess.list2cmdline([path]) if os.name == "nt" else shlex.quote(path)
+
     raise ImportError(
         f"vaereg node pack: vaereg is not installed in the Python that runs ComfyUI ({sys.executable}); "
-        f"install it with: {sys.executable} -m pip install vaereg"
+        f"`vaereg install-extension <this launcher's folder>`, run with the vaereg you use, prints the command"
+        f" that installs that vaereg here; or: {_shell_word(sys.executable)} -m pip install vaereg"
     ) from exc
 
 from .vaereg_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_routes

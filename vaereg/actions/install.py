@@ -4,17 +4,24 @@ The integrations ship with vaereg as package data (``vaereg.integrations``: ``sd
 ``comfyui/`` for ComfyUI). They are linked into the launcher's extension folder (so they follow vaereg's
 updates), or copied where links cannot be made (Windows without the right to make them) or when asked.
 A folder of that name that is not vaereg's is never replaced. vaereg itself must be importable in the
-launcher's own Python: the plan names that Python and the pip command.
+launcher's own Python: the plan names that Python and the pip command, quoted for the shell it is pasted
+into (POSIX, or cmd.exe on Windows), installing from where this vaereg came from (its checkout, the local
+folder or VCS URL pip installed it from, or the index).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
+import subprocess
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from vaereg.errors import UserError
 
@@ -131,20 +138,81 @@ def launcher_python(found: LauncherFolders) -> Path | None:
     return None
 
 
-def pip_command(python: Path | None) -> str:
-    """How to install this vaereg into `python` without touching the launcher's torch: vaereg with
-    ``--no-deps``, then its requirements other than torch (vaereg reads weights without torch)."""
-    py = f'"{python}"' if python and " " in str(python) else str(python or "<the launcher's python>")
-    checkout = Path(__file__).resolve().parents[2]
-    spec = f'"{checkout}"' if (checkout / "pyproject.toml").is_file() else f"vaereg=={_version()}"
+def pip_argvs(python: Path | None) -> list[list[str]]:
+    """How to install this vaereg into `python` without touching the launcher's torch, as argument lists:
+    vaereg with ``--no-deps``, then its requirements other than torch (vaereg reads weights without torch).
+    Without `python`, ``python`` stands for the launcher's."""
+    py = str(python) if python else "python"
     try:
         requires = metadata.requires("vaereg") or []
     except metadata.PackageNotFoundError:
         requires = []
     # pip evaluates the markers (python_version) itself; extras are left out
     deps = [r for r in requires if "extra ==" not in r and not r.lower().startswith("torch")]
-    rest = " ".join(f'"{d}"' for d in deps)
-    return f"{py} -m pip install --no-deps {spec}" + (f" && {py} -m pip install {rest}" if rest else "")
+    argvs = [[py, "-m", "pip", "install", "--no-deps", install_source()]]
+    return argvs + ([[py, "-m", "pip", "install", *deps]] if deps else [])
+
+
+def pip_command(python: Path | None, *, windows: bool = os.name == "nt") -> str:
+    """`pip_argvs` as one line to paste into the shell: POSIX quoting, or cmd.exe's on Windows."""
+    if windows:
+        return " && ".join(" ".join(_cmd_quoted(arg) for arg in argv) for argv in pip_argvs(python))
+    return " && ".join(shlex.join(argv) for argv in pip_argvs(python))
+
+
+#: Characters cmd.exe acts on outside double quotes (``numpy>=1.26`` would redirect to a file "=1.26").
+CMD_SPECIAL = frozenset('<>|&^()%!')
+
+
+def _cmd_quoted(arg: str) -> str:
+    """`arg` as cmd.exe passes it on and the program's C runtime splits it back (`subprocess.list2cmdline`),
+    in double quotes as well when it holds a character cmd.exe would act on."""
+    if ";" in arg and "'" not in arg:  # a marker: single quotes need no escaping from cmd.exe; double ones do
+        arg = arg.replace('"', "'")
+    quoted = subprocess.list2cmdline([arg])
+    if quoted.startswith('"') or '"' in arg or not CMD_SPECIAL & set(arg):
+        return quoted
+    return f'"{arg}' + "\\" * (len(arg) - len(arg.rstrip("\\"))) + '"'  # a final backslash must not escape it
+
+
+def install_source() -> str:
+    """What pip installs this vaereg from: the source checkout it runs from, else the source the installed
+    distribution came from (PEP 610 ``direct_url.json``: a local folder, a VCS URL at its commit, an archive),
+    else the index (``vaereg==VERSION``)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        return str(checkout)
+    try:
+        dist = metadata.distribution("vaereg")
+    except metadata.PackageNotFoundError:
+        return f"vaereg=={_version()}"
+    # only the distribution this module was installed by says where it came from
+    if Path(os.fspath(dist.locate_file(""))).resolve() != checkout:
+        return f"vaereg=={_version()}"
+    return source_of(dist.read_text("direct_url.json"), dist.version)
+
+
+def source_of(direct_url: str | None, version: str) -> str:
+    """The pip requirement for the source a distribution's ``direct_url.json`` (PEP 610) names."""
+    try:
+        info = json.loads(direct_url) if direct_url else None
+    except ValueError:
+        info = None
+    url = info.get("url") if isinstance(info, dict) else None
+    if not isinstance(url, str) or not url:
+        return f"vaereg=={version}"  # from an index: no direct_url.json
+    subdirectory = info.get("subdirectory")
+    vcs = info.get("vcs_info")
+    if isinstance(vcs, dict) and vcs.get("vcs"):
+        revision = vcs.get("commit_id") or vcs.get("requested_revision")
+        spec = f"{vcs['vcs']}+{url}" + (f"@{revision}" if revision else "")
+        return spec + (f"#subdirectory={subdirectory}" if subdirectory else "")
+    if url.startswith("file:"):
+        parts = urlsplit(url)
+        share = f"//{parts.netloc}" if parts.netloc not in ("", "localhost") else ""  # a Windows network share
+        path = Path(url2pathname(share + parts.path))
+        return str(path / subdirectory if subdirectory and "dir_info" in info else path)
+    return url + (f"#subdirectory={subdirectory}" if subdirectory else "")
 
 
 def _version() -> str:

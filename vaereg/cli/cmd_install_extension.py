@@ -1,9 +1,11 @@
 """``vaereg install-extension ROOT [--copy] [--json]``: vaereg's extension (A1111, Forge, reForge, SD.Next) or
-node pack (ComfyUI) into the launcher at ROOT, and how to put vaereg into that launcher's Python."""
+node pack (ComfyUI) into the launcher at ROOT, and how to put vaereg into that launcher's Python: a command
+to paste, quoted for the shell (cmd.exe on Windows), installing vaereg from where this copy came from."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from vaereg.cli.common import Context, emit_json, fail, os_problem
@@ -40,8 +42,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     verb = "linked" if mode == "link" else "copied"
     print(f"{found.launcher} at {found.root}: vaereg's {what} {verb} to {plan.target}"
           + (" (replacing the earlier one)" if plan.replaces else ""))
-    where = plan.python or "the Python that runs the launcher"
-    print(f"vaereg must be importable in {where}; install it there with:")
+    shell = " (in a Command Prompt)" if os.name == "nt" else ""
+    if plan.python:
+        print(f"vaereg must be importable in {plan.python}; install it there with{shell}:")
+    else:
+        print(f"vaereg must be importable in the Python that runs the launcher (none found in {found.root}); "
+              f"install it there with this{shell}, `python` being that Python:")
     print(f"  {plan.pip}")
     print("then restart the launcher.")
     return ExitStatus.OK

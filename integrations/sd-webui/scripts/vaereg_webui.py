@@ -27,9 +27,17 @@ try:
 except ImportError:  # the launcher goes on without the extension; say how to fix it
     import sys
 
+    def _shell_word(path: str) -> str:  # pasteable in the shell the user has
+        import os
+        import shlex
+        import subprocess
+
+        return subprocess.list2cmdline([path]) if os.name == "nt" else shlex.quote(path)
+
     print(
         f"vaereg extension: vaereg is not installed in the launcher's Python ({sys.executable}); "
-        f"install it with: {sys.executable} -m pip install vaereg",
+        f"`vaereg install-extension <this launcher's folder>`, run with the vaereg you use, prints the command"
+        f" that installs that vaereg here; or: {_shell_word(sys.executable)} -m pip install vaereg",
         file=sys.stderr,
     )
     raise
