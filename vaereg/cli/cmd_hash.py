@@ -1,5 +1,10 @@
 """``vaereg hash PATH...``: the VAE identities and file hashes of files, folders and checkpoints.
 
+A folder a format plugin reads as one model (a diffusers folder, a pipeline with ``vae/``) is one model. Any
+other folder stands for every model file below it, as ``scan`` walks it (`files.walk`), a diffusers folder
+among them again as one model; a problem met on the way (an unreadable subfolder, a broken link) is one line
+on stderr and the rest goes on.
+
 A file the index holds unchanged (same device, inode, size and mtime) is answered from the index without
 being read; ``--rehash`` reads it anyway.
 
@@ -10,6 +15,7 @@ cannot be read is said on stderr (``vaereg: PATH: reason``) and, with ``--json``
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +23,7 @@ from vaereg.cli.common import (
     Context,
     add_rehash,
     emit_json,
+    fail,
     file_problem,
     human_size,
     print_table,
@@ -28,13 +35,20 @@ from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
     from vaereg.identity.report import HashReport
+    from vaereg.plugin.manager import Plugins
     from vaereg.store.registry.read import Registry
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hash", help="identify the VAE in model files, folders or checkpoints")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    p.add_argument("--json", action="store_true", help="JSON Lines, one object per PATH (docs/json.md)")
+    p = sub.add_parser(
+        "hash",
+        help="identify the VAE in model files, folders or checkpoints",
+        description="Identify the VAE in each model file, diffusers folder or checkpoint given; a folder that is "
+        "not one model stands for every model file below it (as scan finds them).",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="a model file, a diffusers folder, or a folder of them (searched below)")
+    p.add_argument("--json", action="store_true", help="JSON Lines, one object per model (docs/json.md)")
     p.add_argument(
         "--no-file-hashes",
         dest="file_hashes",
@@ -53,18 +67,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.store.answer import indexed_report
 
-    failed = False
     reports = []
     from_index = not args.rehash and not (args.autov3 and args.file_hashes)
+    targets, problems = _models(args.paths, ctx.plugins)
+    for problem in problems:
+        fail(problem)
+    failed = bool(problems)
     # one file is quick enough to need no bar; several may take minutes
-    with progress(shows_progress(args.json) and len(args.paths) > 1, len(args.paths), what="hashing") as update:
-        for n, path in enumerate(args.paths):
-            update(n, f"hashing {path.name}")
-            report = (
-                indexed_report(ctx.config.index, path, with_file_hashes=args.file_hashes, plugins=ctx.plugins)
-                if from_index
-                else None
-            )
+    with progress(shows_progress(args.json) and len(targets) > 1, len(targets), what="hashing") as update:
+        for n, path in enumerate(targets):
+            if not isinstance(path, Path):  # a report already: a folder with no model file below it
+                report: HashReport | None = path
+            else:
+                update(n, f"hashing {path.name}")
+                report = (
+                    indexed_report(ctx.config.index, path, with_file_hashes=args.file_hashes, plugins=ctx.plugins)
+                    if from_index
+                    else None
+                )
             if report is None:
                 from vaereg.identity.analyze import identify
 
@@ -80,6 +100,50 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if not args.json:
         _print_table(reports, ctx.registry)
     return ExitStatus.FAILED if failed else ExitStatus.OK
+
+
+def _models(paths: list[Path], plugins: Plugins) -> tuple[list[Path | HashReport], list[str]]:
+    """What to identify, in order: each path given, but a folder that is not one model gives every model file
+    below it (sorted; a diffusers folder's weights as the folder, once), or a report saying it holds none.
+    Also the problems met walking ("<path>: <reason>")."""
+    from vaereg.files.names import is_diffusers_weights
+    from vaereg.files.walk import walk_models
+    from vaereg.identity.report import HashReport
+
+    targets: list[Path | HashReport] = []
+    problems: list[str] = []
+    for path in paths:
+        if not path.is_dir() or _one_model(path, plugins):
+            targets.append(path)  # a file, a missing path: identify says what it is
+            continue
+        walk = walk_models([path])
+        problems += walk.warnings
+        root, found, folders = walk.roots[0], [], {}
+        for file in walk.files:
+            below = path / os.path.relpath(file.path, root)  # shown the way the folder was given
+            if is_diffusers_weights(below):
+                folder = below.parent
+                if folders.setdefault(folder, _one_model(folder, plugins)):
+                    below = folder
+            if below not in found:
+                found.append(below)
+        targets += found
+        if not found and root not in walk.unreadable:
+            targets.append(HashReport(path=str(path), format=None, error="no model file in this folder or below it"))
+    return targets, problems
+
+
+def _one_model(folder: Path, plugins: Plugins) -> bool:
+    """Whether a format plugin reads `folder` as one model (a diffusers folder)."""
+    from vaereg.identity.analyze import NotAModel, open_model
+
+    try:
+        with open_model(folder, plugins):
+            return True
+    except NotAModel:
+        return False
+    except Exception:  # noqa: BLE001 - claimed but unreadable: identifying it says why, as for a file
+        return True
 
 
 def registry_name(report: HashReport, registry: Registry) -> str | None:
