@@ -165,8 +165,15 @@ def test_cli_human_output_leads_with_the_relation(tmp_path, capsys, base):
     a = factory.save_safetensors(base, tmp_path / "a.safetensors")
     b = save_torch(base, tmp_path / "b.safetensors", torch.bfloat16)
     assert main(["diff", str(a), str(b)]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("precision-variant: the same weights stored at another precision")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("precision-variant: the same weights stored at another precision")
+    # Every stored value differs, by rounding alone: said so, not as if the weights differed.
+    assert lines[3].startswith("  encoder: 108/108 tensors differ by rounding only, relative L2 ")
+    c = factory.save_safetensors(factory.make_vae(seed=1, decoder_seed=5), tmp_path / "c.safetensors")
+    assert main(["diff", str(a), str(c)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("same-encoder:") and lines[3] == "  encoder: identical (108 tensors)"
+    assert lines[4].startswith("  decoder: 140/140 tensors differ, relative L2 ")
 
 
 def test_cli_error_exit_status(tmp_path, capsys, base):

@@ -65,10 +65,13 @@ def _print(report: DiffReport) -> None:
     say(f"{report.relation}: {MEANING[report.relation]}" + (f" - {report.reason}" if report.reason else ""))
     for label, path, vae in (("A", report.a, report.vae_a), ("B", report.b, report.vae_b)):
         say(f"  {label}: {path}  {vae.family} {vae.dtype}, id {short(vae.id)}")
+    # Copies at two precisions differ in every stored value, by rounding alone: said so, not "differ".
+    rounding = report.relation in ("same", "precision-variant")
     for group in report.groups:
         if group.differing:
+            what = "differ by rounding only" if rounding else "differ"
             say(
-                f"  {group.group + ':':9s}{group.differing}/{group.tensors} tensors differ,"
+                f"  {group.group + ':':9s}{group.differing}/{group.tensors} tensors {what},"
                 f" relative L2 {_num(group.rel_l2)}, max |diff| {_num(group.max_abs)}"
             )
         else:
