@@ -279,7 +279,9 @@ def test_keep_rule_and_other_device():
     assert g.reclaimable_bytes == 100  # b only: c keeps its bytes through the outside name
 
 
-def test_no_folders_is_a_usage_error(capsys):
+def test_no_folders_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # and no launcher in the usual places
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
     assert main(["dedupe"]) == ExitStatus.USAGE
     assert "no DIR given" in capsys.readouterr().err
 

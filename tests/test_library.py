@@ -121,8 +121,9 @@ def test_a_scan_that_completes_exits_0_and_lists_what_it_could_not_read(library,
     # LoRA and upscaler read fine and hold no VAE; the .part download is not looked at.
     assert out["no_vae"] == 2 and out["no_vae_kinds"] == {"lora": 1, "upscaler": 1}
     assert (out["new"], out["failed"]) == (10, 1)  # the broken file is failed, not new
-    assert main(["scan", "--strict", "--no-file-hashes", str(library.webui / "models")]) == 0  # nothing new
-    capsys.readouterr()
+    # Nothing new; the broken file, unchanged, still fails --strict (the detector pickle never does).
+    assert main(["scan", "--strict", "--no-file-hashes", str(library.webui / "models")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"vaereg: {out['errors'][0]}"]
 
 
 def test_strict_makes_unreadable_files_fail(library, capsys):

@@ -358,7 +358,7 @@ def test_scan_json(tmp_path, capsys):
     assert status == 0  # a scan that completes; --strict makes unreadable files fail
     assert list(out) == [
         *("roots", "new", "changed", "moved", "removed", "unchanged", "failed", "hashed", "errors", "not_read"),
-        *("no_vae", "no_vae_kinds", "warnings", "bytes_read", "seconds", "launchers"),
+        *("still_unreadable", "no_vae", "no_vae_kinds", "warnings", "bytes_read", "seconds", "launchers"),
     ]
     assert (out["roots"], out["new"], out["failed"], out["unchanged"]) == ([str(lib)], 1, 1, 0)
     assert out["errors"] == [f"{lib / 'bad.ckpt'}: " + out["errors"][0].split(": ", 1)[1]]
@@ -385,8 +385,13 @@ def test_scan_text_says_failed_files_on_stderr_and_counts_them_as_failed(tmp_pat
     assert lines[-1] == "1 file could not be read; `vaereg ls --problems` lists them until fixed"
     assert captured.err.startswith(f"vaereg: {lib / 'bad.ckpt'}: ")
     assert "Errno" not in captured.err and len(captured.err.splitlines()) == 1
-    assert main(["scan", str(lib), "--strict"]) == 0  # nothing new was read: nothing failed in this scan
-    capsys.readouterr()
+    # Nothing new was read, but the file is still broken: --strict says it again and fails.
+    assert main(["scan", str(lib), "--strict"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == (
+        "1 unchanged file still unreadable, as an earlier scan found; `vaereg ls --problems` lists them"
+    )
+    assert captured.err.startswith(f"vaereg: {lib / 'bad.ckpt'}: ") and len(captured.err.splitlines()) == 1
 
     os.utime(lib / "a.safetensors", ns=(10**18, 10**18))
     assert main(["scan", str(lib), "--no-file-hashes"]) == 0

@@ -1,7 +1,8 @@
 """``vaereg daemon [DIR...]``: watch model folders in the foreground and keep the index up to date.
 
 Watches the DIRs, the config's ``daemon.watch`` folders and the model folders of the launchers in
-``daemon.launchers`` and ``--launcher``. One daemon per VAEREG_HOME: a second start names the pid that runs
+``daemon.launchers`` and ``--launcher``; given none of them, those of the launchers found in the usual places
+(as ``vaereg scan`` finds them). One daemon per VAEREG_HOME: a second start names the pid that runs
 and exits 1. SIGTERM or Ctrl-C stops it (exit 0). Running it as a service: docs/daemon.md.
 """
 
@@ -82,13 +83,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for root in args.roots:
         if not os.path.isdir(root):
             return fail(f"{root}: no such folder", ExitStatus.USAGE)
-    if not (args.roots or args.launcher or config.watch or config.launchers):
-        return fail(
-            "nothing to watch: name folders, --launcher, or daemon.watch/launchers in the config", ExitStatus.USAGE
-        )
+    launchers = list(args.launcher)
+    if not (args.roots or launchers or config.watch or config.launchers):
+        # As `vaereg scan` does: the installations in the usual places (looked for once, at the start).
+        from vaereg.files.launchers import find_launchers
+
+        found = find_launchers(ctx.plugins).found
+        if not found:
+            return fail(
+                "nothing to watch: no launcher found in the usual places; name folders, --launcher, or"
+                " daemon.watch/launchers in the config",
+                ExitStatus.USAGE,
+            )
+        for located in found:
+            if sys.stderr is not None:
+                print(f"{located.launcher} at {located.root}", file=sys.stderr)
+        launchers = [located.root for located in found]
     config.state_folder()  # an unmounted drive or an unwritable home: one line with the remedy, exit 2
     _setup_logging(args.log_file, config.home)
-    daemon = Daemon(config, ctx.plugins, args.roots, launchers=args.launcher, force_polling=args.poll)
+    daemon = Daemon(config, ctx.plugins, args.roots, launchers=launchers, force_polling=args.poll)
     try:
         return serve(daemon)
     except AlreadyRunning as exc:

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dedupe", help="find byte-identical model files; --link replaces copies by hard links")
     p.add_argument(
-        "dirs", nargs="*", type=Path, metavar="DIR", help="folders to look in (default: the daemon's watch folders)"
+        "dirs", nargs="*", type=Path, metavar="DIR", help="folders to look in (default: the daemon's watch folders, else the model folders of the launchers"
+        " configured or found, as scan finds them)"
     )
     p.add_argument("--json", action="store_true", help="one JSON object (docs/dedupe-extract.md)")
     act = p.add_mutually_exclusive_group()
@@ -61,13 +62,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.actions.dedupe import plan_dedupe
 
     dirs = list(args.dirs) or list(ctx.config.watch)
+    where = "the watched folders"
+    if not dirs:  # as `vaereg scan` does: the model folders of the launchers configured or found
+        from vaereg.files.launchers import find_launchers, model_folders
+
+        dirs = [Path(folder) for folder in model_folders(find_launchers(ctx.plugins, ctx.config.launchers).found)]
+        where = "the launchers' model folders"
     if not dirs:
-        return fail("no DIR given and no folders configured to watch (daemon.watch in vaereg.toml)", ExitStatus.USAGE)
+        return fail(
+            "no DIR given, no folders configured to watch (daemon.watch in vaereg.toml) and no launcher found",
+            ExitStatus.USAGE,
+        )
     for folder in dirs:
         if not folder.exists():
             return file_problem(folder, "no such file or directory", ExitStatus.USAGE)
     if not args.dirs and not args.json:
-        warn(f"looking in the watched folders: {', '.join(map(str, dirs))}")
+        warn(f"looking in {where}: {', '.join(map(str, dirs))}")
     show = shows_progress(args.json)
     index = _open_index(ctx)
     try:

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--launcher", type=Path, metavar="ROOT",
-        help="the launcher's folder (default: the configured launchers, daemon.launchers in vaereg.toml)",
+        help="the launcher's folder (default: the configured launchers, daemon.launchers in vaereg.toml, else those"
+        " found in the usual places, as scan finds them)",
     )
     p.add_argument("--apply", action="store_true", help="write the preferences (default: print the plan)")
     p.add_argument("--force", action="store_true", help="replace preferences the user set")
@@ -41,9 +42,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _launchers(args: argparse.Namespace, ctx: Context) -> list[LauncherFolders] | str:
     roots = [args.launcher] if args.launcher else list(ctx.config.launchers)
-    if not roots:
-        return "no launcher: give --launcher ROOT (the folder with webui.py) or set daemon.launchers in vaereg.toml"
     found = []
+    if not roots:  # as `vaereg scan` does: the installations in the usual places
+        from vaereg.files.launchers import find_launchers
+
+        found = list(find_launchers(ctx.plugins).found)
+        if not found:
+            return (
+                "no launcher: none found in the usual places; give --launcher ROOT (the folder with webui.py)"
+                " or set daemon.launchers in vaereg.toml"
+            )
     for root in roots:
         located = ctx.plugins.locate_launcher(root)
         if located is None:

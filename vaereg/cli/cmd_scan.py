@@ -9,13 +9,13 @@ printed (docs/daemon.md, "vaereg scan --json")::
 
     {"roots": [str], "launchers": [{"launcher", "root", "vae", "checkpoints"}], "new": int, "changed": int,
      "moved": int, "removed": int, "unchanged": int, "failed": int, "hashed": int, "errors": ["<path>: <reason>"],
-     "not_read": ["<path>: not read: <why>"], "no_vae": int, "no_vae_kinds": {kind: int}, "warnings": [str],
-     "bytes_read": int,
-     "seconds": float}
+     "not_read": ["<path>: not read: <why>"], "still_unreadable": ["<path>: <reason>"], "no_vae": int,
+     "no_vae_kinds": {kind: int}, "warnings": [str], "bytes_read": int, "seconds": float}
 
 A scan that completes exits 0, listing the files it could not read, each also said on stderr
-(``vaereg: PATH: reason``); with ``--strict`` those make it exit 1. Ctrl-C exits 130 and says how far the scan
-got (what was indexed stays indexed). ``--rebuild-index`` moves an index this vaereg cannot use aside and
+(``vaereg: PATH: reason``); with ``--strict`` those make it exit 1, and so do the files an earlier scan could
+not read that are unchanged since (each said again). Ctrl-C exits 130 and says how far the scan got (what was
+indexed stays indexed). ``--rebuild-index`` moves an index this vaereg cannot use aside and
 builds a new one.
 """
 
@@ -55,7 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="a launcher installation (A1111/Forge, ComfyUI, ...) whose VAE and checkpoint folders to scan",
     )
-    p.add_argument("--strict", action="store_true", help="exit 1 when a file could not be read")
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when a file below the folders cannot be read (now or before)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object when done (no progress bar)")
     p.add_argument(
         "--no-file-hashes",
@@ -129,11 +131,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         note(message)
     for line in report.errors:  # "PATH: reason": one line each, a newline in PATH escaped
         fail_line(line)
+    if args.strict:  # unchanged since a scan could not read them: still broken, and --strict says so
+        for line in report.still_unreadable:
+            fail_line(line)
     if args.json:
         emit_json({**report.to_json(), "launchers": [_launcher_json(found) for found in launchers]})
     else:
         _print_summary(report, with_file_hashes)
-    return ExitStatus.FAILED if report.errors and args.strict else ExitStatus.OK
+    return ExitStatus.FAILED if (report.errors or report.still_unreadable) and args.strict else ExitStatus.OK
 
 
 def _launchers(args: argparse.Namespace, ctx: Context) -> tuple[list, int | None]:
@@ -238,3 +243,7 @@ def _print_summary(report, with_file_hashes: bool) -> None:
         n = len(report.errors)
         out.print(f"{n} {'file' if n == 1 else 'files'} could not be read; `vaereg ls --problems` lists them until fixed",
                   markup=False)
+    if report.still_unreadable:
+        n = len(report.still_unreadable)
+        out.print(f"{n} unchanged {'file' if n == 1 else 'files'} still unreadable, as an earlier scan found;"
+                  " `vaereg ls --problems` lists them", markup=False)

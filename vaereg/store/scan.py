@@ -84,8 +84,9 @@ class ScanReport:
     declines to read though nothing is wrong with them (a pickled detector: `ModelNotRead`); `no_vae` counts
     the files read that hold no VAE (LoRAs, upscalers, text encoders...); `warnings` are problems met on the
     way that are not a file's (unreadable folders, broken links, registry); `bytes_read` sums the files read
-    successfully. All of them are about the files read by this scan; `vaereg ls --problems` lists every
-    indexed file that could not be read."""
+    successfully. All of them are about the files read by this scan but `still_unreadable`: the files below
+    the roots an earlier scan could not read, unchanged since ("<path>: <reason>"; not read again, so still
+    broken). `vaereg ls --problems` lists every indexed file that could not be read."""
 
     roots: tuple[str, ...]
     new: int
@@ -104,6 +105,7 @@ class ScanReport:
     no_vae_kinds: dict[str, int] = field(default_factory=dict)
     #: files whose whole-file hashes this scan computed (new ones, and those an earlier scan left without)
     hashed: int = 0
+    still_unreadable: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -121,6 +123,7 @@ class ScanReport:
             "hashed": self.hashed,
             "errors": list(self.errors),
             "not_read": list(self.not_read),
+            "still_unreadable": list(self.still_unreadable),
             "no_vae": self.no_vae,
             "no_vae_kinds": dict(self.no_vae_kinds),
             "warnings": list(self.warnings),
@@ -140,6 +143,8 @@ class ScanPlan:
     removed: tuple[str, ...]
     unchanged: int
     planned_at: float = field(default_factory=time.monotonic)
+    #: unchanged files an earlier scan could not read ("<path>: <reason>")
+    still_unreadable: tuple[str, ...] = ()
 
     @property
     def roots(self) -> tuple[str, ...]:
@@ -225,6 +230,7 @@ class ScanPlan:
             no_vae=sum(no_vae.values()),
             no_vae_kinds=dict(sorted(no_vae.items(), key=lambda kv: (-kv[1], kv[0]))),
             hashed=hashed,
+            still_unreadable=self.still_unreadable,
         )
 
     def _hash_files(
@@ -279,10 +285,14 @@ def plan_scan(roots: Sequence[str | Path], index: Index, *, exclude: Iterable[st
     changed: list[FoundFile] = []
     moved: list[Move] = []
     unchanged = 0
+    still_unreadable: list[str] = []
     for found in walk.files:
         verdict, old = classify(found, rows.get(found.path), index, taken=taken)
         if verdict == "unchanged":
             unchanged += 1
+            error = rows[found.path].error
+            if error and not is_not_read(error):
+                still_unreadable.append(f"{found.path}: {error}")
         elif verdict == "changed":
             changed.append(found)
         elif verdict == "new":
@@ -302,4 +312,5 @@ def plan_scan(roots: Sequence[str | Path], index: Index, *, exclude: Iterable[st
         removed=removed,
         unchanged=unchanged,
         planned_at=started,
+        still_unreadable=tuple(still_unreadable),
     )
