@@ -61,3 +61,14 @@ def test_hash_of_a_folder_identifies_each_model_below_it_once(tmp_path, capsys):
     objects = [json.loads(line) for line in captured.out.splitlines()]
     assert [o["path"] for o in objects] == [str(empty), str(a)] and objects[0]["error"] and not objects[1]["error"]
     assert captured.err.splitlines() == [f"vaereg: {empty}: no model file in this folder or below it"]
+
+
+def test_a_problem_met_walking_the_folder_is_one_escaped_line(tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    a = factory.save_safetensors(factory.make_vae(ch=8, seed=0), models / "a.safetensors")
+    (models / "dead\nlink.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    assert main(["hash", "--no-file-hashes", str(models)]) == 1  # the rest goes on, the problem counts
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"vaereg: {models}/dead\\nlink.safetensors: broken symbolic link"]
+    assert [row.split()[0] for row in captured.out.splitlines()[1:]] == [str(a)]

@@ -23,7 +23,7 @@ from vaereg.cli.common import (
     Context,
     add_rehash,
     emit_json,
-    fail,
+    fail_line,
     file_problem,
     human_size,
     print_table,
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     reports = []
     from_index = not args.rehash and not (args.autov3 and args.file_hashes)
     targets, problems = _models(args.paths, ctx.plugins)
-    for problem in problems:
-        fail(problem)
+    for problem in problems:  # "PATH: reason": one line each
+        fail_line(problem)
     failed = bool(problems)
     # one file is quick enough to need no bar; several may take minutes
     with progress(shows_progress(args.json) and len(targets) > 1, len(targets), what="hashing") as update:
