@@ -183,3 +183,25 @@ def test_lookup_escapes_a_hand_edited_name(indexed: Library, capsys, config: Con
     assert "  aliases   al\\nias" in lines
     assert "  notes     line one" in lines and "            line \\x1b two" in lines  # its own lines kept
     assert control_free(out)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scan", "{p}"],
+        ["scan", "--launcher", "{p}"],
+        ["daemon", "{p}"],
+        ["diff", "{p}", "{p}"],
+        ["extract", "{p}", "-o", "{out}"],
+        ["install-extension", "{p}"],
+    ],
+)
+def test_a_path_from_the_command_line_is_said_on_one_line(argv, tmp_path, capsys) -> None:
+    """A problem with a path the user typed (or pasted: it may hold a newline) is one escaped line too."""
+    missing = tmp_path / "two\nlines"
+    if argv[0] == "install-extension":
+        missing.mkdir()  # there, but no launcher
+    status = main([a.format(p=missing, out=tmp_path / "out.safetensors") for a in argv])
+    err = capsys.readouterr().err
+    assert status in (1, 2) and len(err.splitlines()) == 1, err
+    assert err.startswith(f"vaereg: {tmp_path}/two\\nlines: ")

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, fail
+from vaereg.cli.common import Context, fail, file_problem
 from vaereg.cli.exit import ExitStatus
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     config = ctx.config
     for root in args.roots:
         if not os.path.isdir(root):
-            return fail(f"{root}: no such folder", ExitStatus.USAGE)
+            return file_problem(root, "no such folder", ExitStatus.USAGE)
     launchers = list(args.launcher)
     if not (args.roots or launchers or config.watch or config.launchers):
         # As `vaereg scan` does: the installations in the usual places (looked for once, at the start).

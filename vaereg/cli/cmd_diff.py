@@ -13,7 +13,7 @@ from vaereg.cli.common import (
     Context,
     add_rehash,
     emit_json,
-    fail,
+    fail_line,
     say,
     short,
     shows_progress,
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         index = ctx.index if ctx.config.index.is_file() else None  # identities of unchanged indexed files
         report = diff_models(args.a, args.b, ctx.plugins, index=index, rehash=args.rehash)
     if report.error:
-        fail(report.error)
+        fail_line(report.error)  # "PATH: reason"
     if args.json:
         emit_json(report.to_json())
     elif not report.error:

@@ -14,6 +14,7 @@ from vaereg.cli.common import (
     console,
     emit_json,
     fail,
+    fail_line,
     human_size,
     os_problem,
     printable,
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     except ExtractError as exc:
         return fail(str(exc))
     except OSError as exc:
-        return fail(os_problem(exc, args.model))
+        return fail_line(os_problem(exc, args.model))
     except KeyboardInterrupt:
         return fail(f"interrupted: {args.output} left as it was", ExitStatus.INTERRUPTED)
     if args.json:

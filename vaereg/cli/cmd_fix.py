@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaereg.cli.common import Context, emit_json, fail, fail_line, say, warn
+from vaereg.cli.common import Context, emit_json, fail, fail_line, file_problem, say, warn
 from vaereg.cli.exit import ExitStatus
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def _print_plan(plan: FixPlan, result: FixResult | None) -> None:
         if item.action == "fine":
             continue
         if item.action == "error":  # one line on stderr, like every command's problem with one file
-            fail(f"{item.checkpoint}: {item.reason}")
+            file_problem(item.checkpoint, item.reason)
             continue
         name = _shown(item.checkpoint, plan.root)
         label = _LABELS[item.action][0]

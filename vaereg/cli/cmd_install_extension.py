@@ -8,7 +8,7 @@ import argparse
 import os
 from pathlib import Path
 
-from vaereg.cli.common import Context, emit_json, fail, os_problem
+from vaereg.cli.common import Context, emit_json, fail, fail_line, file_problem, os_problem
 from vaereg.cli.exit import ExitStatus
 
 
@@ -27,14 +27,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     found = ctx.plugins.locate_launcher(args.root)
     if found is None:
-        return fail(f"{args.root}: no launcher vaereg knows is installed there", ExitStatus.USAGE)
+        return file_problem(args.root, "no launcher vaereg knows is installed there", ExitStatus.USAGE)
     try:
         plan = plan_install(found, copy=args.copy)
         mode = plan.execute()
     except InstallError as exc:
         return fail(str(exc), ExitStatus.USAGE)
     except OSError as exc:
-        return fail(os_problem(exc, args.root))
+        return fail_line(os_problem(exc, args.root))
     if args.json:
         emit_json({**plan.to_json(), "mode": mode})
         return ExitStatus.OK

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, emit_json_lines, fail
+from vaereg.cli.common import Context, emit_json_lines, fail, file_problem
 from vaereg.cli.exit import ExitStatus
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if not args.vaes and not args.family:
         return fail("name at least one VAE (a file, id or name) or --family F", ExitStatus.USAGE)
     if not args.output.parent.is_dir():
-        return fail(f"{args.output.parent}: no such folder", ExitStatus.USAGE)
+        return file_problem(args.output.parent, "no such folder", ExitStatus.USAGE)
     catalog = None
     if ctx.config.index.is_file():
         from vaereg.store.catalog import Catalog
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             source = Image.open(args.image)
             source.load()
         except (OSError, UnidentifiedImageError) as exc:
-            return fail(f"{args.image}: not an image Pillow can read ({exc.__class__.__name__})")
+            return file_problem(args.image, f"not an image Pillow can read ({exc.__class__.__name__})")
     try:
         image = prepare_image(source, args.size)
     except ValueError as exc:

@@ -32,6 +32,7 @@ from vaereg.cli.common import (
     emit_json,
     fail,
     fail_line,
+    file_problem,
     human_size,
     note,
     progress,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     for root in args.roots:
         if not os.path.exists(root):
-            return fail(f"{root}: no such file or directory", ExitStatus.USAGE)
+            return file_problem(root, "no such file or directory", ExitStatus.USAGE)
     launchers, status = _launchers(args, ctx)
     if status is not None:
         return status
@@ -149,10 +150,10 @@ def _launchers(args: argparse.Namespace, ctx: Context) -> tuple[list, int | None
     found = []
     for root in args.launcher:
         if not os.path.isdir(root):
-            return [], fail(f"{root}: no such folder", ExitStatus.USAGE)
+            return [], file_problem(root, "no such folder", ExitStatus.USAGE)
         folders = locate(ctx.plugins, root)
         if folders is None:
-            return [], fail(f"{root}: not an installation of a launcher vaereg knows ({KNOWN})", ExitStatus.USAGE)
+            return [], file_problem(root, f"not an installation of a launcher vaereg knows ({KNOWN})", ExitStatus.USAGE)
         found.append(folders)
     if found or args.roots:
         return found, None
@@ -194,7 +195,7 @@ def _move_index_aside(ctx: Context) -> int:
 
     config = ctx.config
     if read_status(config.home).running:
-        return fail(f"{config.index}: a vaereg daemon is using the index: stop it first", ExitStatus.USAGE)
+        return file_problem(config.index, "a vaereg daemon is using the index: stop it first", ExitStatus.USAGE)
     aside = move_aside(config.index)
     if aside is not None:
         print(f"vaereg: moved the index aside to {aside}; building a new one", file=sys.stderr)
