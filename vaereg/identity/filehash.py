@@ -15,10 +15,17 @@ thread to itself, so it never waits; BLAKE3 and CRC32 share a second thread (and
 third). hashlib and blake3 release the GIL; CRC32 uses ISA-L's carry-less-multiply kernel when the
 ``isal`` package is there (about 8x zlib's), else zlib's. So on two cores the whole set costs about one
 SHA-256 of the file.
+
+The lanes' threads and one ring of buffers are kept for the next file: a library holds thousands of small
+files (LoRAs, embeddings), and starting three threads and zeroing 16 MB for each cost several times the
+hashing of a 1 MB file (bench/bench_hash.py --small).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import zlib
 from collections import deque
 from pathlib import Path
@@ -28,7 +35,7 @@ from vaereg._fs import open_regular
 from vaereg.identity.report import FileHashes
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 BLOCK = 4 << 20
 #: Blocks in flight: one being read, the others being hashed.
@@ -37,6 +44,51 @@ AUTOV1_OFFSET = 0x100000
 AUTOV1_SIZE = 0x10000
 #: AutoV3 (a second SHA-256 pass) by default only for files up to this size (`[hash] autov3_max_mb`).
 AUTOV3_MAX_BYTES = 1 << 30
+
+
+_kept_lock = threading.Lock()
+_kept_lanes: dict[int, list[ThreadPoolExecutor]] = {}
+_kept_rings: list[list[bytearray]] = []
+
+
+def _priority() -> int:
+    """The calling thread's nice value on Linux, which keeps one per thread (the daemon hashes niced); 0
+    elsewhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        except OSError:
+            pass
+    return 0
+
+
+def _lanes(count: int) -> list[ThreadPoolExecutor]:
+    """`count` single-thread executors, one per lane, made once for the process per priority: the first
+    caller of each priority starts them and they inherit its nice value, so the daemon's background hashing
+    stays niced. Each hash object gets its blocks in file order whatever else a lane runs: a lane runs its
+    tasks one at a time, as submitted."""
+    from concurrent.futures import ThreadPoolExecutor  # here: `hash --no-file-hashes` never needs it
+
+    priority = _priority()
+    with _kept_lock:
+        lanes = _kept_lanes.setdefault(priority, [])
+        while len(lanes) < count:
+            lanes.append(ThreadPoolExecutor(1, thread_name_prefix="vaereg-filehash"))
+            lanes[-1].submit(int).result()  # its thread starts now, from this thread: with its priority
+        return lanes[:count]
+
+
+def _take_ring() -> list[bytearray]:
+    with _kept_lock:
+        if _kept_rings:
+            return _kept_rings.pop()
+    return [bytearray(BLOCK) for _ in range(RING)]
+
+
+def _give_ring(ring: list[bytearray]) -> None:
+    with _kept_lock:
+        if not _kept_rings:  # one ring kept (16 MB); a concurrent caller's extra one is let go
+            _kept_rings.append(ring)
 
 
 def _crc32_function() -> Callable[[memoryview, int], int]:
@@ -85,15 +137,11 @@ def file_hashes(path: Path, *, data_offset: int | None = None, autov3: bool = Tr
         if start + len(view) > data_offset:
             tail.update(view[max(0, data_offset - start) :])
 
-    from concurrent.futures import (
-        ThreadPoolExecutor,  # here: `hash --no-file-hashes` never needs it
-    )
-
     position = 0
-    free = deque(bytearray(BLOCK) for _ in range(RING))
+    ring = _take_ring()
+    free = deque(ring)
     busy: deque[tuple[bytearray, list[Future]]] = deque()
-    # one single-thread executor per lane: each hash object gets its blocks in file order
-    lanes = [ThreadPoolExecutor(1, thread_name_prefix="vaereg-filehash") for _ in range(3 if tail else 2)]
+    lanes = _lanes(3 if tail else 2)
     try:
         with open_regular(path) as f:
             autov1 = _read_autov1(f)
@@ -114,12 +162,15 @@ def file_hashes(path: Path, *, data_offset: int | None = None, autov3: bool = Tr
                     futures.append(lanes[2].submit(lane_tail, view, position))
                 busy.append((buf, futures))
                 position += n
-            for _, futures in busy:
-                for fut in futures:
+            while busy:
+                for fut in busy.popleft()[1]:
                     fut.result()
     finally:
-        for lane in lanes:
-            lane.shutdown(wait=True, cancel_futures=True)
+        # Nothing may still read a buffer once it is given back: wait for what is in flight (an error, Ctrl-C).
+        for _, futures in busy:
+            for fut in futures:
+                fut.cancel() or fut.exception()
+        _give_ring(ring)
     digest = sha.hexdigest()
     return FileHashes(
         size=position,
