@@ -14,9 +14,10 @@ printed (docs/daemon.md, "vaereg scan --json")::
 
 A scan that completes exits 0, listing the files it could not read, each also said on stderr
 (``vaereg: PATH: reason``); with ``--strict`` those make it exit 1, and so do the files an earlier scan could
-not read that are unchanged since (each said again). Ctrl-C exits 130 and says how far the scan got (what was
-indexed stays indexed). ``--rebuild-index`` moves an index this vaereg cannot use aside and
-builds a new one.
+not read that are unchanged since (each said again). A file the OS would not let a scan read (``PATH: access
+failed: permission denied``) is read again by every scan. Ctrl-C exits 130 and says how far the scan got, in
+new files identified or, in the second phase, files hashed (what was indexed stays indexed).
+``--rebuild-index`` moves an index this vaereg cannot use aside and builds a new one.
 """
 
 from __future__ import annotations
@@ -107,12 +108,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             plan = plan_scan(args.roots, index, exclude=[config.home, config.index.parent])
     except KeyboardInterrupt:
         return fail("interrupted while looking at the folders; nothing was changed", ExitStatus.INTERRUPTED)
-    where = {"done": 0, "total": len(plan.to_identify)}
+    where = {"phase": "identify", "done": 0, "total": len(plan.to_identify)}
     try:
         with progress(show_progress, plan.bytes_to_read, what="identifying", in_bytes=True) as update:
 
             def on_progress(p) -> None:
-                where["done"] = p.files_done
+                where.update(phase=p.phase, done=p.files_done, total=p.files_total)
                 name = os.path.basename(p.path) if p.path else "done"
                 if p.phase == "identify":
                     update(p.bytes_done, f"{p.files_done}/{p.files_total} {name}")
@@ -121,11 +122,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
             report = plan.execute(ingest, with_file_hashes=with_file_hashes, on_progress=on_progress)
     except KeyboardInterrupt:
-        return fail(
-            f"interrupted: {where['done']} of {where['total']} new or changed files read and indexed;"
-            " run scan again to go on",
-            ExitStatus.INTERRUPTED,
-        )
+        return fail(_interrupted(where), ExitStatus.INTERRUPTED)
     for message in report.warnings:
         warn(message)
     for message in report.not_read:  # "PATH: not read: what it is": a note, not a failure
@@ -140,6 +137,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         _print_summary(report, with_file_hashes)
     return ExitStatus.FAILED if (report.errors or report.still_unreadable) and args.strict else ExitStatus.OK
+
+
+def _interrupted(where: dict) -> str:
+    """What was done when Ctrl-C came, in the phase it came in (`ScanProgress.phase`)."""
+    done, total = where["done"], where["total"]
+    if where["phase"] == "hash":
+        return (
+            f"interrupted while hashing: {done} of {total} files hashed; every identity is indexed;"
+            " run scan again to go on"
+        )
+    return f"interrupted: {done} of {total} new or changed files read and indexed; run scan again to go on"
 
 
 def _launchers(args: argparse.Namespace, ctx: Context) -> tuple[list, int | None]:

@@ -55,6 +55,26 @@ def _stat_entry(entry: os.DirEntry) -> os.stat_result:
     return os.stat(entry.path) if os.name == "nt" else entry.stat()
 
 
+def _once(walked: list[FoundFile], named: list[FoundFile]) -> list[FoundFile]:
+    """The files met below the folder roots, and those the roots name that are not among them already: a
+    file named beside its own folder, or named twice (the same real path), is listed once, by the path the
+    folder walk met it through. A hard link named is another file, as it is below a folder; what the walk
+    met is left as it is. Real paths are only resolved for a named file of an inode already listed."""
+    files = list(walked)
+    paths: dict[tuple[int, int], list[str]] = {}
+    for found in walked:
+        paths.setdefault((found.dev, found.inode), []).append(found.path)
+    for found in named:
+        same = paths.setdefault((found.dev, found.inode), [])
+        if found.path in same or (
+            same and any(os.path.realpath(path) == os.path.realpath(found.path) for path in same)
+        ):
+            continue
+        same.append(found.path)
+        files.append(found)
+    return files
+
+
 #: Folders below a root that hold software, not models: a launcher's root has a venv and a .git of its own,
 #: whose site-packages are full of `.pt` test fixtures and `.pth` path files.
 def walk_models(roots: Iterable[str | Path], *, exclude: Iterable[str | Path] = ()) -> Walk:
@@ -79,6 +99,7 @@ def walk_models(roots: Iterable[str | Path], *, exclude: Iterable[str | Path] = 
     real: list[str] = []
     through_links: list[tuple[str, tuple[int, int]]] = []
     root_paths: list[str] = []
+    named: list[FoundFile] = []  # the roots that name a file
 
     for root in roots:
         path = os.path.abspath(os.fspath(root))
@@ -91,7 +112,7 @@ def walk_models(roots: Iterable[str | Path], *, exclude: Iterable[str | Path] = 
             continue
         if stat.S_ISREG(st.st_mode):
             if not download_in_progress(path):
-                files.append(FoundFile.of(path, st))
+                named.append(FoundFile.of(path, st))
         elif _folder_key(st) not in visited:
             visited.add(_folder_key(st))
             real.append(path)
@@ -142,6 +163,7 @@ def walk_models(roots: Iterable[str | Path], *, exclude: Iterable[str | Path] = 
                 linked.append((path, os.path.realpath(path)))
                 enter(path)
 
+    files = _once(files, named)
     files.sort(key=lambda f: f.path)
     return Walk(
         roots=tuple(root_paths),

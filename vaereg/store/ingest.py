@@ -1,7 +1,10 @@
 """From one complete file to the index, the registry and the hooks: the step `vaereg scan` and the daemon share.
 
 A read is bracketed by two stats, and a file that changed in between (still being written, replaced) is not
-recorded: the event or scan that follows the change brings it back. When a file's SHA-256 is one the
+recorded: the event or scan that follows the change brings it back. A read the OS failed rather than the
+file's bytes (permission denied, an I/O error, a file another program locks, a network share gone) is
+recorded with a reason starting with `ACCESS_FAILED`, which every scan and reconcile reads again, though
+nothing a stat sees changes when the permissions are fixed or the share comes back. When a file's SHA-256 is one the
 registry lists for an entry that does not know its ids yet, the ids are learnt, so every other copy of that
 VAE, in any container or precision, gets the entry's name.
 
@@ -12,14 +15,16 @@ daemon closes the index while a worker may still be reading a file.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, TypeVar
 
-from vaereg._fs import stat_key_of
-from vaereg.errors import FileProblem
+from vaereg._fs import os_error_text, stat_key_of
+from vaereg.errors import FileProblem, is_not_read
 from vaereg.identity.analyze import analyze, model_file_hashes, open_model
 from vaereg.identity.filehash import AUTOV3_MAX_BYTES
 from vaereg.identity.report import SPEC_VERSION, HashReport
@@ -50,6 +55,76 @@ class Outcome:
     def error(self) -> str | None:
         """Why the recorded file could not be identified, if it could not."""
         return self.report.error if self.report is not None and self.status == "recorded" else None
+
+
+#: How the recorded reason of a file the OS would not let vaereg read begins ("access failed: permission
+#: denied"): its bytes are not at fault, so it is read again by every scan (`is_access_failure`).
+ACCESS_FAILED = "access failed: "
+
+#: The errnos of those failures (the ones this platform has): permissions, I/O errors, busy or locked files,
+#: devices and network shares gone or timing out, no file descriptors left.
+_ACCESS_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        *("EACCES", "EPERM", "EIO", "EBUSY", "EAGAIN", "ETIMEDOUT", "ENXIO", "ENODEV", "ENOMEDIUM", "ESTALE"),
+        *("EREMOTEIO", "EHOSTDOWN", "EHOSTUNREACH", "ENETDOWN", "ENETUNREACH", "ENETRESET", "ENOTCONN"),
+        *("ECONNRESET", "ECONNABORTED", "ENOLCK", "EDEADLK", "EMFILE", "ENFILE", "EINTR"),
+    )
+    if hasattr(errno, name)
+)
+#: Windows: device not ready, sharing and lock violations (another program holds the file), network paths
+#: and names gone, semaphore timeout, network unreachable.
+_ACCESS_WINERRORS = frozenset({21, 32, 33, 51, 53, 59, 64, 67, 121, 1231})
+#: The reasons `analyze` words those errnos in (`os_error_text`): how a failure met after the open is known,
+#: and rows recorded before `ACCESS_FAILED` existed.
+_ACCESS_REASONS = frozenset(os_error_text(OSError(code, os.strerror(code))) for code in _ACCESS_ERRNOS)
+
+
+def access_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the OS failing a read (permission, I/O, lock, network), not the file's bytes."""
+    if not isinstance(exc, OSError) or isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+        return False
+    return (
+        isinstance(exc, PermissionError)
+        or exc.errno in _ACCESS_ERRNOS
+        or getattr(exc, "winerror", None) in _ACCESS_WINERRORS
+    )
+
+
+def is_access_failure(reason: str | None) -> bool:
+    """Whether a recorded reason says the OS failed the read (so the next scan reads the file again)."""
+    return bool(reason) and (reason.startswith(ACCESS_FAILED) or reason in _ACCESS_REASONS)  # type: ignore[union-attr]
+
+
+def _open_fails(path: str) -> bool:
+    """Whether opening and reading the first byte of `path` fails now for an access reason, judged from the
+    exception itself (a Windows sharing violation is worded in the system's language). Folders and special
+    files are not opened."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        return access_failure(exc)
+    try:
+        os.read(fd, 1)
+    except OSError as exc:
+        return access_failure(exc)
+    finally:
+        os.close(fd)
+    return False
+
+
+def marked(path: str, report: HashReport) -> HashReport:
+    """`report` with `ACCESS_FAILED` before its reason when the OS failed the read: the file cannot be opened
+    now, or the reason is one of an OS failure met later (an I/O error halfway). A reason of the file's
+    bytes (truncated, not a model) is left as it is: read again unchanged, the file would fail the same way."""
+    reason = report.error
+    if reason is None or is_not_read(reason) or reason.startswith(ACCESS_FAILED):
+        return report
+    if reason in _ACCESS_REASONS or _open_fails(path):
+        return dataclasses.replace(report, error=ACCESS_FAILED + reason)
+    return report
 
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -132,6 +207,7 @@ class Ingest:
         report, stats = read if read is not None else (None, {})
         if problem is not None or report is None or st is None:
             return Outcome(problem or "vanished", report, st)
+        report = marked(path, report)
 
         def record() -> bool:
             self.index.record(path, st, report, stats)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Literal, Sequence
 
-from vaereg._fs import inside_any
-from vaereg.errors import internal_error, is_not_read
+from vaereg._fs import inside_any, os_error_text
+from vaereg.errors import StateError, internal_error, is_not_read
 from vaereg.files.walk import FoundFile, Walk, walk_models
 from vaereg.identity.report import SPEC_VERSION
-from vaereg.store.ingest import Ingest
+from vaereg.store.ingest import ACCESS_FAILED, Ingest, access_failure, is_access_failure
 
 if TYPE_CHECKING:
     from vaereg.store.index import Index, IndexedFile
@@ -51,9 +51,12 @@ Verdict = Literal["unchanged", "changed", "new", "moved"]
 def classify(
     found: FoundFile, row: IndexedFile | None, index: Index, *, taken: Collection[str] = ()
 ) -> tuple[Verdict, str | None]:
-    """What a stat says of a file against its index row: the verdict, and for "moved" the old path."""
+    """What a stat says of a file against its index row: the verdict, and for "moved" the old path. A row
+    whose read the OS failed (`is_access_failure`: permission denied, an I/O error...) is "changed" however
+    its stat looks: fixing permissions or a share changes no size or mtime, and a failed open costs nothing."""
     if row is not None:
-        return ("unchanged" if same_file(row, found) else "changed"), None
+        unchanged = same_file(row, found) and not is_access_failure(row.error)
+        return ("unchanged" if unchanged else "changed"), None
     old = moved_from(index, found, taken=taken)
     return ("new", None) if old is None else ("moved", old)
 
@@ -80,13 +83,16 @@ class ScanProgress:
 @dataclass(frozen=True)
 class ScanReport:
     """What a scan did. `new` and `changed` count the files read and indexed; `failed` those that could not
-    be read, each in `errors` ("<path>: <reason>": truncated, damaged); `not_read` are model files vaereg
-    declines to read though nothing is wrong with them (a pickled detector: `ModelNotRead`); `no_vae` counts
-    the files read that hold no VAE (LoRAs, upscalers, text encoders...); `warnings` are problems met on the
-    way that are not a file's (unreadable folders, broken links, registry); `bytes_read` sums the files read
-    successfully. All of them are about the files read by this scan but `still_unreadable`: the files below
-    the roots an earlier scan could not read, unchanged since ("<path>: <reason>"; not read again, so still
-    broken). `vaereg ls --problems` lists every indexed file that could not be read."""
+    be read, each in `errors` ("<path>: <reason>": truncated, damaged; "<path>: access failed: permission
+    denied" when the OS refused the read); `not_read` are model files vaereg declines to read though nothing
+    is wrong with them (a pickled detector: `ModelNotRead`); `no_vae` counts the files read that hold no VAE
+    (LoRAs, upscalers, text encoders...); `removed` the rows of files gone, found so by the walk or, for a
+    changed file, when it was to be read; `warnings` are problems met on the way that are not a file's
+    (unreadable folders, broken links, registry, new files gone before they were read); `bytes_read` sums
+    the files read successfully. All of them are about the files read by this scan but `still_unreadable`:
+    the files below the roots an earlier scan could not read for what they hold, unchanged since
+    ("<path>: <reason>"; not read again, so still broken; a file whose read the OS failed is read again by
+    every scan instead). `vaereg ls --problems` lists every indexed file that could not be read."""
 
     roots: tuple[str, ...]
     new: int
@@ -177,8 +183,10 @@ class ScanPlan:
         """
         for move in self.moved:
             ingest.moved(move.old, move.new.path)
-        for path in self.removed:
-            ingest.removed(path)
+        removed = sum(ingest.removed(path) for path in self.removed)
+        had_row = {f.path for f in self.changed}
+        recorded: set[str] = set()
+        vanished: list[str] = []
         todo = self.to_identify
         total = sum(f.size for f in todo)
         done_bytes = 0
@@ -192,6 +200,8 @@ class ScanPlan:
                 on_progress(ScanProgress(n, len(todo), done_bytes, total, found.path))
             try:
                 outcome = ingest.identify(found.path, with_file_hashes=False)
+            except StateError:  # the index itself (damaged, unwritable): the scan's end, said once
+                raise
             except Exception as exc:  # noqa: BLE001 - a bug met on one file is its error, not the scan's end
                 logging.getLogger("vaereg.store").error("%s: %s", found.path, internal_error(exc), exc_info=exc)
                 errors.append(f"{found.path}: {internal_error(exc)}")
@@ -199,6 +209,14 @@ class ScanPlan:
                 continue
             finally:
                 done_bytes += found.size
+            if outcome.status == "vanished":  # deleted or moved since the walk: nothing to report of it
+                if found.path in had_row and not os.path.lexists(found.path) and ingest.removed(found.path):
+                    removed += 1
+                elif found.path not in had_row:
+                    vanished.append(found.path)
+                continue
+            if outcome.status == "recorded":
+                recorded.add(found.path)
             if outcome.error:
                 if is_not_read(outcome.error):
                     not_read.append(f"{found.path}: {outcome.error}")
@@ -213,13 +231,20 @@ class ScanPlan:
             warnings.extend(outcome.warnings)
         if on_progress:
             on_progress(ScanProgress(len(todo), len(todo), done_bytes, total, None))
+        if vanished:
+            n = len(vanished)
+            warnings.append(
+                f"{n} new {'file was' if n == 1 else 'files were'} gone before {'it' if n == 1 else 'they'} could be"
+                f" read (deleted or moved during the scan, e.g. {vanished[0]}); not indexed: scan again"
+            )
         hashed = self._hash_files(ingest, errors, warnings, on_progress) if with_file_hashes else 0
+        indexed = recorded - failed
         return ScanReport(
             roots=self.roots,
-            new=sum(f.path not in failed for f in self.new),
-            changed=sum(f.path not in failed for f in self.changed),
+            new=sum(f.path in indexed for f in self.new),
+            changed=sum(f.path in indexed for f in self.changed),
             moved=len(self.moved),
-            removed=len(self.removed),
+            removed=removed,
             unchanged=self.unchanged,
             errors=tuple(errors),
             warnings=tuple(warnings),
@@ -251,6 +276,11 @@ class ScanPlan:
                 on_progress(ScanProgress(n, len(rows), done_bytes, total, row.path, "hash"))
             try:
                 outcome = ingest.add_file_hashes(row.path, row.report(), row.mtime_ns)
+            except OSError as exc:  # the whole read failed (permission, I/O): the next scan tries again
+                errors.append(f"{row.path}: {ACCESS_FAILED if access_failure(exc) else ''}{os_error_text(exc)}")
+                continue
+            except StateError:
+                raise
             except Exception as exc:  # noqa: BLE001 - as in the first phase: this file's error, the scan goes on
                 logging.getLogger("vaereg.store").error("%s: %s", row.path, internal_error(exc), exc_info=exc)
                 errors.append(f"{row.path}: {internal_error(exc)}")

@@ -6,8 +6,9 @@ It drives identify -> index -> registry -> hooks and owns every thread it needs:
 - one observer per watched folder (`Watcher`), whose reports `EventRouter` turns into index changes
   (renames, moves and deletions, without a read) or into files on their way (`Completion`);
 - the supervisor: queues complete files, reconciles with the disk at start and every
-  ``reconcile_interval`` (the stat-only `plan_scan`, in a thread of its own), keeps observers alive and
-  writes the status file;
+  ``reconcile_interval`` (the stat-only `plan_scan`, in a thread of its own; a file the OS would not let it
+  read, permission denied or an I/O error, is read again each time), keeps observers alive and writes the
+  status file;
 - ``workers`` identify workers: the identity first, without whole-file hashes, recorded and announced;
 - one hash worker after them: the whole-file hashes, stored and announced again. They take a full read,
   so a new checkpoint is identified in under a second and its sha256 follows;
@@ -342,6 +343,9 @@ class Daemon:
         report = outcome.report
         if is_not_read(report.error):  # a detector or other pickled object: a note, not a problem
             log.info("%s: %s", path, report.error)
+        elif report.error and row is not None and row.error == report.error:
+            # a file the OS would not let us read, tried again by a reconcile: said once, when it first failed
+            log.info("%s: still %s", path, report.error)
         elif report.error:
             self._note_error(path, report.error)
         else:
