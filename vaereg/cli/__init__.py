@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_stdout()
         return ExitStatus.OK
     except Exception as exc:  # noqa: BLE001 - every error ends as one line (a traceback only with --debug)
-        return report_error(exc, debug=ctx.debug)
+        return report_error(exc, debug=ctx.debug, ctx=ctx)
     finally:
         ctx.close()
 

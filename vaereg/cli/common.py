@@ -78,6 +78,18 @@ class Context:
         self.registry  # noqa: B018 - say the registry's warnings once
         return self.vaereg.catalog(events=events)
 
+    def damaged_index(self) -> UserError | None:
+        """After an unexpected error: the damaged-index line when the index this command opened fails SQLite's
+        quick_check. Overwritten bytes inside a page can read back as garbage text, not as an SQLite error,
+        and the bug they then cause is the damage's, not vaereg's. Checked only here, never at start-up."""
+        opened = getattr(self.__dict__.get("vaereg"), "_index", None)  # None: this command opened no index
+        if opened is None:
+            return None
+        from vaereg.store.database import damage_of, unusable
+
+        found = damage_of(opened.path)
+        return unusable(opened.path, found) if found else None
+
     def close(self) -> None:
         if "vaereg" in self.__dict__:
             self.vaereg.close()
@@ -130,8 +142,9 @@ def os_problem(exc: OSError, path: object = None) -> str:
     return problem_line(exc.filename if exc.filename is not None else path, os_error_text(exc))
 
 
-def report_error(exc: BaseException, *, debug: bool = False) -> int:
-    """The one line (and exit status) for an error that ended a command."""
+def report_error(exc: BaseException, *, debug: bool = False, ctx: Context | None = None) -> int:
+    """The one line (and exit status) for an error that ended a command; an unexpected one met while `ctx`'s
+    index is damaged is said as the damage (`Context.damaged_index`)."""
     if isinstance(exc, UserError):
         return fail(str(exc), ExitStatus.USAGE)
     if isinstance(exc, FileProblem):
@@ -141,6 +154,9 @@ def report_error(exc: BaseException, *, debug: bool = False) -> int:
         return ExitStatus.FAILED
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
+    damaged = ctx.damaged_index() if ctx is not None else None
+    if damaged is not None:
+        return fail(str(damaged), ExitStatus.USAGE)
     return fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", ExitStatus.INTERNAL)
 
 

@@ -1,12 +1,17 @@
 """The index's SQLite database: its schema and forward-only migrations, how a connection is opened (WAL,
-busy timeout), how file names that are not UTF-8 are stored, and moving a broken index aside."""
+busy timeout), how file names that are not UTF-8 are stored, how a damaged index is told (one line with
+the remedy) and moving a broken index aside."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from vaereg.errors import IndexUnreadableError, StateError
 
 #: How long a writer waits for another process's transaction before giving up (seconds).
 BUSY_TIMEOUT = 10.0
@@ -122,6 +127,73 @@ TEXT_PARAM = "CAST(? AS TEXT)"
 
 #: The remedy for an index this vaereg cannot use: it is a cache; the registry (names, notes) is kept apart.
 REBUILD_HINT = "`vaereg scan --rebuild-index DIR...` moves it aside and builds a new one (names are kept)"
+
+
+#: SQLite's answers for a file that is no database or a damaged one (SQLITE_NOTADB, SQLITE_CORRUPT).
+_DAMAGED_CODES = frozenset({getattr(sqlite3, "SQLITE_CORRUPT", 11), getattr(sqlite3, "SQLITE_NOTADB", 26)})
+#: How long `damage_of` lets SQLite's checks run (both take about 3 ms per MB of index): past it, no verdict.
+QUICK_CHECK_SECONDS = 2.0
+
+
+def unusable(path: Path, exc: sqlite3.DatabaseError | str) -> StateError:
+    """The one-line error for an index SQLite refuses: damaged (rebuild it), or busy/unreachable."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "not a database" not in text:
+        if "locked" in text or "busy" in text:
+            return StateError(f"{path}: the index is locked by another process; try again")
+        return StateError(f"{path}: the index cannot be opened ({text}): check paths.index and VAEREG_HOME")
+    return IndexUnreadableError(f"{path}: not a vaereg index ({text}); it only caches what scans found: {REBUILD_HINT}")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite saying the file is damaged or no database (not busy, not a bug in a query)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return code in _DAMAGED_CODES if code is not None else type(exc) is sqlite3.DatabaseError
+
+
+@contextmanager
+def refused_as_damaged(path: Path) -> Iterator[None]:
+    """Around every use of the index: SQLite finding it damaged mid-command (a page overwritten) ends the
+    command with the same line as an index it refuses to open."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        raise unusable(path, exc) from exc
+
+
+def damage_of(path: Path, seconds: float = QUICK_CHECK_SECONDS) -> str | None:
+    """What SQLite finds wrong with the index at `path` (as its error for a damaged file says it), or None:
+    nothing found, no index there, or no verdict within `seconds` or while another process holds it.
+
+    ``PRAGMA quick_check`` reads every page of every tree; bytes overwritten inside a row leave the trees whole,
+    so ``integrity_check`` follows, in what is left of `seconds`: it finds the rows whose indexes no longer
+    agree with them. On its own connection; only diagnostic paths run it (`info`, an unexpected error), never
+    a command's start.
+    """
+    from urllib.parse import quote
+
+    if not Path(path).is_file():
+        return None
+    deadline = time.monotonic() + seconds
+    try:  # mode=rw: never creates a file
+        conn = sqlite3.connect(f"file:{quote(os.fspath(path))}?mode=rw", uri=True, timeout=min(seconds, 1.0))
+    except sqlite3.Error:
+        return None
+    try:
+        conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # past it: "interrupted"
+        for check in ("quick_check(1)", "integrity_check(1)"):
+            if conn.execute(f"PRAGMA {check}").fetchall() != [("ok",)]:
+                return "database disk image is malformed"
+    except sqlite3.DatabaseError as exc:
+        return str(exc) if is_damage(exc) else None
+    finally:
+        conn.close()
+    return None
 
 
 def move_aside(path: Path) -> Path | None:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from vaereg.errors import IndexUnreadableError, IndexVersionError, StateError
+from vaereg.errors import IndexVersionError, StateError
 from vaereg.identity.report import (
     FILE_HASH_NAMES,
     SPEC_VERSION,
@@ -43,6 +43,8 @@ from vaereg.store.database import (
     bind_text,
     connect,
     paths_below,
+    refused_as_damaged,
+    unusable,
 )
 from vaereg.store.overview import IdentityCounts, identity_counts
 from vaereg.store.rows import (
@@ -132,27 +134,15 @@ class Index:
             raise StateError(f"{self.path}: the index cannot be opened ({os_error_text(exc)}): check paths.index"
                              " and VAEREG_HOME") from None
         except sqlite3.DatabaseError as exc:
-            raise self._unusable(exc) from None
+            raise unusable(self.path, exc) from None
         try:
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise self._unusable(exc) from None
+            raise unusable(self.path, exc) from None
         except BaseException:
             self._conn.close()
             raise
-
-    def _unusable(self, exc: sqlite3.DatabaseError) -> StateError:
-        """The one-line error for an index SQLite refuses: damaged (rebuild it), or busy/unreachable."""
-        text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError) and "not a database" not in text:
-            if "locked" in text or "busy" in text:
-                return StateError(f"{self.path}: the index is locked by another process; try again")
-            return StateError(f"{self.path}: the index cannot be opened ({text}): check paths.index and VAEREG_HOME")
-        return IndexUnreadableError(
-            f"{self.path}: not a vaereg index ({text}); it only caches what scans found:"
-            f" {REBUILD_HINT}"
-        )
 
     def close(self) -> None:
         with self._lock:
@@ -168,7 +158,7 @@ class Index:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, refused_as_damaged(self.path):
             if os.getpid() != self._pid:
                 # SQLite connections must not cross fork(): parent and child would share one file's locks
                 raise RuntimeError("an Index cannot be used across fork(); open a new one in the child")
