@@ -149,6 +149,19 @@ class Wanted:
     label: str
 
 
+#: The largest side a round trip is run at: SDXL's own size. Memory grows with the pixels: `preview` of the
+#: chart with a ch=128 kl-f8 VAE (float32, CPU) peaked at 1.1 GB RSS at 512 px and 3.1 GB at 1024 (a
+#: full-size SD VAE: 1.7 GB at 512, docs/benchmarks.md); 2048 px would take about 9 GB, 100000 px terabytes.
+MAX_SIZE = 1024
+
+
+def check_size(size: int) -> None:
+    """ValueError (one line) unless `size` is a side a round trip can run at: a multiple of 8 (the latent
+    grid) from 64 to `MAX_SIZE`."""
+    if not 64 <= size <= MAX_SIZE or size % 8:
+        raise ValueError(f"--size {size}: use a multiple of 8 from 64 to {MAX_SIZE}")
+
+
 def prepare_image(image: Image.Image | None, size: int) -> Image.Image:
     """The input at `size` x `size` (a multiple of 8): the built-in chart, or the image centre-cropped
     to a square and resized."""
@@ -156,8 +169,7 @@ def prepare_image(image: Image.Image | None, size: int) -> Image.Image:
 
     from vaereg.answers.testchart import test_chart
 
-    if size < 64 or size % 8:
-        raise ValueError(f"--size {size}: use a multiple of 8, at least 64")
+    check_size(size)
     if image is None:
         return test_chart(size)
     image = image.convert("RGB")

@@ -2,7 +2,7 @@
 
 Pillow only. One row up to five tiles, then a square-ish grid. Under each decode: the VAE's label and id
 prefix, PSNR to the input, saturation and contrast relative to the input's, and the largest activation - in
-red with the layer when it passes fp16's range.
+red with the layer when it passes fp16's range. Written in the format its file name ends in (`FORMATS`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,31 @@ BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 ALERT = (200, 0, 0)
 MAX_IN_ROW = 5
+
+#: The sheet's formats by file ending (a name without one is a PNG), and how each is saved: losslessly, or
+#: for JPEG at quality 95 without chroma subsampling, so the format blurs no colour the VAEs differ in.
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+_SAVE_OPTIONS: dict[str, dict[str, object]] = {
+    "PNG": {"optimize": True},
+    "JPEG": {"quality": 95, "subsampling": 0},
+    "WEBP": {"lossless": True},
+    "TIFF": {"compression": "tiff_deflate"},
+}
+
+
+def sheet_format(path: Path) -> str:
+    """The Pillow format of the sheet at `path`, named by its ending; ValueError (one line, without the path)
+    for an ending vaereg writes no sheet in, or one this Pillow was built without."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    fmt = FORMATS.get(suffix, "PNG" if not suffix else None)
+    Image.init()
+    if fmt is None or fmt not in Image.SAVE:
+        endings = ", ".join(e for e, f in FORMATS.items() if f in Image.SAVE)
+        said = f"this Pillow cannot write {fmt}" if fmt else f"vaereg writes no sheet as {suffix}"
+        raise ValueError(f"{said}: end the name in one of {endings}")
+    return fmt
 
 
 @dataclass(frozen=True)
@@ -103,15 +128,17 @@ def render(tiles: Sequence[Tile]) -> Image.Image:
 
 
 def write_sheet(path: Path, image: Image.Image, title: str, trips: Sequence[RoundTrip]) -> Image.Image:
-    """Render the input and `trips` and save the PNG at `path` (through a temporary file, then renamed).
+    """Render the input and `trips` and save them at `path`, in the format its ending names (`sheet_format`),
+    through a temporary file, then renamed.
 
-    The PNG also carries the tiles as text (``vaereg.tiles``: a JSON list, input first, each decode's
+    A PNG also carries the tiles as text (``vaereg.tiles``: a JSON list, input first, each decode's
     figures as ``--json`` gives them), so a script can read what the picture shows."""
     import json
     import os
 
     from PIL.PngImagePlugin import PngInfo
 
+    fmt = sheet_format(path)
     sheet = render([input_tile(image, title), *(trip_tile(t) for t in trips)])
     info = PngInfo()
     tiles = [{"label": title, "input": True}, *({k: v for k, v in t.to_json().items() if k != "path"} for t in trips)]
@@ -119,7 +146,8 @@ def write_sheet(path: Path, image: Image.Image, title: str, trips: Sequence[Roun
     path = Path(path)
     temp = path.with_name(f".{path.name}.vaereg-tmp")
     try:
-        sheet.save(temp, format="PNG", optimize=True, pnginfo=info)
+        options = {**_SAVE_OPTIONS.get(fmt, {}), **({"pnginfo": info} if fmt == "PNG" else {})}
+        sheet.save(temp, format=fmt, **options)
         os.replace(temp, path)
     finally:
         if temp.exists():

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, emit_json_lines, fail, file_problem
+from vaereg.cli.common import Context, emit_json_lines, fail, file_problem, os_problem
 from vaereg.cli.exit import ExitStatus
 
 
@@ -20,8 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("vaes", nargs="*", metavar="VAE", help="a file, an id or hash (prefix), or a registry name")
     p.add_argument("--family", metavar="F", help="also every indexed VAE of family F (e.g. kl-f8-4ch)")
     p.add_argument("--image", type=Path, metavar="FILE", help="the image to round-trip (default: a built-in test chart)")
-    p.add_argument("--size", type=int, default=256, metavar="PX", help="square side in pixels, a multiple of 8 (default 256)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="SHEET.png", help="where to write the sheet")
+    p.add_argument(
+        "--size", type=int, default=256, metavar="PX", help="square side in pixels, a multiple of 8 from 64 to 1024 (default 256)"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="SHEET.png",
+        help="where to write the sheet, in the format its name ends in (.png, .jpg, .webp, .tiff, .bmp)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per VAE (figures, ids), then the sheet")
     p.set_defaults(run=run)
 
@@ -38,17 +43,29 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from vaereg.answers.decode import (
         Failure,
         UnknownVae,
+        check_size,
         prepare_image,
         round_trips,
         wanted_from,
     )
     from vaereg.answers.network import device
-    from vaereg.answers.sheet import write_sheet
+    from vaereg.answers.sheet import sheet_format, write_sheet
 
     if not args.vaes and not args.family:
         return fail("name at least one VAE (a file, id or name) or --family F", ExitStatus.USAGE)
+    # What is wrong with the command line is said before the first VAE is read, not after every decode.
+    if args.output.is_dir():
+        return file_problem(args.output, "is a directory: name the sheet's file (e.g. DIR/sheet.png)", ExitStatus.USAGE)
     if not args.output.parent.is_dir():
         return file_problem(args.output.parent, "no such folder", ExitStatus.USAGE)
+    try:
+        sheet_format(args.output)
+    except ValueError as exc:
+        return file_problem(args.output, exc, ExitStatus.USAGE)
+    try:
+        check_size(args.size)
+    except ValueError as exc:
+        return fail(str(exc), ExitStatus.USAGE)
     catalog = None
     if ctx.config.index.is_file():
         from vaereg.store.catalog import Catalog
@@ -63,8 +80,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         try:
             source = Image.open(args.image)
             source.load()
-        except (OSError, UnidentifiedImageError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
             return file_problem(args.image, f"not an image Pillow can read ({exc.__class__.__name__})")
+        except OSError as exc:  # missing, a folder, unreadable, truncated: in the words used everywhere
+            return fail(os_problem(exc, args.image))
     try:
         image = prepare_image(source, args.size)
     except ValueError as exc:
