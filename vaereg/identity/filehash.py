@@ -82,6 +82,11 @@ def _take_ring() -> list[bytearray]:
     with _kept_lock:
         if _kept_rings:
             return _kept_rings.pop()
+    # glibc serves a block this big with its own mmap until one at least that big has been freed, and
+    # reading into such buffers cost three times the system time of heap ones here (4.4 s against 1.4 s for
+    # a 6.9 GB file: docs/benchmarks.md): one bigger block freed first moves glibc's threshold above them.
+    spare = bytearray(2 * BLOCK)
+    del spare
     return [bytearray(BLOCK) for _ in range(RING)]
 
 
