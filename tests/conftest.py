@@ -43,3 +43,19 @@ def isa(request):
     """Each instruction set the compiled kernel has loops for on this CPU, in turn."""
     with using(request.param) as name:
         yield name
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The files `analyze` reads (a scan, the daemon: whatever goes through `store.ingest`), in order."""
+    import vaereg.store.ingest
+
+    seen: list[str] = []
+    real = vaereg.store.ingest.analyze
+
+    def counting(path, plugins, **kwargs):
+        seen.append(str(path))
+        return real(path, plugins, **kwargs)
+
+    monkeypatch.setattr(vaereg.store.ingest, "analyze", counting)
+    return seen

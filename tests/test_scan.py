@@ -33,22 +33,6 @@ def plugins_with(events):
     return plugins
 
 
-@pytest.fixture
-def reads(monkeypatch):
-    """Counts the files `analyze` reads during a scan."""
-    import vaereg.store.ingest
-
-    seen: list[str] = []
-    real = vaereg.store.ingest.analyze
-
-    def counting(path, plugins, **kwargs):
-        seen.append(str(path))
-        return real(path, plugins, **kwargs)
-
-    monkeypatch.setattr(vaereg.store.ingest, "analyze", counting)
-    return seen
-
-
 def vae_file(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_safetensors(make_vae(ch=8, seed=seed), path)

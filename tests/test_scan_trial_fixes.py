@@ -34,20 +34,6 @@ def truncated_file(path: Path) -> Path:
 
 
 @pytest.fixture
-def reads(monkeypatch):
-    """The files `analyze` reads."""
-    seen: list[str] = []
-    real = vaereg.store.ingest.analyze
-
-    def counting(path, plugins, **kwargs):
-        seen.append(str(path))
-        return real(path, plugins, **kwargs)
-
-    monkeypatch.setattr(vaereg.store.ingest, "analyze", counting)
-    return seen
-
-
-@pytest.fixture
 def refuse(monkeypatch):
     """`refuse(path, exc)`: the reader's open of `path` raises `exc` (the OS refusing it: tests may run as
     root, for whom chmod 000 changes nothing) until `refuse(None)`."""
