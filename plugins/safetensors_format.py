@@ -12,6 +12,7 @@ byte content.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -189,8 +190,33 @@ def _metadata(value: Any) -> dict[str, str]:
 
 
 def _tensor_entry(name: str, entry: Any) -> tuple[TensorInfo, tuple[int, int]]:
-    label = f"tensor {_quote(name)}"
     _check_unicode(name, "tensor name")
+    # The usual entry (a LoRA header has thousands) in a few steps; anything else, or anything that fails a
+    # step, through every check in order with its own message (`_checked_entry`). Both accept the same.
+    if type(entry) is _JsonObject and entry.duplicate is None and len(entry) == 3:
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
+        if (
+            bits is not None
+            and bits % 8 == 0
+            and type(shape) is list
+            and len(shape) <= MAX_DIMS
+            and all(type(dim) is int and 0 <= dim <= _U64_MAX for dim in shape)
+            and type(offsets) is list
+            and len(offsets) == 2
+            and type(offsets[0]) is int
+            and type(offsets[1]) is int
+            and 0 <= offsets[0] <= offsets[1] <= _U64_MAX
+        ):
+            bits *= math.prod(shape)
+            if bits <= _U64_MAX and offsets[1] - offsets[0] == bits // 8:
+                return TensorInfo(name=name, dtype=dtype, shape=tuple(shape)), (offsets[0], offsets[1])
+    return _checked_entry(name, entry)
+
+
+def _checked_entry(name: str, entry: Any) -> tuple[TensorInfo, tuple[int, int]]:
+    """`_tensor_entry`'s every check, in order, each with its own message."""
+    label = f"tensor {_quote(name)}"
     if not isinstance(entry, _JsonObject):
         raise ModelFormatError(f"{label}: entry is a JSON {_json_kind(entry)}, not an object")
     if entry.duplicate is not None:
