@@ -18,7 +18,7 @@ SHA-256 of the file.
 
 The lanes' threads and one ring of buffers are kept for the next file: a library holds thousands of small
 files (LoRAs, embeddings), and starting three threads and zeroing 16 MB for each cost several times the
-hashing of a 1 MB file (bench/bench_hash.py --small).
+hashing of a 1 MB file (bench/bench_small_files.py).
 """
 
 from __future__ import annotations
