@@ -49,8 +49,23 @@ def run_problems(args: argparse.Namespace, ctx: Context) -> int:
         return ExitStatus.OK
     for row in rows:
         print(problem_line(row.path, row.error))
-    print(f"{len(rows)} indexed {'file' if len(rows) == 1 else 'files'} could not be read" if rows else "every indexed file was read", file=sys.stderr)
+    print(problems_summary(rows), file=sys.stderr)
     return ExitStatus.OK
+
+
+def problems_summary(rows) -> str:
+    """How many indexed files could not be read, and apart from them those vaereg declines to read (a
+    detector's pickle: not an error, as `scan` counts it)."""
+    from vaereg.errors import is_not_read
+
+    declined = sum(is_not_read(row.error) for row in rows)
+    broken = len(rows) - declined
+    said = []
+    if broken:
+        said.append(f"{broken} indexed {'file' if broken == 1 else 'files'} could not be read")
+    if declined:
+        said.append(f"{declined} {'file' if declined == 1 else 'files'} vaereg declines to read (not an error)")
+    return "; ".join(said) or "every indexed file was read"
 
 
 def label(vae: VaeSummary | VaeOverview) -> str:

@@ -51,7 +51,9 @@ def _print_problems(rows) -> None:
 
     if not rows:
         return
-    print(f"{len(rows)} indexed {'file' if len(rows) == 1 else 'files'} could not be read")
+    from vaereg.cli.cmd_ls import problems_summary
+
+    print(problems_summary(rows))
     for row in rows[:SHOWN_PROBLEMS]:
         print(f"  {problem_line(row.path, row.error)}")
     if len(rows) > SHOWN_PROBLEMS:
