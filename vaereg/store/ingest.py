@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, TypeVar
 
-from vaereg._fs import os_error_text, stat_key_of
+from vaereg._fs import open_regular, os_error_text, stat_key_of
 from vaereg.errors import FileProblem, is_not_read
 from vaereg.identity.analyze import analyze, model_file_hashes, open_model
 from vaereg.identity.filehash import AUTOV3_MAX_BYTES
@@ -98,20 +97,15 @@ def is_access_failure(reason: str | None) -> bool:
 
 def _open_fails(path: str) -> bool:
     """Whether opening and reading the first byte of `path` fails now for an access reason, judged from the
-    exception itself (a Windows sharing violation is worded in the system's language). Folders and special
-    files are not opened."""
+    exception itself (a Windows sharing violation is worded in the system's language). Opened as every
+    reader opens a file (`open_regular`): folders and special files are not read."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+        with open_regular(path) as f:
+            f.read(1)
+    except FileProblem:
+        return False
     except OSError as exc:
         return access_failure(exc)
-    try:
-        os.read(fd, 1)
-    except OSError as exc:
-        return access_failure(exc)
-    finally:
-        os.close(fd)
     return False
 
 
