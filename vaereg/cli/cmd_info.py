@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from vaereg import __version__
-from vaereg.cli.common import Context, emit_json, fail
+from vaereg.cli.common import Context, emit_json, fail_line
 from vaereg.cli.exit import ExitStatus
 
 
@@ -16,15 +16,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def collect(ctx: Context) -> dict:
-    from vaereg.identity.kernel import kernel
+def damaged_line(ctx: Context) -> str | None:
+    """The damaged-index line every other command would end with, when SQLite finds the index damaged."""
     from vaereg.store.database import damage_of, unusable
+
+    damage = damage_of(ctx.config.index)
+    return str(unusable(ctx.config.index, damage)) if damage else None
+
+
+def collect(ctx: Context, damaged: str | None = None) -> dict:
+    """What `info` says; `damaged` (`damaged_line`) comes first among the warnings."""
+    from vaereg.identity.kernel import kernel
 
     cfg = ctx.config
     registry = ctx.vaereg.registry
-    damage = damage_of(cfg.index)
-    # the damaged-index line every other command would end with (`run` also says it on stderr, exit status 2)
-    damaged = [str(unusable(cfg.index, damage))] if damage else []
     return {
         "version": __version__,
         "config": str(cfg.config_file) if cfg.config_file else None,
@@ -34,14 +39,14 @@ def collect(ctx: Context) -> dict:
         "plugins": [p.to_json() for p in ctx.plugins.describe()],
         # the compiled fp16 rounding's instruction set; None: not built, numpy rounds (same ids, slower)
         "fp16_kernel": kernel.isa() if kernel is not None else None,
-        "warnings": [*damaged, *registry.warnings, *ctx.plugins.load_errors, *ctx.plugins.warnings],
+        "warnings": [*([damaged] if damaged else []), *registry.warnings, *ctx.plugins.load_errors, *ctx.plugins.warnings],
     }
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    info = collect(ctx)
-    damaged = [w for w in info["warnings"] if w.startswith(f"{info['index']}: ")]
-    status = fail(damaged[0], ExitStatus.USAGE) if damaged else ExitStatus.OK
+    damaged = damaged_line(ctx)
+    info = collect(ctx, damaged)
+    status = fail_line(damaged, ExitStatus.USAGE) if damaged else ExitStatus.OK
     if args.json:
         emit_json(info)
         return status
@@ -55,6 +60,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print(f"plugin      {plugin['name']}")
     kernel = info["fp16_kernel"]
     print(f"fp16 kernel {kernel or 'not built (no C compiler at install): numpy rounds, same ids, slower'}")
-    for warning in info["warnings"][len(damaged):]:  # the damage was said on stderr
+    for warning in info["warnings"][1 if damaged else 0 :]:  # the damage was said on stderr
         print(f"warning     {warning}")
     return status
