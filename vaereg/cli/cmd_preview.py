@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vaereg.cli.common import Context, emit_json_lines, fail, file_problem, os_problem
+from vaereg.cli.common import Context, emit_json_lines, fail, fail_line, file_problem, os_problem
 from vaereg.cli.exit import ExitStatus
 
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
             return file_problem(args.image, f"not an image Pillow can read ({exc.__class__.__name__})")
         except OSError as exc:  # missing, a folder, unreadable, truncated: in the words used everywhere
-            return fail(os_problem(exc, args.image))
+            return fail_line(os_problem(exc, args.image))
     try:
         image = prepare_image(source, args.size)
     except ValueError as exc:
